@@ -1,0 +1,7 @@
+"""tokenflow: fine-grained cross-modal alignment for vision-language retrieval."""
+
+from .align import Aligner, Plan, Scores, Tokens, get_aligner, list_aligners, register_aligner
+
+__version__ = "0.1.0"
+
+__all__ = ["Aligner", "Plan", "Scores", "Tokens", "get_aligner", "list_aligners", "register_aligner", "__version__"]

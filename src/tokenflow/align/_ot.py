@@ -1,0 +1,76 @@
+"""Transport solvers shared by the ``emd``, ``sinkhorn``, ``partial-ot`` and ``assignment`` plans.
+
+Two routes:
+
+* :func:`log_sinkhorn`: entropic OT for a whole block of pairs at once, in the block layout
+  [n, L1, m, L2], in the log domain (stable for small epsilon, and exact zeros for padded or
+  zero-mass tokens through -inf log-marginals). It is differentiable by unrolling.
+* :func:`per_pair_plans`: an exact solver (POT's network simplex, or the Hungarian method)
+  called pair by pair on the real tokens, in float64 on the CPU. The plans it returns are
+  constants; gradients reach the features through ``c`` only, as DeepEMD and DIML do.
+
+Why our own batched Sinkhorn rather than POT's: ``benchmarks/ot_solvers.py`` compares POT's
+single-problem ``ot.sinkhorn`` in a loop, POT 0.9.7's batched ``ot.batch.solve_batch`` (log
+Sinkhorn) and this function on the same problems; the numbers are in benchmarks/RESULTS.md.
+Besides speed, ``solve_batch`` stops on a tolerance (a data-dependent iteration count, awkward
+for gradients and reproducibility) and takes [B, ns, nt] problems of one size, so ragged real
+lengths would need either a copy per size or zero-mass padding, which its log of the marginals
+does not accept. The exact route uses POT's ``ot.emd`` directly: it is the reference network
+simplex, and its cost per small problem (~0.1 ms) is dominated by the call itself.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Tokens
+
+
+def log_sinkhorn(k: Tensor, log_a: Tensor, log_b: Tensor, n_iter: int, col_mask: Tensor) -> Tensor:
+    """Log of the entropic OT plan for every pair of a block.
+
+    Solves min_T <T, C> - eps H(T) s.t. T 1 = a, T^T 1 = b, given the log kernel ``k = -C / eps``
+    as [n, L1, m, L2], ``log_a`` [n, L1, m, 1] and ``log_b`` [n, 1, m, L2] (-inf where a token
+    carries no mass). Alternating scaling updates in the log domain (Cuturi 2013; Peyre & Cuturi
+    2019, remark 4.23); after the last update the column marginals hold exactly.
+    ``col_mask`` (broadcastable to ``log_b``) marks the real columns: iterations start from
+    v = 1 on those and 0 on padding, as plain Sinkhorn on the real tokens alone would.
+    """
+    u = torch.zeros_like(log_a)
+    v = torch.zeros_like(log_b).masked_fill(~col_mask, float("-inf"))
+    for _ in range(n_iter):
+        u = log_a - torch.logsumexp(k + v, dim=3, keepdim=True)
+        v = log_b - torch.logsumexp(k + u, dim=1, keepdim=True)
+    return k + u + v
+
+
+Solver = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def per_pair_plans(cost: Tensor, a: Tensor, b: Tensor, v: Tokens, t: Tokens, solve: Solver) -> Tensor:
+    """Run ``solve(M, a, b) -> plan`` on the real tokens of every pair of a block.
+
+    Args:
+        cost: [n, L1, m, L2]; a: [n, L1, m, 1]; b: [n, 1, m, L2] (any dtype or device).
+    Returns:
+        Plans as [n, L1, m, L2] in ``cost``'s dtype and device, zero at padding, no gradient.
+    """
+    n, l1, m, l2 = cost.shape
+    cost_np = cost.detach().to("cpu", torch.float64).numpy()
+    a_np = a.detach().to("cpu", torch.float64).numpy()[..., 0]  # [n, L1, m]
+    b_np = b.detach().to("cpu", torch.float64).numpy()[:, 0]  # [n, m, L2]
+    vmask, tmask = v.mask.cpu().numpy(), t.mask.cpu().numpy()
+    out = np.zeros((n, l1, m, l2))
+    for i in range(n):
+        rows = np.flatnonzero(vmask[i])
+        for j in range(m):
+            cols = np.flatnonzero(tmask[j])
+            ai, bj = a_np[i, rows, j], b_np[i, j, cols]
+            # Renormalise in float64 so the exact solver sees equal total masses.
+            plan = solve(np.ascontiguousarray(cost_np[i][np.ix_(rows, [j], cols)][:, 0]), ai / ai.sum(), bj / bj.sum())
+            out[i, rows[:, None], j, cols[None, :]] = plan
+    return torch.from_numpy(out).to(device=cost.device, dtype=cost.dtype)

@@ -1,0 +1,47 @@
+"""Name -> aligner registry (the ``register_model`` pattern of timm)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, TypeVar
+
+from .base import Aligner
+
+__all__ = ["register_aligner", "get_aligner", "list_aligners"]
+
+_REGISTRY: dict[str, type[Aligner]] = {}
+A = TypeVar("A", bound=type[Aligner])
+
+
+def register_aligner(name: str) -> Callable[[A], A]:
+    """Class decorator registering an :class:`Aligner` under ``name``."""
+
+    def deco(cls: A) -> A:
+        if name in _REGISTRY:
+            raise ValueError(f"aligner {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def list_aligners() -> list[str]:
+    """Names accepted by :func:`get_aligner`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_aligner(name: str, **hyper) -> Aligner:
+    """Build the aligner registered as ``name`` with its hyperparameters (e.g. ``lam=1.0``).
+
+    Raises ``ValueError`` naming the valid choices for an unknown name or hyperparameter.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown aligner {name!r}; choose one of {', '.join(list_aligners())}")
+    cls = _REGISTRY[name]
+    params = inspect.signature(cls.__init__).parameters
+    valid = [p for p in params if p != "self"]
+    unknown = sorted(set(hyper) - set(valid))
+    if unknown:
+        raise ValueError(f"aligner {name!r} has no hyperparameter(s) {unknown}; valid: {valid}")
+    return cls(**hyper)

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from tokenflow import Tokens
+
+JUNK = 1e3  # padding is filled with large junk values: any leak into a score shows
+
+
+def make_tokens(n, length, dim, *, gen, dtype=torch.float64, min_real=1, normalise=True, junk=JUNK):
+    """Random tokens with real positions scattered anywhere and junk in the padding."""
+    feats = torch.randn(n, length, dim, generator=gen, dtype=torch.float64)
+    pooled = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    if normalise:  # CLIP-like: unit-norm features
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        pooled = pooled / pooled.norm(dim=-1, keepdim=True)
+    mask = torch.zeros(n, length, dtype=torch.bool)
+    for i in range(n):
+        k = int(torch.randint(min_real, length + 1, (1,), generator=gen))
+        mask[i, torch.randperm(length, generator=gen)[:k]] = True
+    feats = torch.where(mask[..., None], feats, torch.full_like(feats, junk))
+    return Tokens(feats.to(dtype), mask, pooled.to(dtype))
+
+
+# (name, hyperparameters) cases: every registered plan at its defaults plus notable variants.
+def aligner_cases():
+    from tokenflow import list_aligners
+
+    cases = [(name, {}) for name in list_aligners()]
+    cases += [
+        ("scan", {"lam": 2.0}),
+        ("tokenflow", {"lam": 5.0}),
+        ("sinkhorn", {"eps": 0.1, "n_iter": 30}),
+        ("partial-ot", {"mass": 0.6, "marginals": "uniform"}),
+        ("assignment", {"exact": True}),
+    ]
+    return cases
+
+
+def case_id(case):
+    name, hp = case
+    return name + "".join(f"-{k}={v}" for k, v in hp.items())
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)

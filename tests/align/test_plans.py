@@ -1,0 +1,184 @@
+"""Every plan against its naive per-pair equation, and the invariances of pairwise()."""
+
+import numpy as np
+import pytest
+import torch
+
+from tokenflow import Tokens, get_aligner, list_aligners
+
+from .conftest import aligner_cases, case_id, make_tokens
+from .naive import naive_pairwise
+
+CASES = aligner_cases()
+
+
+def build(name, hp, gen=None):
+    aligner = get_aligner(name, **hp)
+    ref_hp = dict(hp)
+    if name == "learnable":  # a non-trivial learned matrix
+        with torch.no_grad():
+            aligner.weight.normal_(generator=gen)
+        ref_hp["weight"] = aligner.weight.detach().double()
+    return aligner.double(), ref_hp
+
+
+def test_registry_lists_every_plan_of_the_design():
+    assert set(list_aligners()) >= {
+        "uniform", "learnable", "scan", "max-avg", "max-sum", "emd", "tokenflow", "sinkhorn", "partial-ot", "assignment",
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_pairwise_and_plan_match_naive_equations(case, gen):
+    name, hp = case
+    vis = make_tokens(3, 6, 8, gen=gen)
+    txt = make_tokens(4, 5, 8, gen=gen)
+    aligner, ref_hp = build(name, hp, gen)
+    ref_v2t, ref_t2v, ref_plans = naive_pairwise(name, vis, txt, ref_hp)
+    scores = aligner.pairwise(vis, txt)
+    torch.testing.assert_close(scores.v2t, torch.from_numpy(ref_v2t), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(scores.t2v, torch.from_numpy(ref_t2v), rtol=1e-7, atol=1e-9)
+    for i, j in [(0, 0), (2, 3), (1, 2)]:
+        plan = aligner.plan(vis[i], txt[j])
+        c, tv, tt = (torch.from_numpy(x) for x in ref_plans[i, j])
+        l1, l2 = int(vis.mask[i].sum()), int(txt.mask[j].sum())
+        assert plan.c.shape == plan.v2t.shape == plan.t2v.shape == (l1, l2)
+        torch.testing.assert_close(plan.c, c)
+        torch.testing.assert_close(plan.v2t, tv, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(plan.t2v, tt, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(plan.score_v2t, scores.v2t[i, j])
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_fast_route_equals_sum_c_times_plan(case, gen):
+    name, hp = case
+    aligner, _ = build(name, hp, gen)
+    v = make_tokens(5, 7, 16, gen=gen).zero_padding()
+    t = make_tokens(6, 9, 16, gen=gen).zero_padding()
+    fast = aligner.block(v, t)
+    slow = aligner.block_from_plans(v, t)
+    torch.testing.assert_close(fast[0], slow[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(fast[1], slow[1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_chunk_size_does_not_change_scores(case, gen):
+    name, hp = case
+    aligner, _ = build(name, hp, gen)
+    vis, txt = make_tokens(7, 5, 8, gen=gen), make_tokens(9, 6, 8, gen=gen)
+    full = aligner.pairwise(vis, txt, chunk=10**9)
+    for chunk in (1, 4, 13):
+        part = aligner.pairwise(vis, txt, chunk=chunk)
+        torch.testing.assert_close(part.v2t, full.v2t, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(part.t2v, full.t2v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_extra_padding_and_nan_padding_do_not_change_scores(case, gen):
+    name, hp = case
+    aligner, _ = build(name, hp, gen)
+    vis, txt = make_tokens(3, 5, 8, gen=gen), make_tokens(4, 6, 8, gen=gen)
+    base = aligner.pairwise(vis, txt)
+
+    def pad(tok, extra, fill):
+        n, _, dim = tok.feats.shape
+        feats = torch.cat([tok.feats, torch.full((n, extra, dim), fill, dtype=tok.dtype)], 1)
+        mask = torch.cat([tok.mask, torch.zeros(n, extra, dtype=torch.bool)], 1)
+        return Tokens(feats, mask, tok.pooled)
+
+    for fill in (-7e3, float("nan")):
+        padded = aligner.pairwise(pad(vis, 3, fill), pad(txt, 4, fill))
+        torch.testing.assert_close(padded.v2t, base.v2t, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(padded.t2v, base.t2v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_bf16_close_to_fp32(case, gen):
+    name, hp = case
+    aligner, _ = build(name, hp, gen)
+    aligner = aligner.float()
+    vis, txt = make_tokens(4, 6, 32, gen=gen, dtype=torch.float32), make_tokens(5, 7, 32, gen=gen, dtype=torch.float32)
+    ref = aligner.pairwise(vis, txt)
+    low = aligner.pairwise(vis.to(torch.bfloat16), txt.to(torch.bfloat16))
+    assert low.v2t.dtype == torch.float32  # accumulated and returned in fp32
+    scale = max(ref.v2t.abs().max().item(), ref.t2v.abs().max().item(), 1.0)
+    for a, b in ((low.v2t, ref.v2t), (low.t2v, ref.t2v)):
+        assert (a - b).abs().max().item() < 3e-2 * scale
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_cuda_matches_cpu(case, gen):
+    name, hp = case
+    aligner, _ = build(name, hp, gen)
+    aligner = aligner.float()
+    vis, txt = make_tokens(6, 6, 32, gen=gen, dtype=torch.float32), make_tokens(5, 7, 32, gen=gen, dtype=torch.float32)
+    cpu = aligner.pairwise(vis, txt)
+    gpu = aligner.cuda().pairwise(vis.to("cuda"), txt.to("cuda"))
+    torch.testing.assert_close(gpu.v2t.cpu(), cpu.v2t, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gpu.t2v.cpu(), cpu.t2v, rtol=1e-4, atol=1e-5)
+    low = aligner.pairwise(vis.to("cuda", torch.bfloat16), txt.to("cuda", torch.bfloat16))
+    assert (low.v2t.cpu() - cpu.v2t).abs().max() < 3e-2
+
+
+# -- gradients ---------------------------------------------------------------------------------
+
+# Plans whose plan is held constant (exact solvers): their gradient is the true derivative only
+# when the marginals do not depend on the features. With zero global features the eq 14 weights
+# vanish, the marginals fall back to uniform constants, and the envelope theorem makes the
+# fixed-plan gradient exact: gradcheck then checks it for real.
+FIXED_PLAN = {("emd", ()), ("assignment", (("exact", True),))}
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_gradcheck(case, gen):
+    name, hp = case
+    hp = dict(hp)
+    if name in ("sinkhorn", "partial-ot", "assignment") and not hp.get("exact"):
+        hp["n_iter"] = 8  # keeps gradcheck fast; the gradient is of the same computation
+    aligner, _ = build(name, hp, gen)
+    vis, txt = make_tokens(2, 3, 5, gen=gen), make_tokens(3, 4, 5, gen=gen)
+    fixed = (name, tuple(sorted(case[1].items()))) in FIXED_PLAN
+    vp = torch.zeros_like(vis.pooled) if fixed else vis.pooled.clone()
+    tp = torch.zeros_like(txt.pooled) if fixed else txt.pooled.clone()
+    vf = vis.zero_padding().feats.clone().requires_grad_()
+    tf_ = txt.zero_padding().feats.clone().requires_grad_()
+    inputs = [vf, tf_]
+    if not fixed:
+        vp.requires_grad_()
+        tp.requires_grad_()
+        inputs += [vp, tp]
+    has_weight = name == "learnable"
+    if has_weight:  # the learned matrix is checked too
+        inputs.append(aligner.weight.detach().clone().requires_grad_())
+
+    def f(*xs):
+        vp_, tp_ = (vp, tp) if fixed else (xs[2], xs[3])
+        vis_, txt_ = Tokens(xs[0], vis.mask, vp_), Tokens(xs[1], txt.mask, tp_)
+        if has_weight:
+            s = torch.func.functional_call(aligner, {"weight": xs[-1]}, (vis_, txt_), {"check": False}, strict=False)
+        else:
+            s = aligner.pairwise(vis_, txt_, check=False)
+        return s.v2t, s.t2v
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_chunked_gradients_match_unchunked(case, gen):
+    name, hp = case
+    aligner, _ = build(name, hp, gen)
+    vis, txt = make_tokens(5, 4, 6, gen=gen), make_tokens(6, 5, 6, gen=gen)
+    w = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    grads = []
+    for chunk in (1, 7, None):
+        vf = vis.feats.clone().requires_grad_()
+        tf_ = txt.feats.clone().requires_grad_()
+        s = aligner.pairwise(Tokens(vf, vis.mask, vis.pooled), Tokens(tf_, txt.mask, txt.pooled), chunk=chunk)
+        ((s.v2t * w).sum() + (s.t2v * w).sum()).backward()
+        grads.append((vf.grad, tf_.grad))
+        assert torch.isfinite(vf.grad).all() and torch.isfinite(tf_.grad).all()
+        assert (vf.grad[~vis.mask] == 0).all()  # junk padding gets no gradient
+    for g in grads[1:]:
+        torch.testing.assert_close(g[0], grads[0][0], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g[1], grads[0][1], rtol=1e-9, atol=1e-12)
