@@ -182,3 +182,37 @@ def test_chunked_gradients_match_unchunked(case, gen):
     for g in grads[1:]:
         torch.testing.assert_close(g[0], grads[0][0], rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(g[1], grads[0][1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("scale", [1.0, 30.0], ids=["unit-norm", "large-norm"])
+def test_no_grad_route_equals_autograd_route(case, padded, scale, gen):
+    """Without autograd, blocks reuse buffers, use exp2, drop the mask when nothing is padded and
+    skip the softmax max-shift when unit norms bound the exponent (large norms take the shifted
+    route). Every branch must give the autograd route's numbers."""
+    name, hp = case
+    aligner, _ = build(name, hp, gen)
+    vis = make_tokens(4, 6, 8, gen=gen, min_real=1 if padded else 6)
+    txt = make_tokens(5, 7, 8, gen=gen, min_real=1 if padded else 7)
+    vis = Tokens(vis.feats * scale, vis.mask, vis.pooled * scale)
+    txt = Tokens(txt.feats * scale, txt.mask, txt.pooled * scale)
+    with torch.no_grad():
+        fast = aligner.pairwise(vis, txt, chunk=6)
+    vf = vis.feats.clone().requires_grad_()
+    slow = aligner.pairwise(Tokens(vf, vis.mask, vis.pooled), txt, chunk=6)
+    torch.testing.assert_close(fast.v2t, slow.v2t.detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(fast.t2v, slow.t2v.detach(), rtol=1e-9, atol=1e-9)
+
+
+def test_unit_norm_features_take_the_unshifted_route():
+    from tokenflow.align._ops import LOG2E
+    from tokenflow.align.base import BlockContext
+
+    f = torch.nn.functional.normalize(torch.randn(3, 4, 8), dim=-1)
+    tok = Tokens(f, torch.ones(3, 4, dtype=torch.bool), f[:, 0])
+    with torch.no_grad():
+        ctx = BlockContext(tok, tok)
+    assert ctx.reuse and not ctx.vis_padded
+    assert ctx.exp2_is_safe(20.0 * LOG2E, 32, torch.float32)  # tokenflow's default lam
+    assert not ctx.exp2_is_safe(200.0 * LOG2E, 32, torch.float32)

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from .base import BlockContext
 
-def softmax_dot(x: Tensor, c: Tensor, dim: int) -> Tensor:
-    """``sum_dim softmax(x, dim) * c``: the softmax-weighted mean of ``c`` along ``dim``.
+LOG2E = 1.0 / math.log(2.0)
 
-    ``x`` holds -inf at masked entries and is consumed (overwritten) when no gradient is
-    needed, which saves two passes over the largest tensor of a block.
+
+def softmax_dot(
+    c: Tensor, scale: float | Tensor, bias: Tensor | None, dim: int, ctx: BlockContext, safe: bool
+) -> Tensor:
+    """``sum_dim softmax(scale * c + bias, dim) * c``: the softmax-weighted mean of ``c`` along ``dim``.
+
+    ``bias`` is 0 at real tokens and -inf at padding (or ``None`` when there is none). Under
+    autograd this is the plain formula. Without it, the same value is computed in one scratch
+    buffer with ``exp2`` (log2 e folded into the scale, cheaper than ``exp`` on the CPU), and the
+    max-shift is skipped when ``safe`` (the caller has bounded |scale * c| so nothing overflows):
+    the largest tensor of a block is then written once and read three times.
     """
-    if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad):
-        p = torch.softmax(x, dim)
-        return (p * c).sum(dim)
-    x.sub_(x.amax(dim, keepdim=True)).exp_()
+    if not ctx.reuse:
+        x = c * scale if bias is None else torch.addcmul(bias, c, scale) if torch.is_tensor(scale) else bias + scale * c
+        return (torch.softmax(x, dim) * c).sum(dim)
+    x = ctx.scratch("x", c.shape, c.dtype)
+    if torch.is_tensor(scale):
+        scale = scale * LOG2E
+        torch.mul(c, scale, out=x) if bias is None else torch.addcmul(bias, c, scale, out=x)
+    else:
+        torch.mul(c, scale * LOG2E, out=x) if bias is None else torch.add(bias, c, alpha=scale * LOG2E, out=x)
+    if not safe:
+        x.sub_(x.amax(dim, keepdim=True))
+    torch.exp2(x, out=x)
     den = x.sum(dim)
     return x.mul_(c).sum(dim).div_(den)
 

@@ -66,9 +66,11 @@ def per_pair_plans(cost: Tensor, a: Tensor, b: Tensor, v: Tokens, t: Tokens, sol
     vmask, tmask = v.mask.cpu().numpy(), t.mask.cpu().numpy()
     out = np.zeros((n, l1, m, l2))
     for i in range(n):
-        rows = np.flatnonzero(vmask[i])
         for j in range(m):
-            cols = np.flatnonzero(tmask[j])
+            # Tokens without mass carry no flow: leave them out of the problem (POT's network
+            # simplex can report a feasible problem with zero-mass nodes as infeasible).
+            rows = np.flatnonzero(vmask[i] & (a_np[i, :, j] > 0))
+            cols = np.flatnonzero(tmask[j] & (b_np[i, j] > 0))
             ai, bj = a_np[i, rows, j], b_np[i, j, cols]
             # Renormalise in float64 so the exact solver sees equal total masses.
             plan = solve(np.ascontiguousarray(cost_np[i][np.ix_(rows, [j], cols)][:, 0]), ai / ai.sum(), bj / bj.sum())

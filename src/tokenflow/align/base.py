@@ -25,7 +25,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Tokens", "Plan", "Scores", "Aligner", "DEFAULT_BLOCK_ELEMENTS"]
+__all__ = ["Tokens", "Plan", "Scores", "Aligner", "BlockContext", "DEFAULT_BLOCK_ELEMENTS"]
 
 # Token-pair elements ([n, L1, m, L2]) scored at once by default. 2**20 fp32 values are 4 MiB per
 # buffer: small enough for the few live buffers of a block to stay near the CPU's cache, large
@@ -194,11 +194,18 @@ class Plan:
 # Block helpers: every tensor below is in the [n, L1, m, L2] layout or broadcastable to it.
 
 
-def token_sim(v: Tokens, t: Tokens) -> Tensor:
-    """c[i, s, j, t] = mu_is . omega_jt (eq 7) as [n, L1, m, L2], one matrix multiply."""
+def token_sim(v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> Tensor:
+    """c[i, s, j, t] = mu_is . omega_jt (eq 7) as [n, L1, m, L2] in the working dtype, one matrix
+    multiply. With a no-grad ``ctx`` the result lives in a reused scratch buffer."""
     n, l1, dim = v.feats.shape
     m, l2, _ = t.feats.shape
-    c = v.feats.reshape(n * l1, dim) @ t.feats.reshape(m * l2, dim).T
+    a, b = v.feats.reshape(n * l1, dim), t.feats.reshape(m * l2, dim)
+    wd = work_dtype(v.dtype)
+    if ctx is None:
+        return (a @ b.T).view(n, l1, m, l2).to(wd)
+    c = torch.mm(a, b.T, out=ctx.out("c_in", (n * l1, m * l2), v.dtype))
+    if wd != v.dtype:
+        c = c.to(wd) if not ctx.reuse else ctx.scratch("c", (n * l1, m * l2), wd).copy_(c)
     return c.view(n, l1, m, l2)
 
 
@@ -231,6 +238,63 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+class BlockContext:
+    """What the blocks of one ``pairwise`` call share: reusable scratch buffers (only when no
+    gradient is recorded; autograd needs every intermediate) and collection-wide statistics
+    computed once: whether either side has padding, and the largest token / global feature
+    norms, which bound every softmax exponent so a plan can skip the max-shift safely."""
+
+    def __init__(self, vis: Tokens, txt: Tokens, needs_grad: bool | None = None) -> None:
+        self.vis, self.txt = vis, txt
+        if needs_grad is None:
+            needs_grad = torch.is_grad_enabled() and any(
+                x.requires_grad for x in (vis.feats, vis.pooled, txt.feats, txt.pooled)
+            )
+        self.reuse = not needs_grad
+        self._bufs: dict[str, Tensor] = {}
+        self._norms: tuple[float, float, float, float] | None = None
+        self.vis_padded = not bool(vis.mask.all())
+        self.txt_padded = not bool(txt.mask.all())
+
+    def scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """An uninitialised [shape] tensor; the same memory is handed out again for ``name``."""
+        numel = math.prod(shape)
+        if not self.reuse:
+            return torch.empty(shape, dtype=dtype, device=self.vis.device)
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = self._bufs[name] = torch.empty(numel, dtype=dtype, device=self.vis.device)
+        return buf[:numel].view(shape)
+
+    def out(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor | None:
+        """A scratch buffer for an ``out=`` argument, or ``None`` (a fresh tensor) under autograd."""
+        return self.scratch(name, shape, dtype) if self.reuse else None
+
+    @property
+    def norms(self) -> tuple[float, float, float, float]:
+        """Largest norms of visual tokens, visual globals, text tokens, text globals."""
+        if self._norms is None:
+            stats = torch.stack(
+                [
+                    self.vis.feats.float().norm(dim=-1).amax(),
+                    self.vis.pooled.float().norm(dim=-1).amax(),
+                    self.txt.feats.float().norm(dim=-1).amax(),
+                    self.txt.pooled.float().norm(dim=-1).amax(),
+                ]
+            )
+            self._norms = tuple(stats.tolist())
+        return self._norms
+
+    def exp2_is_safe(self, bound: float, length: int, dtype: torch.dtype) -> bool:
+        """Whether 2**x cannot overflow or vanish for |x| <= ``bound`` summed over ``length``
+        terms weighted by |c| <= (token norm product), so no max-shift is needed."""
+        if not math.isfinite(bound):
+            return False
+        limit = 60.0 if dtype == torch.float32 else 500.0
+        nv, _, nt, _ = self.norms
+        return bound <= limit and bound + math.log2(length * nv * nt + 1.0) <= 2 * limit
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -259,13 +323,14 @@ class Aligner(nn.Module):
         working dtype; ``v`` and ``t`` have zeroed padding."""
         raise NotImplementedError
 
-    def block(self, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
-        """Scores v2t, t2v as [n, m] for a block of padding-zeroed tokens (default: sum(c * T))."""
+    def block(self, v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> tuple[Tensor, Tensor]:
+        """Scores v2t, t2v as [n, m] for a block of padding-zeroed tokens (default: sum(c * T)).
+        ``ctx`` is shared by the blocks of one call; ``None`` treats the block on its own."""
         return self.block_from_plans(v, t)
 
     def block_from_plans(self, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
         """sum(c * T) over each pair, straight from :meth:`plans`."""
-        c = token_sim(v, t).to(work_dtype(v.dtype))
+        c = token_sim(v, t)
         tv, tt = self.plans(c, v, t)
         return (c * tv).sum((1, 3)), (c * tt).sum((1, 3))
 
@@ -291,11 +356,13 @@ class Aligner(nn.Module):
         """
         self._check_pair(vis, txt, check)
         v, t = vis.zero_padding(), txt.zero_padding()
+        params_need_grad = any(p.requires_grad for p in self.parameters())
+        ctx = BlockContext(v, t, needs_grad=None if not params_need_grad else torch.is_grad_enabled())
         nb, mb = self._block_shape(len(v), len(t), v.feats.shape[1], t.feats.shape[1], chunk)
         rows_v2t, rows_t2v = [], []
         for i0 in range(0, len(v), nb):
             vb = v[i0 : i0 + nb]
-            cols = [self.block(vb, t[j0 : j0 + mb]) for j0 in range(0, len(t), mb)]
+            cols = [self.block(vb, t[j0 : j0 + mb], ctx) for j0 in range(0, len(t), mb)]
             rows_v2t.append(torch.cat([b[0] for b in cols], 1))
             rows_t2v.append(torch.cat([b[1] for b in cols], 1))
         return Scores(torch.cat(rows_v2t, 0), torch.cat(rows_t2v, 0))
@@ -311,7 +378,7 @@ class Aligner(nn.Module):
         self._check_pair(vis, txt, check)
         v, t = vis.zero_padding(), txt.zero_padding()
         wd = work_dtype(v.dtype)
-        c = token_sim(v, t).to(wd)
+        c = token_sim(v, t)
         tv, tt = self.plans(c, v, t)
         d, e = global_weights(v, t)
         sv, st = v.mask[0], t.mask[0]

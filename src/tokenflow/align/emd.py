@@ -23,7 +23,13 @@ from .registry import register_aligner
 
 
 def _emd(cost: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return ot.emd(a, b, cost, numItermax=1_000_000)
+    # Shifting the cost by a constant leaves the plan unchanged (the total mass is fixed) and
+    # keeps it non-negative: POT's network simplex reports some problems with large negative
+    # costs (1 - c for features that are not unit-norm) as infeasible.
+    plan, log = ot.emd(a, b, cost - cost.min(), numItermax=1_000_000, log=True)
+    if log["warning"] is not None:  # never return a non-optimal plan silently
+        raise RuntimeError(f"exact OT solver failed on a {cost.shape} problem: {log['warning']}")
+    return plan
 
 
 def transport_marginals(v: Tokens, t: Tokens, dtype) -> tuple[Tensor, Tensor]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Aligner, Tokens, work_dtype
+from .base import Aligner, BlockContext, Tokens, work_dtype
 from .registry import register_aligner
 
 
@@ -54,7 +54,7 @@ class Learnable(Aligner):
         tp = e / e.sum((1, 3), keepdim=True)
         return tp, tp
 
-    def block(self, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
+    def block(self, v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> tuple[Tensor, Tensor]:
         wd = work_dtype(v.dtype)
         (n, l1, dim), (m, l2, _) = v.feats.shape, t.feats.shape
         e = self._exp_weight(l1, l2, wd)

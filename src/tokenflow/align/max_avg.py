@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Aligner, Tokens, mask_bias, real_lengths, token_sim, work_dtype
+from .base import Aligner, BlockContext, Tokens, mask_bias, real_lengths, token_sim
 from .registry import register_aligner
 
 
@@ -34,12 +34,15 @@ class MaxAvg(Aligner):
             tv, tt = tv / l1.view(-1, 1, 1, 1), tt / l2.view(1, 1, -1, 1)
         return tv, tt
 
-    def block(self, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
-        c = token_sim(v, t).to(work_dtype(v.dtype))
+    def block(self, v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> tuple[Tensor, Tensor]:
+        ctx = ctx or BlockContext(v, t)
+        c = token_sim(v, t, ctx)
         bv, bt = mask_bias(v, t, c.dtype)
         # Padded rows (columns) have c == 0, hence a max of exactly 0 over real entries.
-        v2t = (c + bt).amax(3).sum(1)
-        t2v = (c + bv).amax(1).sum(2)
+        cv = torch.add(c, bt, out=ctx.out("x", c.shape, c.dtype)) if ctx.txt_padded else c
+        v2t = cv.amax(3).sum(1)
+        ct = torch.add(c, bv, out=ctx.out("x", c.shape, c.dtype)) if ctx.vis_padded else c
+        t2v = ct.amax(1).sum(2)
         if self.average:
             l1, l2 = real_lengths(v, t, c.dtype)
             v2t, t2v = v2t / l1, t2v / l2

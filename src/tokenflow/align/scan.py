@@ -9,11 +9,12 @@ the mean similarity of a token to its attended context (eq 19-22).
 
 from __future__ import annotations
 
-import torch
+import math
+
 from torch import Tensor
 
-from ._ops import softmax_dot
-from .base import Aligner, Tokens, mask_bias, real_lengths, token_sim, work_dtype
+from ._ops import LOG2E, softmax_dot
+from .base import Aligner, BlockContext, Tokens, mask_bias, real_lengths, token_sim
 from .registry import register_aligner
 
 
@@ -44,12 +45,14 @@ class Scan(Aligner):
         tt = (self.lam * c + bv).softmax(1) * tm / l2.view(1, 1, -1, 1)
         return tv, tt
 
-    def block(self, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
-        c = token_sim(v, t).to(work_dtype(v.dtype))
+    def block(self, v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> tuple[Tensor, Tensor]:
+        ctx = ctx or BlockContext(v, t)
+        c = token_sim(v, t, ctx)
         bv, bt = mask_bias(v, t, c.dtype)
         l1, l2 = real_lengths(v, t, c.dtype)
+        nv, _, nt, _ = ctx.norms if ctx.reuse else (math.inf,) * 4
+        safe = ctx.exp2_is_safe(self.lam * LOG2E * nv * nt, max(c.shape[1], c.shape[3]), c.dtype)
         # Padded rows / columns have c == 0 (zeroed features), so they add nothing to the sums.
-        r = softmax_dot(torch.add(bt, c, alpha=self.lam), c, 3)  # [n, L1, m]
-        q = softmax_dot(torch.add(bv, c, alpha=self.lam), c, 1)  # [n, m, L2]
+        r = softmax_dot(c, self.lam, bt if ctx.txt_padded else None, 3, ctx, safe)  # [n, L1, m]
+        q = softmax_dot(c, self.lam, bv if ctx.vis_padded else None, 1, ctx, safe)  # [n, m, L2]
         return r.sum(1) / l1, q.sum(2) / l2
-

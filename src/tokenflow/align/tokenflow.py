@@ -12,11 +12,13 @@ e[t] / l2.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from ._ops import softmax_dot
-from .base import Aligner, Tokens, global_weights, mask_bias, real_lengths, token_sim, work_dtype
+from ._ops import LOG2E, softmax_dot
+from .base import Aligner, BlockContext, Tokens, global_weights, mask_bias, real_lengths, token_sim
 from .registry import register_aligner
 
 
@@ -48,15 +50,19 @@ class TokenFlow(Aligner):
         tt = e * torch.softmax(self.lam * d * c + bv, 1) / l2.view(1, 1, -1, 1)
         return tv, tt  # d and e are zero at padding, so both plans are too
 
-    def block(self, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
-        wd = work_dtype(v.dtype)
-        c = token_sim(v, t).to(wd)
-        d, e = (w.to(wd) for w in global_weights(v, t))
-        bv, bt = mask_bias(v, t, wd)
-        l1, l2 = real_lengths(v, t, wd)
+    def block(self, v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> tuple[Tensor, Tensor]:
+        ctx = ctx or BlockContext(v, t)
+        c = token_sim(v, t, ctx)
+        d, e = (w.to(c.dtype) for w in global_weights(v, t))
+        bv, bt = mask_bias(v, t, c.dtype)
+        l1, l2 = real_lengths(v, t, c.dtype)
+        # |lam e_t c_st| <= lam |mu_bar| |omega_t|^2 |mu_s|, and likewise for lam d_s c_st.
+        nv, nvbar, nt, ntbar = ctx.norms if ctx.reuse else (math.inf,) * 4
+        safe_v2t = ctx.exp2_is_safe(self.lam * LOG2E * nvbar * nt * nt * nv, c.shape[3], c.dtype)
+        safe_t2v = ctx.exp2_is_safe(self.lam * LOG2E * ntbar * nv * nv * nt, c.shape[1], c.dtype)
         # Padded tokens have zero features: their c, d, e are 0, so they add nothing below.
-        r = softmax_dot(torch.addcmul(bt, c, e, value=self.lam), c, 3)  # [n, L1, m]
-        v2t = torch.einsum("nsm,nsm->nm", r, d[..., 0]) / l1
-        q = softmax_dot(torch.addcmul(bv, c, d, value=self.lam), c, 1)  # [n, m, L2]
-        t2v = torch.einsum("nmt,nmt->nm", q, e[:, 0]) / l2
+        r = softmax_dot(c, self.lam * e, bt if ctx.txt_padded else None, 3, ctx, safe_v2t)  # [n, L1, m]
+        v2t = torch.linalg.vecdot(r, d[..., 0], dim=1) / l1
+        q = softmax_dot(c, self.lam * d, bv if ctx.vis_padded else None, 1, ctx, safe_t2v)  # [n, m, L2]
+        t2v = torch.linalg.vecdot(q, e[:, 0], dim=2) / l2
         return v2t, t2v

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Aligner, Tokens, real_lengths, work_dtype
+from .base import Aligner, BlockContext, Tokens, real_lengths, work_dtype
 from .registry import register_aligner
 
 
@@ -25,7 +25,7 @@ class Uniform(Aligner):
         tp = w / (l1.view(-1, 1, 1, 1) * l2.view(1, 1, -1, 1))
         return tp, tp
 
-    def block(self, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
+    def block(self, v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> tuple[Tensor, Tensor]:
         wd = work_dtype(v.dtype)
         mean_v = v.feats.to(wd).sum(1) / v.mask.sum(1, keepdim=True).to(wd)  # padding is zero
         mean_t = t.feats.to(wd).sum(1) / t.mask.sum(1, keepdim=True).to(wd)
