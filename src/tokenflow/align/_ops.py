@@ -27,11 +27,10 @@ def softmax_dot(
         x = c * scale if bias is None else torch.addcmul(bias, c, scale) if torch.is_tensor(scale) else bias + scale * c
         return (torch.softmax(x, dim) * c).sum(dim)
     x = ctx.scratch("x", c.shape, c.dtype)
-    if torch.is_tensor(scale):
-        scale = scale * LOG2E
-        torch.mul(c, scale, out=x) if bias is None else torch.addcmul(bias, c, scale, out=x)
-    else:
-        torch.mul(c, scale * LOG2E, out=x) if bias is None else torch.add(bias, c, alpha=scale * LOG2E, out=x)
+    # Two simple passes beat one addcmul whose two broadcast operands defeat vectorisation.
+    torch.mul(c, scale * LOG2E, out=x)
+    if bias is not None:
+        x.add_(bias)
     if not safe:
         x.sub_(x.amax(dim, keepdim=True))
     torch.exp2(x, out=x)

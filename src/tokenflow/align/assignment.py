@@ -60,6 +60,3 @@ class Assignment(Aligner):
         else:
             plan = log_sinkhorn(c / self.eps, safe_log(a), safe_log(b), self.n_iter, t.mask[None, None]).exp()
         return plan, plan
-
-    def block_elements(self) -> int:
-        return 2**18

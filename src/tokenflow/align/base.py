@@ -27,10 +27,11 @@ from torch import Tensor, nn
 
 __all__ = ["Tokens", "Plan", "Scores", "Aligner", "BlockContext", "DEFAULT_BLOCK_ELEMENTS"]
 
-# Token-pair elements ([n, L1, m, L2]) scored at once by default. 2**20 fp32 values are 4 MiB per
-# buffer: small enough for the few live buffers of a block to stay near the CPU's cache, large
-# enough that the matrix multiply of a block runs at full speed (see benchmarks/RESULTS.md).
-DEFAULT_BLOCK_ELEMENTS = 2**20
+# Token-pair elements ([n, L1, m, L2]) scored at once by default: 2**21 fp32 values are 8 MiB
+# per buffer (a block keeps about three alive). Large enough that the block's matrix multiply
+# runs near full speed, small enough to stay in the last-level cache; on the 2-core benchmark
+# machine 2**21 beat 2**19 and 2**20 for tokenflow (benchmarks/RESULTS.md).
+DEFAULT_BLOCK_ELEMENTS = 2**21
 
 IndexLike = int | slice | Sequence[int] | Tensor
 
@@ -198,15 +199,29 @@ def token_sim(v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> Tensor:
     """c[i, s, j, t] = mu_is . omega_jt (eq 7) as [n, L1, m, L2] in the working dtype, one matrix
     multiply. With a no-grad ``ctx`` the result lives in a reused scratch buffer."""
     n, l1, dim = v.feats.shape
-    m, l2, _ = t.feats.shape
-    a, b = v.feats.reshape(n * l1, dim), t.feats.reshape(m * l2, dim)
-    wd = work_dtype(v.dtype)
+    return _sim(v.feats.reshape(n * l1, dim), t, ctx, "c").view(n, l1, len(t), t.feats.shape[1])
+
+
+def token_sim_and_e(v: Tokens, t: Tokens, ctx: BlockContext) -> tuple[Tensor, Tensor]:
+    """``token_sim`` and e[i, j, t] = mu_bar_i . omega_jt (eq 14) from ONE matrix multiply: each
+    visual item's global feature rides along as an extra token row, which is cheaper than a
+    separate, skinny [n, D] x [D, m*L2] multiply. Returns c [n, L1, m, L2] and e [n, 1, m, L2]."""
+    n, l1, dim = v.feats.shape
+    aug = ctx.per_visual_block(v, "feats+pooled", lambda: torch.cat([v.feats, v.pooled[:, None]], 1))
+    full = _sim(aug.reshape(n * (l1 + 1), dim), t, ctx, "c+e").view(n, l1 + 1, len(t), t.feats.shape[1])
+    return full[:, :l1], full[:, l1:]
+
+
+def _sim(a: Tensor, t: Tokens, ctx: BlockContext | None, name: str) -> Tensor:
+    m, l2, dim = t.feats.shape
+    b = t.feats.reshape(m * l2, dim)
+    wd = work_dtype(a.dtype)
     if ctx is None:
-        return (a @ b.T).view(n, l1, m, l2).to(wd)
-    c = torch.mm(a, b.T, out=ctx.out("c_in", (n * l1, m * l2), v.dtype))
-    if wd != v.dtype:
-        c = c.to(wd) if not ctx.reuse else ctx.scratch("c", (n * l1, m * l2), wd).copy_(c)
-    return c.view(n, l1, m, l2)
+        return (a @ b.T).to(wd)
+    c = torch.mm(a, b.T, out=ctx.out(name + "_in", (a.shape[0], m * l2), a.dtype))
+    if wd != a.dtype:
+        c = c.to(wd) if not ctx.reuse else ctx.scratch(name, (a.shape[0], m * l2), wd).copy_(c)
+    return c
 
 
 def global_weights(v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
@@ -239,7 +254,7 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class BlockContext:
-    """What the blocks of one ``pairwise`` call share: reusable scratch buffers (only when no
+    """What the blocks of one ``pairwise`` call share (``vis`` and ``txt`` are the whole collections): reusable scratch buffers (only when no
     gradient is recorded; autograd needs every intermediate) and collection-wide statistics
     computed once: whether either side has padding, and the largest token / global feature
     norms, which bound every softmax exponent so a plan can skip the max-shift safely."""
@@ -253,6 +268,8 @@ class BlockContext:
         self.reuse = not needs_grad
         self._bufs: dict[str, Tensor] = {}
         self._norms: tuple[float, float, float, float] | None = None
+        self._memo_key: tuple | None = None
+        self._memo = None
         self.vis_padded = not bool(vis.mask.all())
         self.txt_padded = not bool(txt.mask.all())
 
@@ -266,6 +283,13 @@ class BlockContext:
             buf = self._bufs[name] = torch.empty(numel, dtype=dtype, device=self.vis.device)
         return buf[:numel].view(shape)
 
+    def per_visual_block(self, v: Tokens, name: str, make):
+        """``make()`` computed once per visual block (the same ``v`` meets every text block)."""
+        key = (name, id(v))
+        if self._memo_key != key:
+            self._memo_key, self._memo = key, make()
+        return self._memo
+
     def out(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor | None:
         """A scratch buffer for an ``out=`` argument, or ``None`` (a fresh tensor) under autograd."""
         return self.scratch(name, shape, dtype) if self.reuse else None
@@ -274,11 +298,14 @@ class BlockContext:
     def norms(self) -> tuple[float, float, float, float]:
         """Largest norms of visual tokens, visual globals, text tokens, text globals."""
         if self._norms is None:
+            def token_max(tok: Tokens) -> Tensor:  # over real tokens only: padding may hold junk
+                return torch.where(tok.mask, tok.feats.float().norm(dim=-1), 0.0).amax()
+
             stats = torch.stack(
                 [
-                    self.vis.feats.float().norm(dim=-1).amax(),
+                    token_max(self.vis),
                     self.vis.pooled.float().norm(dim=-1).amax(),
-                    self.txt.feats.float().norm(dim=-1).amax(),
+                    token_max(self.txt),
                     self.txt.pooled.float().norm(dim=-1).amax(),
                 ]
             )
@@ -345,7 +372,7 @@ class Aligner(nn.Module):
         Args:
             vis: N visual items. txt: M texts.
             chunk: most (visual, text) pairs scored at once; default: the aligner's ``chunk``,
-                else a block of about 2**20 token pairs. Memory beyond the [N, M] result is
+                else a block of about 2**21 token pairs. Memory beyond the [N, M] result is
                 bounded by the block, whatever N and M (with autograd on, each block keeps its
                 own intermediates for the backward pass).
             check: validate values (NaN/Inf, empty rows); costs one device sync.
@@ -355,14 +382,14 @@ class Aligner(nn.Module):
             inputs, else the input dtype.
         """
         self._check_pair(vis, txt, check)
-        v, t = vis.zero_padding(), txt.zero_padding()
         params_need_grad = any(p.requires_grad for p in self.parameters())
-        ctx = BlockContext(v, t, needs_grad=None if not params_need_grad else torch.is_grad_enabled())
-        nb, mb = self._block_shape(len(v), len(t), v.feats.shape[1], t.feats.shape[1], chunk)
+        ctx = BlockContext(vis, txt, needs_grad=None if not params_need_grad else torch.is_grad_enabled())
+        nb, mb = self._block_shape(len(vis), len(txt), vis.feats.shape[1], txt.feats.shape[1], chunk)
         rows_v2t, rows_t2v = [], []
-        for i0 in range(0, len(v), nb):
-            vb = v[i0 : i0 + nb]
-            cols = [self.block(vb, t[j0 : j0 + mb], ctx) for j0 in range(0, len(t), mb)]
+        for i0 in range(0, len(vis), nb):
+            # Padding is zeroed block by block: no copy of a whole collection is ever made.
+            vb = vis[i0 : i0 + nb].zero_padding()
+            cols = [self.block(vb, txt[j0 : j0 + mb].zero_padding(), ctx) for j0 in range(0, len(txt), mb)]
             rows_v2t.append(torch.cat([b[0] for b in cols], 1))
             rows_t2v.append(torch.cat([b[1] for b in cols], 1))
         return Scores(torch.cat(rows_v2t, 0), torch.cat(rows_t2v, 0))

@@ -48,6 +48,3 @@ class EMD(Aligner):
         a, b = transport_marginals(v, t, c.dtype)
         plan = per_pair_plans(1.0 - c, a, b, v, t, _emd)
         return plan, plan
-
-    def block_elements(self) -> int:
-        return 2**18  # the per-pair solver dominates; smaller blocks keep memory low

@@ -82,6 +82,3 @@ class PartialOT(Aligner):
         cols = F.pad(t.mask, (0, 1), value=True)[None, None]  # the dummy column is real
         plan = log_sinkhorn(k + corner, safe_log(a), safe_log(b), self.n_iter, cols).exp()[:, :l1, :, :l2]
         return plan, plan
-
-    def block_elements(self) -> int:
-        return 2**18

@@ -52,6 +52,3 @@ class Sinkhorn(Aligner):
             a, b = transport_marginals(v, t, c.dtype)
             plan = log_sinkhorn((c - 1.0) / self.eps, safe_log(a), safe_log(b), self.n_iter, t.mask[None, None]).exp()
         return plan, plan
-
-    def block_elements(self) -> int:
-        return 2**18
