@@ -124,13 +124,16 @@ class PeakMemory:
 
 def matmul_gflops(vis: Tokens, txt: Tokens, repeats: int, device: str) -> float:
     """Best GFLOP/s of plain ``torch.mm`` computing the token similarities of vis x txt, over a
-    few block shapes (whole text side at once, and cache-sized square blocks)."""
-    a = vis.feats.reshape(-1, vis.dim)
-    b = txt.feats.reshape(-1, txt.dim)
+    few block shapes (whole text side at once, and cache-sized blocks) and, for half-precision
+    inputs, over multiplying them as they are or upcast to fp32."""
     l1, l2 = vis.feats.shape[1], txt.feats.shape[1]
-    flops = 2.0 * a.shape[0] * b.shape[0] * vis.dim
+    flops = 2.0 * len(vis) * l1 * len(txt) * l2 * vis.dim
     best = 0.0
-    for rows_per_block, cols_per_block in ((len(vis), len(txt)), (64, 64), (128, 128), (48, 256)):
+    operands = [(vis.feats.reshape(-1, vis.dim), txt.feats.reshape(-1, txt.dim))]
+    if work_dtype(vis.dtype) != vis.dtype:  # half inputs may multiply faster upcast (CPUs without bf16 units)
+        operands.append(tuple(x.to(work_dtype(vis.dtype)) for x in operands[0]))
+    shapes = ((len(vis), len(txt)), (64, 64), (128, 128), (48, 256))
+    for (a, b), (rows_per_block, cols_per_block) in ((ops, sh) for ops in operands for sh in shapes):
         rb, cb = min(rows_per_block, len(vis)) * l1, min(cols_per_block, len(txt)) * l2
         out = torch.empty(rb, cb, dtype=a.dtype, device=a.device)
 
@@ -223,19 +226,23 @@ def machine() -> dict:
     return info
 
 
-def run(cfg: BenchConfig, progress=print) -> dict:
+def run(cfg: BenchConfig, progress=print, on_row=None) -> dict:
+    """Benchmark every (l1, dtype, plan); ``on_row(report)`` sees the report after each row."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    rows = []
+    rows: list[dict] = []
+    report = {"config": asdict(cfg), "machine": machine(), "rows": rows}
     for l1 in cfg.l1:
         for dtype_name in cfg.dtypes:
             for name in cfg.aligners:
                 row = bench_one(name, cfg, l1, dtype_name, gen)
                 rows.append(row)
+                if on_row is not None:
+                    on_row(report)
                 progress(
                     f"  {name:10s} l1={l1:<3d} {dtype_name}: {row['pairs_per_s']:>12,.0f} pairs/s  "
                     f"x{row['ratio_to_matmul']:.2f} of matmul  x{row['speedup_vs_naive']:.1f} vs naive"
                 )
-    return {"config": asdict(cfg), "machine": machine(), "rows": rows}
+    return report
 
 
 def markdown(report: dict) -> str:
@@ -300,12 +307,14 @@ def _main(args: argparse.Namespace) -> int:
                           aligners=aligners, slow_m=args.slow_m, memory_n=tuple(args.memory_n),
                           repeats=args.repeats, device=args.device)
     print(f"tokenflow bench on {args.device}: N={cfg.n} M={cfg.m} l1={list(cfg.l1)} l2={cfg.l2} D={cfg.dim}")
-    report = run(cfg)
-    table = markdown(report)
+
+    def save(report: dict) -> None:  # after every row, so that a long run cut short keeps its results
+        if args.json_path:
+            _write_atomic(args.json_path, json.dumps(report, indent=2) + "\n")
+        if args.md_path:
+            _write_atomic(args.md_path, markdown(report))
+
+    report = run(cfg, on_row=save)
     print()
-    print(table)
-    if args.json_path:
-        _write_atomic(args.json_path, json.dumps(report, indent=2) + "\n")
-    if args.md_path:
-        _write_atomic(args.md_path, table)
+    print(markdown(report))
     return 0

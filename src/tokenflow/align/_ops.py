@@ -18,13 +18,13 @@ def softmax_dot(
     """``sum_dim softmax(scale * c + bias, dim) * c``: the softmax-weighted mean of ``c`` along ``dim``.
 
     ``bias`` is 0 at real tokens and -inf at padding (or ``None`` when there is none). Under
-    autograd this is the plain formula. Without it, the same value is computed in one scratch
-    buffer with ``exp2`` (log2 e folded into the scale, cheaper than ``exp`` on the CPU), and the
-    max-shift is skipped when ``safe`` (the caller has bounded |scale * c| so nothing overflows):
-    the largest tensor of a block is then written once and read three times.
+    autograd this is the plain formula. Without it, the same value is computed in place in one
+    reused scratch buffer (no allocation), with ``exp2`` (log2 e folded into the scale; cheaper
+    than ``exp`` on the CPU), and the max-shift is skipped when ``safe`` (the caller has bounded
+    |scale * c|, so nothing overflows or vanishes).
     """
     if not ctx.reuse:
-        x = c * scale if bias is None else torch.addcmul(bias, c, scale) if torch.is_tensor(scale) else bias + scale * c
+        x = c * scale if bias is None else c * scale + bias
         return (torch.softmax(x, dim) * c).sum(dim)
     x = ctx.scratch("x", c.shape, c.dtype)
     # Two simple passes beat one addcmul whose two broadcast operands defeat vectorisation.

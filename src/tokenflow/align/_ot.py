@@ -9,14 +9,17 @@ Two routes:
   called pair by pair on the real tokens, in float64 on the CPU. The plans it returns are
   constants; gradients reach the features through ``c`` only, as DeepEMD and DIML do.
 
-Why our own batched Sinkhorn rather than POT's: ``benchmarks/ot_solvers.py`` compares POT's
-single-problem ``ot.sinkhorn`` in a loop, POT 0.9.7's batched ``ot.batch.solve_batch`` (log
-Sinkhorn) and this function on the same problems; the numbers are in benchmarks/RESULTS.md.
-Besides speed, ``solve_batch`` stops on a tolerance (a data-dependent iteration count, awkward
-for gradients and reproducibility) and takes [B, ns, nt] problems of one size, so ragged real
-lengths would need either a copy per size or zero-mass padding, which its log of the marginals
-does not accept. The exact route uses POT's ``ot.emd`` directly: it is the reference network
-simplex, and its cost per small problem (~0.1 ms) is dominated by the call itself.
+Why our own batched Sinkhorn rather than POT's (``benchmarks/ot_solvers.py``, numbers in
+benchmarks/RESULTS.md): on 1000 problems of 20 x 30 with 100 iterations, POT 0.9.7's batched
+``ot.batch.solve_batch`` and this function take the same time (~0.4 s on 2 cores) and give the
+same plans, about 110x faster than POT's single-problem ``ot.sinkhorn`` called in a loop. Speed
+is therefore not the reason. Padding is: POT starts its scalings on every column, padded ones
+included, so at a small fixed iteration count (OMIT uses 3) its plan depends on how much padding
+a batch has (two padded columns moved a 5-iteration plan by 2e-3). This function starts on the
+real tokens only, so scores are padding-invariant at any iteration count (tested), and it works
+in place on the block layout, with the dummy point of partial transport as one more column.
+The exact route uses POT's ``ot.emd`` directly: the reference network simplex, ~0.17 ms per
+20 x 30 problem here.
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ tokens run over dim 3, over visual tokens over dim 1.
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
@@ -87,7 +89,8 @@ class Tokens:
         if isinstance(idx, int):
             if not -len(self) <= idx < len(self):
                 raise IndexError(f"index {idx} out of range for Tokens of length {len(self)}")
-            idx = slice(idx, idx + 1 if idx != -1 else None)
+            start = idx % len(self)
+            idx = slice(start, start + 1)
         return Tokens(self.feats[idx], self.mask[idx], self.pooled[idx])
 
     @property
@@ -212,10 +215,36 @@ def token_sim_and_e(v: Tokens, t: Tokens, ctx: BlockContext) -> tuple[Tensor, Te
     return full[:, :l1], full[:, l1:]
 
 
+@functools.lru_cache(maxsize=None)
+def half_matmul_is_slow(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies ``dtype`` (bf16 / fp16) matrices slower than fp32 ones.
+
+    CPUs without native bf16 units emulate it (on the 2-core AVX2 benchmark machine a bf16
+    multiply ran at about 1/8 of fp32), while CPUs with AVX512-BF16 or AMX are faster in bf16.
+    Measured once per process on a small multiply (a few milliseconds).
+    """
+    a = torch.randn(256, 512)
+    b = torch.randn(512, 512)
+
+    def best(x: Tensor, y: Tensor) -> float:
+        x @ y
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            x @ y
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return best(a.to(dtype), b.to(dtype)) > best(a, b)
+
+
 def _sim(a: Tensor, t: Tokens, ctx: BlockContext | None, name: str) -> Tensor:
     m, l2, dim = t.feats.shape
     b = t.feats.reshape(m * l2, dim)
     wd = work_dtype(a.dtype)
+    if wd != a.dtype and a.device.type == "cpu" and half_matmul_is_slow(a.dtype):
+        # Same bf16 / fp16 values, multiplied in fp32: exact products, and faster on this CPU.
+        a, b = a.to(wd), b.to(wd)
     if ctx is None:
         return (a @ b.T).to(wd)
     c = torch.mm(a, b.T, out=ctx.out(name + "_in", (a.shape[0], m * l2), a.dtype))
@@ -227,11 +256,15 @@ def _sim(a: Tensor, t: Tokens, ctx: BlockContext | None, name: str) -> Tensor:
 def global_weights(v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
     """Eq 14 for every pair: d[i, s, j] = mu_is . omega_bar_j as [n, L1, m, 1] and
     e[i, j, t] = mu_bar_i . omega_jt as [n, 1, m, L2]. Zero at padding when padding is zeroed."""
-    n, l1, dim = v.feats.shape
-    m, l2, _ = t.feats.shape
-    d = (v.feats.reshape(n * l1, dim) @ t.pooled.T).view(n, l1, m, 1)
+    n, m, l2, dim = len(v), len(t), t.feats.shape[1], t.dim
     e = (v.pooled @ t.feats.reshape(m * l2, dim).T).view(n, 1, m, l2)
-    return d, e
+    return visual_weights(v, t), e
+
+
+def visual_weights(v: Tokens, t: Tokens) -> Tensor:
+    """d[i, s, j] = mu_is . omega_bar_j (eq 14) as [n, L1, m, 1]."""
+    n, l1, dim = v.feats.shape
+    return (v.feats.reshape(n * l1, dim) @ t.pooled.T).view(n, l1, len(t), 1)
 
 
 def mask_bias(v: Tokens, t: Tokens, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -254,10 +287,11 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class BlockContext:
-    """What the blocks of one ``pairwise`` call share (``vis`` and ``txt`` are the whole collections): reusable scratch buffers (only when no
-    gradient is recorded; autograd needs every intermediate) and collection-wide statistics
-    computed once: whether either side has padding, and the largest token / global feature
-    norms, which bound every softmax exponent so a plan can skip the max-shift safely."""
+    """What the blocks of one ``pairwise`` call share: reusable scratch buffers (only when no
+    gradient is recorded; autograd needs every intermediate) and statistics of the whole
+    collections ``vis`` and ``txt``, computed once: whether either side has padding, and the
+    largest token / global feature norms, which bound every softmax exponent so that a plan
+    can skip the max-shift safely."""
 
     def __init__(self, vis: Tokens, txt: Tokens, needs_grad: bool | None = None) -> None:
         self.vis, self.txt = vis, txt
@@ -285,9 +319,9 @@ class BlockContext:
 
     def per_visual_block(self, v: Tokens, name: str, make):
         """``make()`` computed once per visual block (the same ``v`` meets every text block)."""
-        key = (name, id(v))
-        if self._memo_key != key:
-            self._memo_key, self._memo = key, make()
+        # Keep ``v`` itself, not its id: an id can be reused once its object is freed.
+        if self._memo_key is None or self._memo_key[0] != name or self._memo_key[1] is not v:
+            self._memo_key, self._memo = (name, v), make()
         return self._memo
 
     def out(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor | None:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ._ops import LOG2E, softmax_dot
-from .base import Aligner, BlockContext, Tokens, global_weights, mask_bias, real_lengths, token_sim_and_e
+from .base import Aligner, BlockContext, Tokens, global_weights, mask_bias, real_lengths, token_sim_and_e, visual_weights
 from .registry import register_aligner
 
 
@@ -53,8 +53,7 @@ class TokenFlow(Aligner):
     def block(self, v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> tuple[Tensor, Tensor]:
         ctx = ctx or BlockContext(v, t)
         c, e = token_sim_and_e(v, t, ctx)
-        n, l1, dim = v.feats.shape
-        d = (v.feats.reshape(n * l1, dim) @ t.pooled.T).view(n, l1, len(t), 1).to(c.dtype)
+        d = visual_weights(v, t).to(c.dtype)
         bv, bt = mask_bias(v, t, c.dtype)
         l1, l2 = real_lengths(v, t, c.dtype)
         # |lam e_t c_st| <= lam |mu_bar| |omega_t|^2 |mu_s|, and likewise for lam d_s c_st.
