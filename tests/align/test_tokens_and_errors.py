@@ -81,6 +81,14 @@ def test_unknown_names_list_the_choices():
         get_aligner("scan", lam=0)
     with pytest.raises(ValueError, match="mass must be in"):
         get_aligner("partial-ot", mass=1.5)
+    with pytest.raises(ValueError, match="sinkhorn: eps must be > 0"):
+        get_aligner("sinkhorn", eps=0.0)
+    with pytest.raises(ValueError, match="assignment: n_iter must be >= 1"):
+        get_aligner("assignment", n_iter=0)
+    with pytest.raises(ValueError, match="sinkhorn: grad must be one of"):
+        get_aligner("sinkhorn", grad="implicit")
+    with pytest.raises(ValueError, match="partial-ot: marginals must be one of"):
+        get_aligner("partial-ot", marginals="softmax")
     with pytest.raises(ValueError, match="chunk must be a positive"):
         get_aligner("uniform", chunk=0)
 

@@ -33,6 +33,14 @@ from torch import Tensor
 from .base import Tokens
 
 
+def check_entropic(plan: str, eps: float, n_iter: int) -> None:
+    """Validate the entropic solver settings shared by the Sinkhorn-based plans."""
+    if not eps > 0:
+        raise ValueError(f"{plan}: eps must be > 0, got {eps}")
+    if n_iter < 1:
+        raise ValueError(f"{plan}: n_iter must be >= 1, got {n_iter}")
+
+
 def log_sinkhorn(k: Tensor, log_a: Tensor, log_b: Tensor, n_iter: int, col_mask: Tensor) -> Tensor:
     """Log of the entropic OT plan for every pair of a block.
 

@@ -17,7 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ._ops import safe_log
-from ._ot import log_sinkhorn, per_pair_plans
+from ._ot import check_entropic, log_sinkhorn, per_pair_plans
 from .base import Aligner, Tokens
 from .partial_ot import uniform_marginals
 from .registry import register_aligner
@@ -42,10 +42,7 @@ class Assignment(Aligner):
 
     def __init__(self, eps: float = 0.05, n_iter: int = 50, exact: bool = False, chunk: int | None = None) -> None:
         super().__init__(chunk)
-        if not eps > 0:
-            raise ValueError(f"assignment: eps must be > 0, got {eps}")
-        if n_iter < 1:
-            raise ValueError(f"assignment: n_iter must be >= 1, got {n_iter}")
+        check_entropic("assignment", eps, n_iter)
         self.eps, self.n_iter, self.exact = float(eps), int(n_iter), bool(exact)
 
     def hparams(self) -> dict:

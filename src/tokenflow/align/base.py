@@ -135,7 +135,10 @@ class Tokens:
         if bool(empty.any()):
             rows = torch.nonzero(empty).flatten()[:5].tolist()
             raise ValueError(f"{name}: item(s) {rows} have no real token (mask is all False)")
-        bad_tok = (~torch.isfinite(self.feats)).any(-1) & self.mask
+        step = 1024  # in slices, so that checking adds no memory proportional to the collection
+        bad_tok = torch.cat(
+            [(~torch.isfinite(self.feats[i : i + step])).any(-1) for i in range(0, len(self), step)]
+        ) & self.mask
         if bool(bad_tok.any()):
             i, s = torch.nonzero(bad_tok)[0].tolist()
             raise ValueError(f"{name}: feats has NaN or Inf at item {i}, real token {s}")
@@ -332,16 +335,14 @@ class BlockContext:
     def norms(self) -> tuple[float, float, float, float]:
         """Largest norms of visual tokens, visual globals, text tokens, text globals."""
         if self._norms is None:
+            def norm(x: Tensor) -> Tensor:  # accumulated in fp32 without an fp32 copy of x
+                return torch.linalg.vector_norm(x, dim=-1, dtype=work_dtype(x.dtype)).float()
+
             def token_max(tok: Tokens) -> Tensor:  # over real tokens only: padding may hold junk
-                return torch.where(tok.mask, tok.feats.float().norm(dim=-1), 0.0).amax()
+                return torch.where(tok.mask, norm(tok.feats), 0.0).amax()
 
             stats = torch.stack(
-                [
-                    token_max(self.vis),
-                    self.vis.pooled.float().norm(dim=-1).amax(),
-                    token_max(self.txt),
-                    self.txt.pooled.float().norm(dim=-1).amax(),
-                ]
+                [token_max(self.vis), norm(self.vis.pooled).amax(), token_max(self.txt), norm(self.txt.pooled).amax()]
             )
             self._norms = tuple(stats.tolist())
         return self._norms
@@ -419,13 +420,27 @@ class Aligner(nn.Module):
         params_need_grad = any(p.requires_grad for p in self.parameters())
         ctx = BlockContext(vis, txt, needs_grad=None if not params_need_grad else torch.is_grad_enabled())
         nb, mb = self._block_shape(len(vis), len(txt), vis.feats.shape[1], txt.feats.shape[1], chunk)
+        out_v2t = out_t2v = None  # without autograd, blocks are written straight into the result
         rows_v2t, rows_t2v = [], []
         for i0 in range(0, len(vis), nb):
             # Padding is zeroed block by block: no copy of a whole collection is ever made.
             vb = vis[i0 : i0 + nb].zero_padding()
-            cols = [self.block(vb, txt[j0 : j0 + mb].zero_padding(), ctx) for j0 in range(0, len(txt), mb)]
-            rows_v2t.append(torch.cat([b[0] for b in cols], 1))
-            rows_t2v.append(torch.cat([b[1] for b in cols], 1))
+            cols = []
+            for j0 in range(0, len(txt), mb):
+                sv, st = self.block(vb, txt[j0 : j0 + mb].zero_padding(), ctx)
+                if not ctx.reuse:
+                    cols.append((sv, st))
+                    continue
+                if out_v2t is None:
+                    out_v2t = sv.new_empty(len(vis), len(txt))
+                    out_t2v = st.new_empty(len(vis), len(txt))
+                out_v2t[i0 : i0 + len(vb), j0 : j0 + sv.shape[1]] = sv
+                out_t2v[i0 : i0 + len(vb), j0 : j0 + st.shape[1]] = st
+            if cols:
+                rows_v2t.append(torch.cat([b[0] for b in cols], 1))
+                rows_t2v.append(torch.cat([b[1] for b in cols], 1))
+        if out_v2t is not None:
+            return Scores(out_v2t, out_t2v)
         return Scores(torch.cat(rows_v2t, 0), torch.cat(rows_t2v, 0))
 
     def forward(self, vis: Tokens, txt: Tokens, *, chunk: int | None = None, check: bool = True) -> Scores:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._ops import safe_log
-from ._ot import log_sinkhorn
+from ._ot import check_entropic, log_sinkhorn
 from .base import Aligner, Tokens
 from .emd import transport_marginals
 from .registry import register_aligner
@@ -55,10 +55,7 @@ class PartialOT(Aligner):
         super().__init__(chunk)
         if not 0 < mass <= 1:
             raise ValueError(f"partial-ot: mass must be in (0, 1], got {mass}")
-        if not eps > 0:
-            raise ValueError(f"partial-ot: eps must be > 0, got {eps}")
-        if n_iter < 1:
-            raise ValueError(f"partial-ot: n_iter must be >= 1, got {n_iter}")
+        check_entropic("partial-ot", eps, n_iter)
         if marginals not in MARGINALS:
             raise ValueError(f"partial-ot: marginals must be one of {MARGINALS}, got {marginals!r}")
         self.mass, self.eps, self.n_iter, self.marginals = float(mass), float(eps), int(n_iter), marginals

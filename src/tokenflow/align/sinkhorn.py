@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._ops import safe_log
-from ._ot import log_sinkhorn
+from ._ot import check_entropic, log_sinkhorn
 from .base import Aligner, Tokens
 from .emd import transport_marginals
 from .registry import register_aligner
@@ -36,10 +36,7 @@ class Sinkhorn(Aligner):
 
     def __init__(self, eps: float = 0.05, n_iter: int = 100, grad: str = "unroll", chunk: int | None = None) -> None:
         super().__init__(chunk)
-        if not eps > 0:
-            raise ValueError(f"sinkhorn: eps must be > 0, got {eps}")
-        if n_iter < 1:
-            raise ValueError(f"sinkhorn: n_iter must be >= 1, got {n_iter}")
+        check_entropic("sinkhorn", eps, n_iter)
         if grad not in GRAD_MODES:
             raise ValueError(f"sinkhorn: grad must be one of {GRAD_MODES}, got {grad!r}")
         self.eps, self.n_iter, self.grad = float(eps), int(n_iter), grad
