@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--aligners", nargs="+", default=["tokenflow", "scan", "max-avg", "learnable", "uniform", "sinkhorn", "emd"])
     args = p.parse_args()
     gen = torch.Generator().manual_seed(0)
-    print(f"| plan | dtype | M | " + " | ".join(f"extra MiB N={n}" for n in args.n) + " |")
+    print("| plan | dtype | M | " + " | ".join(f"extra MiB N={n}" for n in args.n) + " |")
     print("|---|---|---|" + "---|" * len(args.n))
     slow = {"emd", "sinkhorn", "partial-ot", "assignment"}
     with torch.no_grad():

@@ -1,6 +1,5 @@
 """Every plan against its naive per-pair equation, and the invariances of pairwise()."""
 
-import numpy as np
 import pytest
 import torch
 

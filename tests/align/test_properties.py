@@ -1,8 +1,6 @@
 """Properties each plan must have, beyond matching its equation."""
 
-import math
 
-import numpy as np
 import pytest
 import torch
 

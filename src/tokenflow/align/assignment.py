@@ -12,7 +12,6 @@ learned embeddings per item lives with the models; this module is the set simila
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 

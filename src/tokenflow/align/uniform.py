@@ -8,7 +8,6 @@ tokens of each side: no token-pair work is needed at all (FILIP notes the same e
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .base import Aligner, BlockContext, Tokens, real_lengths, work_dtype
