@@ -1,0 +1,95 @@
+"""Hugging Face ``CLIPModel`` loaded from a local folder (nothing is ever downloaded).
+
+Token features follow CLIP's own path to the joint space:
+
+- images: ``vision_model`` -> ``post_layernorm`` -> ``visual_projection`` on *every* token.
+  The vision tower applies ``post_layernorm`` only to its pooled (class) output, so it is
+  applied to the patch tokens here; the class token gives the global feature, the patches the
+  tokens.
+- texts: ``text_model`` (its final layer norm included) -> ``text_projection`` on every
+  token; the global feature is the token at the EOS position, which CLIP places right before
+  the padding. Reading that position from the attention mask (not from ``eos_token_id``)
+  keeps a mis-configured tokenizer from silently pooling position 0.
+
+The folder is what ``CLIPModel.save_pretrained`` plus the tokenizer and image processor write
+(``config.json``, weights, ``vocab.json``/``merges.txt`` or ``tokenizer.json``,
+``preprocessor_config.json``), e.g. a local copy of openai/clip-vit-base-patch32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .base import DualEncoder, eos_positions
+
+__all__ = ["HFCLIP"]
+
+MAX_TEXT_LEN = 32  # the paper's maximum caption length
+
+
+class HFCLIP(DualEncoder):
+    """Adapter around ``transformers.CLIPModel`` + its tokenizer and Pillow image processor."""
+
+    def __init__(self, model, tokenizer, processor, max_text_len: int = MAX_TEXT_LEN, source: str = ""):
+        super().__init__()
+        self.model, self.tokenizer, self.processor = model, tokenizer, processor
+        self.source = source
+        cfg = model.config
+        self.embed_dim = int(cfg.projection_dim)
+        crop = getattr(processor, "crop_size", None) or {}
+        self.image_size = int(crop.get("height", cfg.vision_config.image_size)) if isinstance(crop, dict) else int(
+            cfg.vision_config.image_size
+        )
+        self.max_text_len = min(int(max_text_len), int(cfg.text_config.max_position_embeddings))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, max_text_len: int = MAX_TEXT_LEN) -> "HFCLIP":
+        """Load model, tokenizer and image processor from ``folder`` (``local_files_only``)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"CLIP folder {folder} does not exist (weights are loaded from a local folder only)")
+        for name in ("config.json", "preprocessor_config.json"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder}: missing {name}; expected a folder written by "
+                                        "CLIPModel.save_pretrained plus its tokenizer and image processor")
+        if not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json")):
+            raise FileNotFoundError(f"{folder}: missing the tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+        from transformers import CLIPModel, CLIPTokenizer
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        model = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+        processor = CLIPImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
+        return cls(model, tokenizer, processor, max_text_len=max_text_len, source=str(folder))
+
+    def image_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        vm = self.model.vision_model
+        hidden = vm(pixel_values=pixels.to(self.model.dtype)).last_hidden_state
+        tokens = self.model.visual_projection(vm.post_layernorm(hidden))
+        return tokens[:, 1:], tokens[:, 0]
+
+    def text_features(self, ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        if ids.shape[1] > self.model.config.text_config.max_position_embeddings:
+            raise ValueError(f"texts are limited to {self.model.config.text_config.max_position_embeddings} "
+                             f"tokens, got {ids.shape[1]}")
+        hidden = self.model.text_model(input_ids=ids, attention_mask=attention_mask.long()).last_hidden_state
+        tokens = self.model.text_projection(hidden)
+        eos = eos_positions(attention_mask)
+        return tokens, tokens[torch.arange(tokens.shape[0], device=tokens.device), eos]
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        if isinstance(texts, str):
+            raise TypeError("tokenize takes a list of strings, got one string")
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_len,
+                             return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"].bool()
+
+    def preprocess(self, image) -> Tensor:
+        return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+    def config_dict(self) -> dict:
+        return {**super().config_dict(), "model_type": "clip", "source": self.source}
