@@ -1,0 +1,165 @@
+"""What every dataset loader returns, and how media files are read.
+
+A :class:`RetrievalSplit` is a list of visual items (image or video files) and a list of texts,
+each text belonging to one item. ``positives()`` is the [items, texts] bool matrix that the
+metrics take, so several captions per item (Flickr30K, COCO, MSVD) need no special case.
+Media are read lazily by :class:`MediaDataset`, which applies the missing/corrupt-file policy:
+``"fail"`` stops with the path and the reason, ``"skip"`` records the path and the reason and
+leaves the item out (its texts with it), and the evaluation report counts them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["RetrievalSplit", "MediaError", "MediaDataset", "collate_media", "load_image", "find_media",
+           "OnError", "VIDEO_EXTENSIONS"]
+
+OnError = Literal["fail", "skip"]
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+
+
+class MediaError(RuntimeError):
+    """A missing or unreadable image or video: ``path`` and ``reason``."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+@dataclass(frozen=True)
+class RetrievalSplit:
+    """Visual items and texts of one split. ``text_item[k]`` is the item that text k describes."""
+
+    name: str
+    modality: Literal["image", "video"]
+    item_ids: list[str]
+    item_paths: list[Path]
+    texts: list[str]
+    text_item: list[int]
+    protocol: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.item_ids) != len(self.item_paths):
+            raise ValueError(f"{self.name}: {len(self.item_ids)} item ids but {len(self.item_paths)} paths")
+        if len(self.texts) != len(self.text_item):
+            raise ValueError(f"{self.name}: {len(self.texts)} texts but {len(self.text_item)} text->item links")
+        n = len(self.item_ids)
+        bad = [k for k, i in enumerate(self.text_item) if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"{self.name}: texts {bad[:5]} point to items outside [0, {n})")
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def positives(self) -> Tensor:
+        """bool [items, texts]: True where the text describes the item."""
+        pos = torch.zeros(len(self.item_ids), len(self.texts), dtype=torch.bool)
+        pos[torch.tensor(self.text_item, dtype=torch.long), torch.arange(len(self.texts))] = True
+        return pos
+
+    def captions_per_item(self) -> list[int]:
+        counts = [0] * len(self.item_ids)
+        for i in self.text_item:
+            counts[i] += 1
+        return counts
+
+    def subset(self, items: Sequence[int], name: str | None = None) -> "RetrievalSplit":
+        """Keep the given items (in that order) and their texts."""
+        new_index = {old: new for new, old in enumerate(items)}
+        keep = [k for k, i in enumerate(self.text_item) if i in new_index]
+        return replace(
+            self,
+            name=name or self.name,
+            item_ids=[self.item_ids[i] for i in items],
+            item_paths=[self.item_paths[i] for i in items],
+            texts=[self.texts[k] for k in keep],
+            text_item=[new_index[self.text_item[k]] for k in keep],
+        )
+
+    def summary(self) -> dict:
+        return {"name": self.name, "modality": self.modality, "items": len(self.item_ids), "texts": len(self.texts),
+                **({"protocol": self.protocol} if self.protocol else {})}
+
+
+def load_image(path: str | Path):
+    """Open an image fully (so truncated files fail here, not later) as RGB; MediaError if not."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(path, "file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise MediaError(path, f"cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def find_media(folder: Path, ids: Sequence[str], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:
+    """Path of each id in ``folder`` with any of ``extensions`` (``folder/id.ext``). An id with no
+    file gets ``folder/id<first extension>``, which the media loader then reports as missing."""
+    found: dict[str, Path] = {}
+    if folder.is_dir():
+        with os.scandir(folder) as it:
+            for entry in it:
+                stem, ext = os.path.splitext(entry.name)
+                if ext.lower() in extensions and stem not in found:
+                    found[stem] = Path(entry.path)
+    return [found.get(i, folder / f"{i}{extensions[0]}") for i in ids]
+
+
+class MediaDataset(torch.utils.data.Dataset):
+    """Reads and preprocesses the visual items of a split.
+
+    Returns ``(index, pixels, frame_mask, error)``: images give pixels [3, H, W]; videos give
+    [F, 3, H, W] padded to ``num_frames`` and a bool frame mask [F]. With ``on_error="skip"`` a
+    bad file gives ``pixels=None`` and ``error=(path, reason)``; with ``"fail"`` it raises.
+    """
+
+    def __init__(self, split: RetrievalSplit, preprocess: Callable, num_frames: int = 12,
+                 on_error: OnError = "fail"):
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        self.split, self.preprocess, self.num_frames, self.on_error = split, preprocess, num_frames, on_error
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        path = self.split.item_paths[i]
+        try:
+            if self.split.modality == "image":
+                return i, self.preprocess(load_image(path)), None, None
+            from .video import read_video_frames
+
+            frames = read_video_frames(path, self.num_frames)
+            x = torch.stack([self.preprocess(f) for f in frames])
+            out = torch.zeros(self.num_frames, *x.shape[1:], dtype=x.dtype)
+            out[: len(frames)] = x
+            mask = torch.zeros(self.num_frames, dtype=torch.bool)
+            mask[: len(frames)] = True
+            return i, out, mask, None
+        except MediaError as e:
+            if self.on_error == "fail":
+                raise
+            return i, None, None, (e.path, e.reason)
+
+
+def collate_media(batch):
+    """Stack the good items; pass the bad ones through as ``(index, path, reason)``."""
+    good = [b for b in batch if b[1] is not None]
+    bad = [(b[0], *b[3]) for b in batch if b[1] is None]
+    if not good:
+        return [], None, None, bad
+    idx = [b[0] for b in good]
+    pixels = torch.stack([b[1] for b in good])
+    mask = torch.stack([b[2] for b in good]) if good[0][2] is not None else None
+    return idx, pixels, mask, bad

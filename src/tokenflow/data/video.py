@@ -1,0 +1,96 @@
+"""Video decoding with PyAV: F frames sampled uniformly over the clip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import MediaError
+
+__all__ = ["uniform_frame_indices", "read_video_frames", "count_frames"]
+
+
+def uniform_frame_indices(n_frames: int, num: int) -> list[int]:
+    """Indices of ``num`` frames spread uniformly over ``n_frames``: the middle frame of each of
+    ``num`` equal segments. A clip shorter than ``num`` gives all its frames (padded later)."""
+    if n_frames <= 0 or num <= 0:
+        raise ValueError(f"need n_frames > 0 and num > 0, got {n_frames}, {num}")
+    if n_frames <= num:
+        return list(range(n_frames))
+    return [int((k + 0.5) * n_frames / num) for k in range(num)]
+
+
+def _open(path: Path):
+    import av
+
+    if not path.is_file():
+        raise MediaError(path, "file not found")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(path, f"cannot open video ({type(e).__name__}: {e})") from None
+    if not container.streams.video:
+        container.close()
+        raise MediaError(path, "no video stream")
+    return container
+
+
+def count_frames(path: str | Path) -> int:
+    """Number of decodable frames (decodes the whole stream)."""
+    import av
+
+    path = Path(path)
+    container = _open(path)
+    try:
+        return sum(1 for _ in container.decode(video=0))
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(path, f"cannot decode video ({type(e).__name__}: {e})") from None
+    finally:
+        container.close()
+
+
+def read_video_frames(path: str | Path, num_frames: int = 12) -> list:
+    """Decode ``num_frames`` frames sampled uniformly (fewer for a shorter clip) as PIL images.
+
+    The frame count comes from the container when it states one, else from a first decoding
+    pass; if the container's count was wrong, the sampling is redone on the true count.
+    """
+    import av
+
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        n = int(stream.frames or 0)
+        if n <= 0:
+            container.close()
+            n = count_frames(path)
+            container = _open(path)
+            stream = container.streams.video[0]
+        if n <= 0:
+            raise MediaError(path, "video has no frames")
+        wanted = uniform_frame_indices(n, num_frames)
+        pick, out, seen = set(wanted), {}, 0
+        for i, frame in enumerate(container.decode(stream)):
+            seen = i + 1
+            if i in pick:
+                out[i] = frame.to_image()
+                if len(out) == len(pick):
+                    break
+        if len(out) < len(pick):  # the container over-stated its frame count
+            if seen == 0:
+                raise MediaError(path, "video has no decodable frames")
+            container.close()
+            wanted = uniform_frame_indices(seen, num_frames)
+            container = _open(path)
+            pick, out = set(wanted), {}
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in pick:
+                    out[i] = frame.to_image()
+                    if len(out) == len(pick):
+                        break
+        return [out[i] for i in wanted]
+    except av.FFmpegError as e:
+        raise MediaError(path, f"cannot decode video ({type(e).__name__}: {e})") from None
+    finally:
+        container.close()
