@@ -4,4 +4,4 @@ from .align import Aligner, Plan, Scores, Tokens, get_aligner, list_aligners, re
 
 __version__ = "0.1.0"
 
-__all__ = ["Aligner", "Plan", "Scores", "Tokens", "get_aligner", "list_aligners", "register_aligner", "__version__"]
+__all__ = ["Aligner", "Plan", "Scores", "Tokens", "__version__", "get_aligner", "list_aligners", "register_aligner"]

@@ -1,11 +1,78 @@
-"""The ``tokenflow`` command. Subcommands are added as the library grows."""
+"""The ``tokenflow`` command: ``make-data``, ``evaluate``, ``convert-captions``, ``bench``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from . import __version__
+
+
+def _hparam(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        return k, json.loads(v)
+    except json.JSONDecodeError:
+        return k, v
+
+
+def _sizes(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST counts such as 1000,100,100, got {text!r}")
+    return parts
+
+
+def _make_data(args) -> int:
+    from .data.synthetic import make_synthetic
+
+    paths = make_synthetic(args.out, images=args.images, videos=args.videos, image_size=args.size,
+                           frames=args.frames, seed=args.seed, image_format=args.format)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _convert(args) -> int:
+    from .data import convert_pickled_captions
+
+    print(convert_pickled_captions(args.pickle, args.out))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .align import get_aligner
+    from .data import load_split
+    from .eval.evaluate import evaluate, format_table
+    from .models import load_backbone
+    from .utils import write_text_atomic
+
+    split = load_split(args.dataset, args.root, args.split, media=args.media)
+    backbone = load_backbone(args.model).to(args.device)
+    aligner = None if args.aligner == "none" else get_aligner(args.aligner, **dict(args.hp or []))
+    folds = args.folds
+    if folds is None and args.dataset == "coco" and args.split == "test" and len(split) == 5000:
+        folds = 1000
+    report = evaluate(backbone, split, aligner, w_global=args.w_global, w_fine=args.w_fine,
+                      batch_size=args.batch_size, num_frames=args.frames, video_tokens=args.video_tokens,
+                      on_error=args.on_error, workers=args.workers, chunk=args.chunk, folds=folds,
+                      progress=not args.quiet and sys.stderr.isatty())
+    report["dataset"] = {"name": args.dataset, "root": str(args.root), "split": args.split}
+    report["command"] = ["tokenflow", *sys.argv[1:]] if args.argv is None else ["tokenflow", *args.argv]
+    print(f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} texts, "
+          f"aligner {args.aligner}, skipped {report['skipped']['count']}")
+    print(format_table(report))
+    if args.out:
+        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+        print(f"report: {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +82,51 @@ def main(argv: list[str] | None = None) -> int:
     from . import bench
 
     bench.add_parser(sub)
+
+    p = sub.add_parser("make-data", help="write the synthetic benchmark (Karpathy JSON + images, MSR-VTT + mp4)")
+    p.add_argument("out", type=Path, help="output folder (images/ and videos/ are created in it)")
+    p.add_argument("--images", type=_sizes, default=(1000, 100, 100), help="train,val,test images (even counts)")
+    p.add_argument("--videos", type=_sizes, default=(200, 50, 50), help="train,val,test videos (even counts)")
+    p.add_argument("--size", type=int, default=64, help="image and frame side in pixels")
+    p.add_argument("--frames", type=int, default=16, help="frames per video")
+    p.add_argument("--format", choices=("jpg", "png"), default="jpg")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_make_data)
+
+    p = sub.add_parser("convert-captions", help="turn MSVD's raw-captions.pkl into JSON without running code")
+    p.add_argument("pickle", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="default: next to the pickle, .json")
+    p.set_defaults(func=_convert)
+
+    from .align import list_aligners
+    from .data import DATASETS
+
+    p = sub.add_parser("evaluate", help="retrieval metrics of a backbone + aligner on a dataset split")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--root", required=True, type=Path, help="dataset folder in its standard layout")
+    p.add_argument("--split", default="test")
+    p.add_argument("--media", type=Path, default=None, help="image/video folder if not the default one")
+    p.add_argument("--model", required=True, type=Path, help="backbone folder (local CLIP or tiny)")
+    p.add_argument("--aligner", default="tokenflow", choices=[*list_aligners(), "none"])
+    p.add_argument("--hp", type=_hparam, action="append", metavar="NAME=VALUE", help="aligner hyperparameter")
+    p.add_argument("--w-global", type=float, default=1.0, help="weight of the global similarity")
+    p.add_argument("--w-fine", type=float, default=1.0, help="weight of the fine-grained score")
+    p.add_argument("--frames", type=int, default=12, help="frames sampled per video")
+    p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="missing/corrupt media: stop, or skip and count in the report")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--chunk", type=int, default=None, help="items per block in pairwise scoring")
+    p.add_argument("--folds", type=int, default=None, help="also average metrics over folds of this many items "
+                   "(automatic 1000 on COCO's 5K test)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="JSON report (written atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
+
     args = parser.parse_args(argv)
+    args.argv = argv
     return int(args.func(args) or 0)
 
 

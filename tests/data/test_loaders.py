@@ -3,14 +3,23 @@ import json
 import pickle
 import re
 import shutil
+from collections import Counter
 
 import pytest
 import torch
 from PIL import Image
 
-from tokenflow.data import (MediaDataset, MediaError, coco_1k_folds, collate_media, convert_pickled_captions,
-                            load_karpathy, load_split, read_video_frames, uniform_frame_indices)
-from collections import Counter
+from tokenflow.data import (
+    MediaDataset,
+    MediaError,
+    coco_1k_folds,
+    collate_media,
+    convert_pickled_captions,
+    load_karpathy,
+    load_split,
+    read_video_frames,
+    uniform_frame_indices,
+)
 
 
 def write_karpathy(tmp_path, images):
@@ -203,7 +212,7 @@ def test_media_policy_fail_and_skip(tmp_path, synth):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(good.read_bytes()[:100])  # truncated JPEG
     s = RetrievalSplit("t", "image", ["0", "1", "2"], [good, bad, tmp_path / "missing.jpg"], ["a", "b", "c"], [0, 1, 2])
-    prep = lambda im: torch.zeros(3, 4, 4)  # noqa: E731
+    prep = lambda im: torch.zeros(3, 4, 4)
     with pytest.raises(MediaError, match="bad.jpg: cannot decode image"):
         MediaDataset(s, prep)[1]
     with pytest.raises(MediaError, match="missing.jpg: file not found"):

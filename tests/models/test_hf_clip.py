@@ -1,11 +1,10 @@
 import json
-import os
 
 import pytest
 import torch
 from PIL import Image
 
-from tokenflow import Tokens, get_aligner
+from tokenflow import get_aligner
 from tokenflow.models import load_backbone
 from tokenflow.models.hf_clip import HFCLIP
 

@@ -24,7 +24,7 @@ The exact route uses POT's ``ot.emd`` directly: the reference network simplex, ~
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -21,13 +21,14 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Tokens", "Plan", "Scores", "Aligner", "BlockContext", "DEFAULT_BLOCK_ELEMENTS"]
+__all__ = ["DEFAULT_BLOCK_ELEMENTS", "Aligner", "BlockContext", "Plan", "Scores", "Tokens"]
 
 # Token-pair elements ([n, L1, m, L2]) scored at once by default: 2**21 fp32 values are 8 MiB
 # per buffer (a block keeps about three alive). Large enough that the block's matrix multiply
@@ -119,6 +120,19 @@ class Tokens:
 
     def detach(self) -> Tokens:
         return Tokens(self.feats.detach(), self.mask, self.pooled.detach())
+
+    @staticmethod
+    def cat(parts: Sequence[Tokens]) -> Tokens:
+        """Concatenate along the batch, padding every part to the longest L (zeros, masked out)."""
+        if not parts:
+            raise ValueError("Tokens.cat needs at least one Tokens")
+        length = max(p.feats.shape[1] for p in parts)
+        feats, masks = [], []
+        for p in parts:
+            pad = length - p.feats.shape[1]
+            feats.append(torch.nn.functional.pad(p.feats, (0, 0, 0, pad)))
+            masks.append(torch.nn.functional.pad(p.mask, (0, pad), value=False))
+        return Tokens(torch.cat(feats), torch.cat(masks), torch.cat([p.pooled for p in parts]))
 
     def zero_padding(self) -> Tokens:
         """The same tokens with padded features set to exactly zero (NaN or junk in padding is dropped)."""
@@ -218,7 +232,7 @@ def token_sim_and_e(v: Tokens, t: Tokens, ctx: BlockContext) -> tuple[Tensor, Te
     return full[:, :l1], full[:, l1:]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def half_matmul_is_slow(dtype: torch.dtype) -> bool:
     """Whether this CPU multiplies ``dtype`` (bf16 / fp16) matrices slower than fp32 ones.
 
@@ -458,7 +472,7 @@ class Aligner(nn.Module):
         tv, tt = self.plans(c, v, t)
         d, e = global_weights(v, t)
         sv, st = v.mask[0], t.mask[0]
-        pick = lambda x: x[0, :, 0, :][sv][:, st]  # noqa: E731 - [l1, l2] over real tokens
+        pick = lambda x: x[0, :, 0, :][sv][:, st]
         return Plan(c=pick(c), v2t=pick(tv), t2v=pick(tt), d=d[0, :, 0, 0][sv].to(wd), e=e[0, 0, 0, :][st].to(wd))
 
     # -- helpers ---------------------------------------------------------------------------------

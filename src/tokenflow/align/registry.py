@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from .base import Aligner
 
-__all__ = ["register_aligner", "get_aligner", "list_aligners"]
+__all__ = ["get_aligner", "list_aligners", "register_aligner"]
 
 _REGISTRY: dict[str, type[Aligner]] = {}
 A = TypeVar("A", bound=type[Aligner])

@@ -13,9 +13,23 @@ from .synthetic import make_synthetic
 from .video import read_video_frames, uniform_frame_indices
 
 __all__ = [
-    "DATASETS", "load_split", "RetrievalSplit", "MediaDataset", "MediaError", "collate_media", "find_media",
-    "load_image", "load_karpathy", "coco_1k_folds", "load_msrvtt", "load_msvd", "convert_pickled_captions",
-    "load_activitynet", "make_synthetic", "read_video_frames", "uniform_frame_indices",
+    "DATASETS",
+    "MediaDataset",
+    "MediaError",
+    "RetrievalSplit",
+    "coco_1k_folds",
+    "collate_media",
+    "convert_pickled_captions",
+    "find_media",
+    "load_activitynet",
+    "load_image",
+    "load_karpathy",
+    "load_msrvtt",
+    "load_msvd",
+    "load_split",
+    "make_synthetic",
+    "read_video_frames",
+    "uniform_frame_indices",
 ]
 
 DATASETS = ("flickr30k", "coco", "msrvtt", "msvd", "activitynet")

@@ -11,15 +11,24 @@ leaves the item out (its texts with it), and the evaluation report counts them.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["RetrievalSplit", "MediaError", "MediaDataset", "collate_media", "load_image", "find_media",
-           "OnError", "VIDEO_EXTENSIONS"]
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "MediaDataset",
+    "MediaError",
+    "OnError",
+    "RetrievalSplit",
+    "collate_media",
+    "find_media",
+    "load_image",
+]
 
 OnError = Literal["fail", "skip"]
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
@@ -70,7 +79,7 @@ class RetrievalSplit:
             counts[i] += 1
         return counts
 
-    def subset(self, items: Sequence[int], name: str | None = None) -> "RetrievalSplit":
+    def subset(self, items: Sequence[int], name: str | None = None) -> RetrievalSplit:
         """Keep the given items (in that order) and their texts."""
         new_index = {old: new for new, old in enumerate(items)}
         keep = [k for k, i in enumerate(self.text_item) if i in new_index]

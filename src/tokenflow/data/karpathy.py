@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .base import RetrievalSplit
 
-__all__ = ["load_karpathy", "coco_1k_folds", "KARPATHY_SPLITS"]
+__all__ = ["KARPATHY_SPLITS", "coco_1k_folds", "load_karpathy"]
 
 KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",), "restval": ("restval",)}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..utils import write_text_atomic
 from .base import RetrievalSplit, find_media
 
-__all__ = ["load_msvd", "convert_pickled_captions"]
+__all__ = ["convert_pickled_captions", "load_msvd"]
 
 
 class _NoGlobals(pickle.Unpickler):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..utils import atomic_path, write_text_atomic
 
-__all__ = ["make_synthetic", "COLORS", "SHAPES"]
+__all__ = ["COLORS", "SHAPES", "make_synthetic"]
 
 COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230),
@@ -129,23 +129,22 @@ def _render_video(path: Path, first: Obj, second: Obj, d1: str, d2: str, size: i
         cy0 = size * rng.uniform(0.35, 0.65) - dy * travel / 2
         objs.append((obj, t0, cx0, cy0, dx * travel, dy * travel, half))
     bg = (rng.randint(90, 140),) * 3
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as out:
-            stream = out.add_stream("libx264", rate=fps)
-            stream.width = stream.height = size
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "18", "preset": "veryfast"}
-            for t in range(n_frames):
-                img = Image.new("RGB", (size, size), bg)
-                d = ImageDraw.Draw(img)
-                for obj, t0, cx0, cy0, mx, my, half in objs:
-                    if t >= t0:
-                        u = (t - t0) / max(1, n_frames - 1 - t0)
-                        _draw(d, obj, cx0 + mx * u, cy0 + my * u, half)
-                for packet in stream.encode(av.VideoFrame.from_image(img)):
-                    out.mux(packet)
-            for packet in stream.encode():
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for t in range(n_frames):
+            img = Image.new("RGB", (size, size), bg)
+            d = ImageDraw.Draw(img)
+            for obj, t0, cx0, cy0, mx, my, half in objs:
+                if t >= t0:
+                    u = (t - t0) / max(1, n_frames - 1 - t0)
+                    _draw(d, obj, cx0 + mx * u, cy0 + my * u, half)
+            for packet in stream.encode(av.VideoFrame.from_image(img)):
                 out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
 
 
 def _split_sizes(total: tuple[int, int, int], what: str) -> None:

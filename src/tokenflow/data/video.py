@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .base import MediaError
 
-__all__ = ["uniform_frame_indices", "read_video_frames", "count_frames"]
+__all__ = ["count_frames", "read_video_frames", "uniform_frame_indices"]
 
 
 def uniform_frame_indices(n_frames: int, num: int) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["retrieval_metrics", "ranks", "RECALL_KS"]
+__all__ = ["RECALL_KS", "ranks", "retrieval_metrics"]
 
 RECALL_KS = (1, 5, 10, 50)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from .base import DualEncoder, VideoTokens
 from .tiny import TinyCLIP, TinyConfig, WordTokenizer
 
-__all__ = ["DualEncoder", "VideoTokens", "TinyCLIP", "TinyConfig", "WordTokenizer", "load_backbone"]
+__all__ = ["DualEncoder", "TinyCLIP", "TinyConfig", "VideoTokens", "WordTokenizer", "load_backbone"]
 
 
 def load_backbone(folder: str | Path) -> DualEncoder:

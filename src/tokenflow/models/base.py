@@ -14,7 +14,8 @@ mean pooling), and its tokens are either the F frame features or all frame patch
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -18,8 +18,8 @@ The folder is what ``CLIPModel.save_pretrained`` plus the tokenizer and image pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -47,7 +47,7 @@ class HFCLIP(DualEncoder):
         self.max_text_len = min(int(max_text_len), int(cfg.text_config.max_position_embeddings))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, max_text_len: int = MAX_TEXT_LEN) -> "HFCLIP":
+    def from_pretrained(cls, folder: str | Path, max_text_len: int = MAX_TEXT_LEN) -> HFCLIP:
         """Load model, tokenizer and image processor from ``folder`` (``local_files_only``)."""
         folder = Path(folder)
         if not folder.is_dir():

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .base import DualEncoder, eos_positions
 from .transforms import clip_preprocess
 
-__all__ = ["TinyConfig", "TinyCLIP", "WordTokenizer"]
+__all__ = ["TinyCLIP", "TinyConfig", "WordTokenizer"]
 
 MODEL_TYPE = "tokenflow-tiny"
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
@@ -39,7 +39,7 @@ class WordTokenizer:
         self.max_len = max_len
 
     @classmethod
-    def build(cls, texts: Iterable[str], max_len: int = 32) -> "WordTokenizer":
+    def build(cls, texts: Iterable[str], max_len: int = 32) -> WordTokenizer:
         words = sorted({w for t in texts for w in cls.split(t)})
         return cls(words, max_len)
 
@@ -68,7 +68,7 @@ class WordTokenizer:
         path.write_text(json.dumps({"max_len": self.max_len, "vocab": self.vocab}, indent=0))
 
     @classmethod
-    def load(cls, path: Path) -> "WordTokenizer":
+    def load(cls, path: Path) -> WordTokenizer:
         d = json.loads(path.read_text())
         vocab = d["vocab"]
         if tuple(vocab[:4]) != cls.SPECIALS:
@@ -166,7 +166,7 @@ class TinyCLIP(DualEncoder):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "TinyCLIP":
+    def from_pretrained(cls, folder: str | Path) -> TinyCLIP:
         from safetensors.torch import load_file
 
         folder = Path(folder)
