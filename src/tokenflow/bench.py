@@ -266,10 +266,9 @@ def markdown(report: dict) -> str:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from .utils import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def add_parser(sub) -> None:

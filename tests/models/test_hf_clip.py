@@ -85,3 +85,15 @@ def test_missing_files_are_named(tmp_path, hf_clip_folder):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="'bert' is not supported"):
         load_backbone(tmp_path)
+
+
+def test_evaluate_cli_with_a_clip_folder(hf_clip_folder, synth, tmp_path, capsys):
+    from tokenflow.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--dataset", "flickr30k", "--root", str(synth / "images"), "--model",
+                 str(hf_clip_folder), "--aligner", "scan", "--out", str(out), "--quiet"]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["backbone"]["model_type"] == "clip" and rep["evaluated"] == {"items": 6, "texts": 30}
+    assert 0 <= rep["metrics"]["t2v"]["R@1"] <= 100
+    assert "visual->text" in capsys.readouterr().out
