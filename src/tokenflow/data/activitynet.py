@@ -13,10 +13,9 @@ No separate validation split exists: ``val`` is a deterministic 10 % of the trai
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .base import RetrievalSplit, find_media
+from .base import RetrievalSplit, find_media, read_json
 
 __all__ = ["load_activitynet"]
 
@@ -31,12 +30,7 @@ def load_activitynet(root: str | Path, split: str = "val_1", video_dir: str | Pa
         raise ValueError(f"ActivityNet split must be one of {sorted(_FILES)}, got {split!r}")
     video_dir = Path(video_dir) if video_dir else root / "videos"
     path = root / _FILES[split]
-    if not path.is_file():
-        raise FileNotFoundError(f"ActivityNet captions {path} not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "ActivityNet captions")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a dict video_id -> {{duration, timestamps, sentences}}")
     ids, texts = [], []

@@ -10,6 +10,7 @@ leaves the item out (its texts with it), and the evaluation report counts them.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -95,6 +96,16 @@ class RetrievalSplit:
     def summary(self) -> dict:
         return {"name": self.name, "modality": self.modality, "items": len(self.item_ids), "texts": len(self.texts),
                 **({"protocol": self.protocol} if self.protocol else {})}
+
+
+def read_json(path: Path, what: str):
+    """Parse a dataset's JSON file; a missing or malformed file names itself and what it is."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def load_image(path: str | Path):

@@ -10,10 +10,9 @@ is standard for COCO (Flickr30K has no restval). Images are at ``image_root/file
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .base import RetrievalSplit
+from .base import RetrievalSplit, read_json
 
 __all__ = ["KARPATHY_SPLITS", "coco_1k_folds", "load_karpathy"]
 
@@ -34,12 +33,7 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "t
     json_path, image_root = Path(json_path), Path(image_root)
     if split not in KARPATHY_SPLITS:
         raise ValueError(f"split must be one of {sorted(KARPATHY_SPLITS)}, got {split!r}")
-    if not json_path.is_file():
-        raise FileNotFoundError(f"Karpathy split file {json_path} not found")
-    try:
-        data = json.loads(json_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_path}: not valid JSON ({e})") from None
+    data = read_json(json_path, "Karpathy split file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{json_path}: expected an object with an 'images' list (Karpathy format)")
     wanted = KARPATHY_SPLITS[split]

@@ -17,11 +17,10 @@ Splits:
 from __future__ import annotations
 
 import csv
-import json
 from collections import defaultdict
 from pathlib import Path
 
-from .base import RetrievalSplit, find_media
+from .base import RetrievalSplit, find_media, read_json
 
 __all__ = ["load_msrvtt", "read_csv_column"]
 
@@ -38,12 +37,9 @@ def read_csv_column(path: Path, columns: tuple[str, ...]) -> list[dict]:
 
 
 def _read_data_json(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"MSR-VTT file {path} not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "MSR-VTT file")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object with 'videos' and 'sentences' lists")
     for key in ("videos", "sentences"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path}: expected a '{key}' list")

@@ -21,7 +21,7 @@ import pickle
 from pathlib import Path
 
 from ..utils import write_text_atomic
-from .base import RetrievalSplit, find_media
+from .base import RetrievalSplit, find_media, read_json
 
 __all__ = ["convert_pickled_captions", "load_msvd"]
 
@@ -77,17 +77,14 @@ def load_msvd(root: str | Path, split: str = "test", video_dir: str | Path | Non
         raise ValueError(f"MSVD split must be train, val or test, got {split!r}")
     video_dir = Path(video_dir) if video_dir else root / "YouTubeClips"
     cap_json = root / "raw-captions.json"
-    if not cap_json.is_file():
-        pkl = root / "raw-captions.pkl"
-        if pkl.is_file():
-            raise FileNotFoundError(
-                f"{cap_json} not found. The captions ship as {pkl}, which is not unpickled here (a pickle can "
-                f"run code). Convert it once without running code: tokenflow convert-captions {pkl}")
-        raise FileNotFoundError(f"MSVD captions {cap_json} not found")
-    try:
-        captions = json.loads(cap_json.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cap_json}: not valid JSON ({e})") from None
+    pkl = root / "raw-captions.pkl"
+    if not cap_json.is_file() and pkl.is_file():
+        raise FileNotFoundError(
+            f"{cap_json} not found. The captions ship as {pkl}, which is not unpickled here (a pickle can "
+            f"run code). Convert it once without running code: tokenflow convert-captions {pkl}")
+    captions = read_json(cap_json, "MSVD captions")
+    if not isinstance(captions, dict):
+        raise ValueError(f"{cap_json}: expected a dict video_id -> list of captions")
     ids = _read_ids(root / f"{split}_list.txt")
     missing = [v for v in ids if not captions.get(v)]
     if missing:

@@ -131,7 +131,7 @@ def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | No
                      "batch_size": batch_size},
         "metrics": metrics,
         "skipped": {"count": len(enc.skipped), "files": enc.skipped},
-        "timings": {"encode_s": round(enc.seconds if encoded is None else 0.0, 3), "score_s": round(t2 - t1, 3),
+        "timings": {"encode_s": round(enc.seconds, 3), "score_s": round(t2 - t1, 3),
                     "total_s": round(time.perf_counter() - t0, 3)},
     }
     if folds:
