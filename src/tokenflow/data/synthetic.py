@@ -35,7 +35,7 @@ COLORS = {
     "yellow": (235, 205, 40), "purple": (150, 60, 190), "orange": (245, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 0.22, "large": 0.38}  # radius as a fraction of the canvas side / 2 ... of half width
+SIZES = {"small": 0.22, "large": 0.38}  # shape width as a fraction of the canvas side
 DIRECTIONS = ("left", "right", "up", "down")
 
 
