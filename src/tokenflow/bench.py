@@ -30,6 +30,7 @@ import torch
 from . import __version__
 from .align import Tokens, get_aligner, list_aligners
 from .align.base import work_dtype
+from .utils import write_text_atomic
 
 FAST_PLANS = ("uniform", "learnable", "scan", "max-avg", "max-sum", "tokenflow")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -265,12 +266,6 @@ def markdown(report: dict) -> str:
     return head + sep + "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: str, text: str) -> None:
-    from .utils import write_text_atomic
-
-    write_text_atomic(path, text)
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="throughput and memory of every plan's pairwise scoring")
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute on 2 cores)")
@@ -308,9 +303,9 @@ def _main(args: argparse.Namespace) -> int:
 
     def save(report: dict) -> None:  # after every row, so that a long run cut short keeps its results
         if args.json_path:
-            _write_atomic(args.json_path, json.dumps(report, indent=2) + "\n")
+            write_text_atomic(args.json_path, json.dumps(report, indent=2) + "\n")
         if args.md_path:
-            _write_atomic(args.md_path, markdown(report))
+            write_text_atomic(args.md_path, markdown(report))
 
     report = run(cfg, on_row=save)
     print()

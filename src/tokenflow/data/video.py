@@ -34,18 +34,32 @@ def _open(path: Path):
     return container
 
 
-def count_frames(path: str | Path) -> int:
-    """Number of decodable frames (decodes the whole stream)."""
+def _decode(path: Path, wanted) -> tuple[dict, int]:
+    """Decode ``path`` from the start, keeping the frames whose index is in ``wanted`` (as PIL
+    images); stops once all are kept. Returns the kept frames and how many frames were decoded."""
     import av
 
-    path = Path(path)
     container = _open(path)
     try:
-        return sum(1 for _ in container.decode(video=0))
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        pick, out, seen = set(wanted), {}, 0
+        for i, frame in enumerate(container.decode(stream)):
+            seen = i + 1
+            if i in pick:
+                out[i] = frame.to_image()
+                if len(out) == len(pick):
+                    break
+        return out, seen
     except (av.FFmpegError, OSError, ValueError) as e:
         raise MediaError(path, f"cannot decode video ({type(e).__name__}: {e})") from None
     finally:
         container.close()
+
+
+def count_frames(path: str | Path) -> int:
+    """Number of decodable frames (decodes the whole stream)."""
+    return _decode(Path(path), ())[1]
 
 
 def read_video_frames(path: str | Path, num_frames: int = 12) -> list:
@@ -54,43 +68,19 @@ def read_video_frames(path: str | Path, num_frames: int = 12) -> list:
     The frame count comes from the container when it states one, else from a first decoding
     pass; if the container's count was wrong, the sampling is redone on the true count.
     """
-    import av
-
     path = Path(path)
     container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        n = int(stream.frames or 0)
-        if n <= 0:
-            container.close()
-            n = count_frames(path)
-            container = _open(path)
-            stream = container.streams.video[0]
-        if n <= 0:
-            raise MediaError(path, "video has no frames")
-        wanted = uniform_frame_indices(n, num_frames)
-        pick, out, seen = set(wanted), {}, 0
-        for i, frame in enumerate(container.decode(stream)):
-            seen = i + 1
-            if i in pick:
-                out[i] = frame.to_image()
-                if len(out) == len(pick):
-                    break
-        if len(out) < len(pick):  # the container over-stated its frame count
-            if seen == 0:
-                raise MediaError(path, "video has no decodable frames")
-            container.close()
-            wanted = uniform_frame_indices(seen, num_frames)
-            container = _open(path)
-            pick, out = set(wanted), {}
-            for i, frame in enumerate(container.decode(video=0)):
-                if i in pick:
-                    out[i] = frame.to_image()
-                    if len(out) == len(pick):
-                        break
-        return [out[i] for i in wanted]
-    except av.FFmpegError as e:
-        raise MediaError(path, f"cannot decode video ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
+    n = int(container.streams.video[0].frames or 0)
+    container.close()
+    if n <= 0:
+        n = count_frames(path)
+    if n <= 0:
+        raise MediaError(path, "video has no frames")
+    wanted = uniform_frame_indices(n, num_frames)
+    out, seen = _decode(path, wanted)
+    if len(out) < len(wanted):  # the container over-stated its frame count
+        if seen == 0:
+            raise MediaError(path, "video has no decodable frames")
+        wanted = uniform_frame_indices(seen, num_frames)
+        out, _ = _decode(path, wanted)
+    return [out[i] for i in wanted]
