@@ -1,4 +1,4 @@
-"""The ``tokenflow`` command: ``make-data``, ``evaluate``, ``convert-captions``, ``bench``."""
+"""The ``tokenflow`` command: ``make-data``, ``train``, ``evaluate``, ``convert-captions``, ``bench``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,21 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .train import ConfigError, load_config, train
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        summary = train(cfg, resume=args.resume, source=str(args.config),
+                        argv=list(sys.argv[1:] if args.argv is None else args.argv))
+    except ConfigError as e:
+        print(f"tokenflow train: {e}", file=sys.stderr)
+        return 2
+    if summary is not None and summary.get("best_step") is not None:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tokenflow {__version__}")
@@ -124,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON report (written atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("train", help="fine-tune a backbone with a plan (also under torchrun)",
+                       description="Train as the YAML config says; overrides such as optim.lr=1e-6 "
+                                   "run.out=runs/x replace any field.")
+    p.add_argument("--config", required=True, type=Path, help="YAML file (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in run.out from last.safetensors")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config keys, value read as YAML")
+    p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
     args.argv = argv

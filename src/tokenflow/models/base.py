@@ -114,6 +114,10 @@ class DualEncoder(nn.Module):
         ids, mask = self.tokenize(texts)
         return self.encode_texts(ids.to(self.device), mask.to(self.device))
 
+    def save_pretrained(self, folder) -> object:
+        """Write the backbone as a folder that ``load_backbone`` reads back."""
+        raise NotImplementedError
+
     def config_dict(self) -> dict:
         """What a report records about the backbone."""
         return {"class": type(self).__name__, "embed_dim": self.embed_dim, "image_size": self.image_size,

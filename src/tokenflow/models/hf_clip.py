@@ -45,6 +45,9 @@ class HFCLIP(DualEncoder):
             cfg.vision_config.image_size
         )
         self.max_text_len = min(int(max_text_len), int(cfg.text_config.max_position_embeddings))
+        # The retrieval model owns the logit scale; CLIP's own only gives its starting value.
+        self.initial_logit_scale = float(model.logit_scale.detach().exp())
+        model.logit_scale.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, max_text_len: int = MAX_TEXT_LEN) -> HFCLIP:
@@ -93,3 +96,12 @@ class HFCLIP(DualEncoder):
 
     def config_dict(self) -> dict:
         return {**super().config_dict(), "model_type": "clip", "source": self.source}
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write model, tokenizer and image processor so that :meth:`from_pretrained` reads them back."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+        self.processor.save_pretrained(str(folder))
+        return folder

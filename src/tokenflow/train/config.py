@@ -1,0 +1,208 @@
+"""The training configuration: a YAML file validated on load, overridable from the command line.
+
+Every key is checked: an unknown key, a wrong type or a missing file stops with a
+:class:`ConfigError` that names the file and the dotted key (``optim.lr``). Overrides are
+``dotted.key=value`` strings whose value is read as YAML (``optim.lr=1e-6``,
+``model.hparams={lam: 2}``, ``data.test_split=null``). The resolved configuration is written
+next to the checkpoints as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["ConfigError", "DataConfig", "DistillConfig", "ModelConfig", "OptimConfig", "RunConfig",
+           "TrainConfig", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    dataset: Literal["flickr30k", "coco", "msrvtt", "msvd", "activitynet"]
+    root: Path = Field(description="dataset folder in its standard layout")
+    media: Path | None = Field(None, description="image/video folder if not the dataset's default one")
+    train_split: str = "train"
+    val_split: str = Field("val", description="checkpoints are chosen on this split, never on the test split")
+    test_split: str | None = Field("test", description="evaluated once at the end with the best checkpoint; "
+                                                      "null to skip")
+    num_frames: int = Field(12, ge=1, description="frames sampled uniformly per video")
+    video_tokens: Literal["frames", "patches"] = "frames"
+    sampling: Literal["caption", "item"] = Field(
+        "caption", description="caption: every (item, caption) pair once per epoch; item: every item once per "
+                               "epoch with one of its captions drawn at random")
+    on_error: Literal["fail", "skip"] = Field("fail", description="unreadable media: stop, or leave the pair "
+                                                                  "out of its batch and count it in the log")
+    workers: int = Field(0, ge=0, description="data loader processes per training process")
+
+
+class TinyModelConfig(_Strict):
+    image_size: int = 32
+    patch_size: int = 8
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    embed_dim: int = 32
+    vocab_size: int = 512
+
+
+class ModelConfig(_Strict):
+    backbone: str = Field(description="a local CLIP folder (or a folder saved by tokenflow), or 'tiny' for the "
+                                      "built-in encoder trained from scratch")
+    tiny: TinyModelConfig = TinyModelConfig()
+    aligner: str | None = Field("tokenflow", description="plan name (tokenflow list) or null: global only")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="the plan's hyperparameters")
+    w_global: float = Field(1.0, ge=0, description="weight of the global loss and similarity")
+    w_fine: float = Field(1.0, ge=0, description="weight of the fine-grained loss and similarity")
+    logit_scale: float | None = Field(None, gt=0, description="initial logit scale; null: CLIP's own, or 1/0.07")
+    max_logit_scale: float = Field(100.0, gt=0, description="the logit scale is clamped to this, as in CLIP")
+    max_text_len: int = Field(32, ge=3, description="tokens per caption (the paper's 32)")
+
+    @field_validator("aligner")
+    @classmethod
+    def _known_aligner(cls, v: str | None) -> str | None:
+        from ..align import list_aligners
+
+        if v is not None and v not in list_aligners():
+            raise ValueError(f"unknown aligner {v!r}; choose one of {', '.join(list_aligners())} or null")
+        return v
+
+
+class DistillConfig(_Strict):
+    enabled: bool = False
+    ema: float = Field(0.95, ge=0, le=1, description="teacher EMA rate (the paper's 0.95)")
+    alpha: float = Field(0.4, ge=0, le=1, description="weight of the teacher's soft targets (ALBEF's 0.4)")
+    queue: int = Field(16, ge=0, description="queued teacher samples per modality (the paper's 16)")
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1, description="global batch: split evenly over the processes")
+    accum: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step (each micro-batch "
+                                            "uses its own in-batch negatives)")
+    lr: float = Field(1e-7, gt=0, description="learning rate of the pretrained backbone")
+    lr_new: float = Field(1e-4, gt=0, description="learning rate of new parameters (logit scale, plan weights)")
+    weight_decay: float = Field(0.2, ge=0, description="AdamW decay; not applied to gains and biases")
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    warmup: float = Field(0.1, ge=0, description="warm-up: a fraction of all steps if < 1, else a step count")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of the peak")
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null: no clipping")
+    amp: Literal["auto", "bf16", "none"] = Field("auto", description="bf16 autocast (auto: on CUDA only)")
+
+
+class RunConfig(_Strict):
+    out: Path = Field(description="folder for config.yaml, log.jsonl, checkpoints and reports")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ... (under torchrun: the local rank's GPU)")
+    deterministic: bool = Field(False, description="deterministic kernels (exact resume and DDP checks on CPU)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps in all")
+    save_every: int = Field(500, ge=1, description="optimizer steps between resume checkpoints (also saved at "
+                                                   "every epoch end)")
+    eval_every: int = Field(1, ge=1, description="epochs between validation runs")
+    log_every: int = Field(10, ge=1, description="optimizer steps between log lines")
+    select: Literal["rsum", "r1", "t2v_r1", "v2t_r1"] = Field(
+        "rsum", description="validation metric that picks the best checkpoint (rsum: R@1+R@5+R@10, both ways)")
+    eval_batch_size: int = Field(64, ge=1)
+    progress: bool = True
+
+
+class TrainConfig(_Strict):
+    data: DataConfig
+    model: ModelConfig
+    distill: DistillConfig = DistillConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.model.aligner is None and self.model.w_global == 0:
+            raise ValueError("model.w_global is 0 and model.aligner is null: nothing to train")
+        return self
+
+    def check_paths(self, source: str = "config") -> None:
+        """Files the run needs must exist before any work starts."""
+        if not self.data.root.is_dir():
+            raise ConfigError(f"{source}: data.root: folder {self.data.root} does not exist")
+        if self.data.media is not None and not self.data.media.is_dir():
+            raise ConfigError(f"{source}: data.media: folder {self.data.media} does not exist")
+        if self.model.backbone != "tiny" and not Path(self.model.backbone).is_dir():
+            raise ConfigError(f"{source}: model.backbone: folder {self.model.backbone} does not exist "
+                              "(a local CLIP folder, or 'tiny')")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_dotted(d: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = d
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: override {key}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _format_errors(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {key}: {msg}" + (f" (got {err['input']!r})" if err["type"] not in
+                                          ("missing", "extra_forbidden") and "input" in err
+                                          and not isinstance(err["input"], dict) else ""))
+    return f"{source}: invalid configuration\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), *, data: dict | None = None,
+                check_paths: bool = True) -> TrainConfig:
+    """Read ``path`` (YAML), apply ``key=value`` overrides, validate; ``ConfigError`` if bad.
+
+    ``data`` may replace the file (a dict in the same shape), e.g. from Python code.
+    """
+    source = str(path) if path is not None else "config"
+    if data is None:
+        if path is None:
+            raise ConfigError("no configuration given")
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, ...), got {type(data).__name__}")
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}: value {text!r} is not valid YAML ({e})") from None
+        _set_dotted(data, key.strip(), value, source)
+    try:
+        cfg = TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+    if check_paths:
+        cfg.check_paths(source)
+    return cfg

@@ -1,0 +1,127 @@
+"""The training loss of one batch: global + fine-grained InfoNCE, with optional distillation.
+
+Each process holds B_local pairs. Its visual items are queries over the text columns
+``[all texts of the global batch; queued teacher texts]`` (scored with ``s_v2t``); its texts are
+queries over ``[all visual items of the global batch; queued teacher visual items]`` (scored
+with ``s_t2v``). Batch columns are the student's own features, gathered with gradients; queue
+columns are the teacher's (no gradient), as in ALBEF's retrieval fine-tuning. Targets come from
+item ids, so two captions of one item in a batch, or a queued copy, are both positives.
+
+    loss = w_global * InfoNCE(v_bar . t_bar) + w_fine * InfoNCE(s_v2t, s_t2v)
+
+With distillation the EMA teacher scores the same rows and columns with its own features, and
+``alpha * softmax(logit_scale * s_teacher) + (1 - alpha) * labels`` replaces the labels,
+separately for the global and the fine-grained terms (paper appendix B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..align import Aligner, Tokens
+from ..losses import FeatureQueue, contrastive_loss, distill_targets, id_targets
+from ..models.base import VideoTokens
+from ..models.retrieval import RetrievalModel
+from .distributed import DistInfo, all_gather_tokens, gather_ids, gather_sizes
+
+__all__ = ["Batch", "Objective", "StepOutput"]
+
+
+@dataclass
+class Batch:
+    """One process's share of a training batch, already on the device."""
+
+    pixels: Tensor  # [B, 3, H, W] or [B, F, 3, H, W]
+    frame_mask: Tensor | None  # [B, F] for videos
+    ids: Tensor  # [B, L] text token ids
+    text_mask: Tensor  # [B, L] bool
+    item_ids: Tensor  # [B] int64: which visual item each pair shows (positives share it)
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    stats: dict[str, float]
+    #: the teacher's gathered features and ids, to enqueue after the backward pass
+    enqueue: tuple[Tokens, Tokens, Tensor] | None = None
+
+
+def _scores(aligner: Aligner | None, vis: Tokens, txt: Tokens, vis_cols: Tokens, txt_cols: Tokens,
+            single: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Global and fine scores: rows = local visuals x text columns (v2t); visual columns x
+    local texts (t2v). ``single``: one process, so the first B columns are the local batch."""
+    g_v2t = vis.pooled.float() @ txt_cols.pooled.float().T
+    g_t2v = vis_cols.pooled.float() @ txt.pooled.float().T
+    if aligner is None:
+        return g_v2t, g_t2v, g_v2t, g_t2v
+    s = aligner.pairwise(vis, txt_cols, check=False)
+    if single:
+        b = len(txt)
+        f_t2v = s.t2v[:, :b]
+        if len(vis_cols) > len(vis):
+            f_t2v = torch.cat([f_t2v, aligner.pairwise(vis_cols[len(vis):], txt, check=False).t2v])
+    else:
+        f_t2v = aligner.pairwise(vis_cols, txt, check=False).t2v
+    return g_v2t, g_t2v, s.v2t.float(), f_t2v.float()
+
+
+def _with_queue(tok: Tokens, queue: FeatureQueue | None) -> Tokens:
+    q = None if queue is None else queue.tokens()
+    return tok if q is None else Tokens.cat([tok, q.to(tok.device, tok.dtype)])
+
+
+class Objective(nn.Module):
+    """Wraps a :class:`RetrievalModel` so that DDP sees the whole loss in one ``forward``."""
+
+    def __init__(self, model: RetrievalModel, video_tokens: VideoTokens = "frames", alpha: float = 0.4) -> None:
+        super().__init__()
+        self.model, self.video_tokens, self.alpha = model, video_tokens, alpha
+
+    def forward(self, batch: Batch, info: DistInfo = DistInfo(), teacher: RetrievalModel | None = None,
+                queues: tuple[FeatureQueue, FeatureQueue] | None = None) -> StepOutput:
+        m = self.model
+        vis = m.encode_visual(batch.pixels, batch.frame_mask, self.video_tokens)
+        txt = m.encode_text(batch.ids, batch.text_mask)
+        sizes = gather_sizes(len(batch.item_ids), info, batch.item_ids.device)
+        ids_all = gather_ids(batch.item_ids, info, sizes)
+        qv, qt = queues if queues is not None else (None, None)
+        q_ids = None if qv is None else qv.item_ids()
+        col_ids = ids_all if q_ids is None else torch.cat([ids_all, q_ids])
+        vis_cols = _with_queue(all_gather_tokens(vis, info, sizes), qv)
+        txt_cols = _with_queue(all_gather_tokens(txt, info, sizes), qt)
+        labels_v2t = id_targets(batch.item_ids, col_ids)
+        labels_t2v = id_targets(batch.item_ids, col_ids).T
+        scale = m.scale()
+        g_v2t, g_t2v, f_v2t, f_t2v = _scores(m.aligner, vis, txt, vis_cols, txt_cols, not info.enabled)
+
+        targets = {"g": (labels_v2t, labels_t2v), "f": (labels_v2t, labels_t2v)}
+        enqueue = None
+        if teacher is not None:
+            with torch.no_grad():
+                tvis = teacher.encode_visual(batch.pixels, batch.frame_mask, self.video_tokens)
+                ttxt = teacher.encode_text(batch.ids, batch.text_mask)
+                tvis_all = all_gather_tokens(tvis, info, sizes, grad=False)
+                ttxt_all = all_gather_tokens(ttxt, info, sizes, grad=False)
+                tg_v2t, tg_t2v, tf_v2t, tf_t2v = _scores(teacher.aligner, tvis, ttxt, _with_queue(tvis_all, qv),
+                                                         _with_queue(ttxt_all, qt), not info.enabled)
+                s = scale.detach()
+                targets = {
+                    "g": (distill_targets(tg_v2t, labels_v2t, s, self.alpha, dim=1),
+                          distill_targets(tg_t2v, labels_t2v, s, self.alpha, dim=0)),
+                    "f": (distill_targets(tf_v2t, labels_v2t, s, self.alpha, dim=1),
+                          distill_targets(tf_t2v, labels_t2v, s, self.alpha, dim=0)),
+                }
+                enqueue = (tvis_all, ttxt_all, ids_all)
+
+        loss_g = contrastive_loss(g_v2t, g_t2v, scale, *targets["g"])
+        loss = m.w_global * loss_g
+        stats = {"loss_global": float(loss_g.detach())}
+        if m.aligner is not None and m.w_fine > 0:
+            loss_f = contrastive_loss(f_v2t, f_t2v, scale, *targets["f"])
+            loss = loss + m.w_fine * loss_f
+            stats["loss_fine"] = float(loss_f.detach())
+        stats["loss"] = float(loss.detach())
+        return StepOutput(loss, stats, enqueue)
