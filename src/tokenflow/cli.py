@@ -55,8 +55,25 @@ def _evaluate(args) -> int:
     from .utils import write_text_atomic
 
     split = load_split(args.dataset, args.root, args.split, media=args.media)
-    backbone = load_backbone(args.model).to(args.device)
-    aligner = None if args.aligner == "none" else get_aligner(args.aligner, **dict(args.hp or []))
+    from .models.retrieval import RetrievalModel, read_head_config
+
+    head = read_head_config(args.model)
+    if head is not None and args.aligner is None:  # a trained model folder: its plan, weights and plan parameters
+        model = RetrievalModel.from_pretrained(args.model)
+        backbone, aligner = model.backbone, model.aligner
+        if args.hp:
+            aligner = get_aligner(head["aligner"], **{**head.get("hparams", {}), **dict(args.hp)})
+        name = head["aligner"] or "none"
+    else:
+        backbone = load_backbone(args.model)
+        name = args.aligner or "tokenflow"
+        aligner = None if name == "none" else get_aligner(name, **dict(args.hp or []))
+    backbone = backbone.to(args.device)
+    head = head or {}
+    if args.w_global is None:
+        args.w_global = head.get("w_global", 1.0)
+    if args.w_fine is None:
+        args.w_fine = head.get("w_fine", 1.0)
     folds = args.folds
     if folds is None and args.dataset == "coco" and args.split == "test" and len(split) == 5000:
         folds = 1000
@@ -67,7 +84,7 @@ def _evaluate(args) -> int:
     report["dataset"] = {"name": args.dataset, "root": str(args.root), "split": args.split}
     report["command"] = ["tokenflow", *sys.argv[1:]] if args.argv is None else ["tokenflow", *args.argv]
     print(f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} texts, "
-          f"aligner {args.aligner}, skipped {report['skipped']['count']}")
+          f"aligner {name}, skipped {report['skipped']['count']}")
     print(format_table(report))
     if args.out:
         write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
@@ -122,10 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--media", type=Path, default=None, help="image/video folder if not the default one")
     p.add_argument("--model", required=True, type=Path, help="backbone folder (local CLIP or tiny)")
-    p.add_argument("--aligner", default="tokenflow", choices=[*list_aligners(), "none"])
+    p.add_argument("--aligner", default=None, choices=[*list_aligners(), "none"],
+                   help="plan (default: the one saved with a trained model, else tokenflow)")
     p.add_argument("--hp", type=_hparam, action="append", metavar="NAME=VALUE", help="aligner hyperparameter")
-    p.add_argument("--w-global", type=float, default=1.0, help="weight of the global similarity")
-    p.add_argument("--w-fine", type=float, default=1.0, help="weight of the fine-grained score")
+    p.add_argument("--w-global", type=float, default=None,
+                   help="weight of the global similarity (default: a trained model's, else 1)")
+    p.add_argument("--w-fine", type=float, default=None,
+                   help="weight of the fine-grained score (default: a trained model's, else 1)")
     p.add_argument("--frames", type=int, default=12, help="frames sampled per video")
     p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",

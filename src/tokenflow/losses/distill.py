@@ -32,8 +32,9 @@ def distill_targets(teacher_scores: Tensor, labels: Tensor, logit_scale: Tensor 
     (``-1``: rows are queries, as in visual->text; ``0``: columns are, as in text->visual)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    soft = torch.softmax(logit_scale * teacher_scores.float(), dim=dim)
-    return alpha * soft + (1.0 - alpha) * labels.float()
+    s = teacher_scores if teacher_scores.dtype == torch.float64 else teacher_scores.float()
+    soft = torch.softmax(logit_scale * s, dim=dim)
+    return alpha * soft + (1.0 - alpha) * labels.to(soft.dtype)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean over rows of ``H(targets_row, softmax(logits_row))`` = ``-sum(t * log_softmax(l))``."""
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
     return -(targets.to(logp.dtype) * logp).sum(-1).mean()
 
 

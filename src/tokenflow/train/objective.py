@@ -49,12 +49,17 @@ class StepOutput:
     enqueue: tuple[Tokens, Tokens, Tensor] | None = None
 
 
+def _acc(x: Tensor) -> Tensor:
+    """Scores accumulate in fp32 at least (bf16 features under autocast), fp64 stays fp64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _scores(aligner: Aligner | None, vis: Tokens, txt: Tokens, vis_cols: Tokens, txt_cols: Tokens,
             single: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Global and fine scores: rows = local visuals x text columns (v2t); visual columns x
     local texts (t2v). ``single``: one process, so the first B columns are the local batch."""
-    g_v2t = vis.pooled.float() @ txt_cols.pooled.float().T
-    g_t2v = vis_cols.pooled.float() @ txt.pooled.float().T
+    g_v2t = _acc(vis.pooled) @ _acc(txt_cols.pooled).T
+    g_t2v = _acc(vis_cols.pooled) @ _acc(txt.pooled).T
     if aligner is None:
         return g_v2t, g_t2v, g_v2t, g_t2v
     s = aligner.pairwise(vis, txt_cols, check=False)
@@ -65,7 +70,7 @@ def _scores(aligner: Aligner | None, vis: Tokens, txt: Tokens, vis_cols: Tokens,
             f_t2v = torch.cat([f_t2v, aligner.pairwise(vis_cols[len(vis):], txt, check=False).t2v])
     else:
         f_t2v = aligner.pairwise(vis_cols, txt, check=False).t2v
-    return g_v2t, g_t2v, s.v2t.float(), f_t2v.float()
+    return g_v2t, g_t2v, _acc(s.v2t), _acc(f_t2v)
 
 
 def _with_queue(tok: Tokens, queue: FeatureQueue | None) -> Tokens:
