@@ -74,7 +74,8 @@ class FeatureQueue:
         """Enqueue a batch (detached); the oldest samples are overwritten once full."""
         if self.size == 0:
             return
-        feats, mask, pooled, ids = tokens.feats.detach(), tokens.mask, tokens.pooled.detach(), ids.detach()
+        tokens = tokens.detach().zero_padding()  # padding holds whatever the encoder left there
+        feats, mask, pooled, ids = tokens.feats, tokens.mask, tokens.pooled, ids.detach()
         if len(ids) > self.size:  # keep the newest
             feats, mask, pooled, ids = feats[-self.size:], mask[-self.size:], pooled[-self.size:], ids[-self.size:]
         if self.feats is None:

@@ -311,6 +311,11 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
                 for k, v in res.stats.items():
                     stats_sum[k] = stats_sum.get(k, 0.0) + v / o.accum
                 seen += len(idx) * info.world
+            if info.enabled:  # log the loss of the global batch, not of this process's rows
+                keys = sorted(stats_sum)
+                t = torch.tensor([stats_sum[k] for k in keys], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(t)
+                stats_sum = {k: float(v) / info.world for k, v in zip(keys, t.tolist(), strict=True)}
             if o.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             optimizer.step()

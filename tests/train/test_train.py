@@ -1,0 +1,237 @@
+"""Training end to end: learning on synthetic data, torchrun equivalence, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tokenflow.cli import main
+from tokenflow.data.synthetic import make_synthetic
+from tokenflow.train import ConfigError, load_config, save_checkpoint, train
+from tokenflow.train.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {"image_size": 16, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16}
+
+
+def _config(tmp_path: Path, root: Path, out: str, **sections) -> Path:
+    data = {"data": {"dataset": "flickr30k", "root": str(root), "test_split": None},
+            "model": {"backbone": "tiny", "aligner": "tokenflow", "tiny": TINY},
+            "distill": {"enabled": True, "queue": 6},
+            "optim": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "lr_new": 1e-2, "warmup": 0},
+            "run": {"out": str(tmp_path / out), "deterministic": True, "log_every": 1, "progress": False}}
+    for k, v in sections.items():
+        data[k] = {**data.get(k, {}), **v}
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+# -- learning -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def learn_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("learn")
+    make_synthetic(out, images=(400, 40, 60), videos=(0, 0, 0), image_size=32, seed=1)
+    return out / "images"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aligner", ["tokenflow", None])
+def test_training_learns_and_picks_the_checkpoint_on_validation(tmp_path, learn_data, aligner, capsys):
+    cfg = ROOT / "configs" / "synthetic-images.yaml"
+    out = tmp_path / "run"
+    code = main(["train", "--config", str(cfg), f"data.root={learn_data}", f"run.out={out}", "optim.epochs=20",
+                 f"model.aligner={'null' if aligner is None else aligner}", "run.progress=false"])
+    assert code == 0
+    log = _log(out)
+    losses = [r["loss"] for r in log if r["kind"] == "train"]
+    assert len(losses) >= 10 and sum(losses[-3:]) / 3 < 0.6 * losses[0]
+    vals = [r for r in log if r["kind"] == "val"]
+    assert len(vals) == 20  # every epoch on the validation split
+    best = max(vals, key=lambda r: r["rsum"])
+    test = json.loads((out / "test.json").read_text())
+    assert test["checkpoint"]["step"] == best["step"] and test["checkpoint"]["chosen_on"].startswith("val")
+    assert test["split"]["name"].endswith("test") and test["evaluated"]["items"] == 60
+    chance = 100 / 60
+    assert test["metrics"]["t2v"]["R@1"] > 5 * chance and test["metrics"]["v2t"]["R@1"] > 5 * chance
+    head = json.loads((out / "best" / "tokenflow.json").read_text())
+    assert head["aligner"] == aligner and yaml.safe_load((out / "config.yaml").read_text())["model"]["aligner"] == aligner
+    # the saved model reads back and scores the test split as the report says
+    capsys.readouterr()
+    assert main(["evaluate", "--dataset", "flickr30k", "--root", str(learn_data), "--model", str(out / "best"),
+                 "--out", str(tmp_path / "again.json"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["metrics"] == test["metrics"]
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path, synth):
+    cfg = load_config(_config(tmp_path, synth / "images", "r", run={"max_steps": 1}))
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(cfg, resume=True)
+    train(cfg)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg)
+    too_big = load_config(None, [f"run.out={tmp_path / 'big'}", "optim.batch_size=64"],
+                          data=yaml.safe_load(cfg.to_yaml()))
+    with pytest.raises(ConfigError, match="optim.batch_size"):
+        train(too_big)
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def test_checkpoint_round_trip_and_a_failed_save_keeps_the_previous_one(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, model=model, optimizer=opt, state={"step": 1})
+    after_save = torch.rand(3)  # the RNG state is part of the checkpoint
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    import safetensors.torch as st
+
+    def broken(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(st, "save_file", broken)
+    with torch.no_grad():
+        model.weight.add_(1)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model=model, optimizer=opt, state={"step": 2})
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]  # no temp file left behind
+
+    fresh = torch.nn.Linear(4, 3)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    state = load_checkpoint(path, model=fresh, optimizer=fresh_opt)
+    assert state == {"step": 1}
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in weights.items())
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(torch.rand(3), after_save)
+
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable safetensors checkpoint"):
+        load_checkpoint(path, model=fresh, optimizer=fresh_opt)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tmp_path, synth):
+    """SIGKILL a real training process mid-run, resume it, and end bit-identical to a run that
+    was never interrupted (deterministic CPU; teacher, queues, optimizer and RNG included)."""
+    cfg = _config(tmp_path, synth / "images", "whole", optim={"epochs": 6}, run={"save_every": 1})
+    cmd = [sys.executable, "-m", "tokenflow.cli", "train", "--config", str(cfg)]
+    subprocess.run(cmd, check=True, env=_env(), capture_output=True)
+    whole = tmp_path / "whole"
+    n = max(r["step"] for r in _log(whole))
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*cmd, f"run.out={cut}"], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            log = cut / "log.jsonl"
+            if log.is_file() and any(r.get("step", 0) >= 8 for r in _log(cut) if r.get("kind") == "train"):
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(r["step"] for r in _log(cut))
+    assert 8 <= killed_at < n, "the kill came too late to test a resume"
+    subprocess.run([*cmd, f"run.out={cut}", "--resume"], check=True, env=_env(), capture_output=True)
+
+    a, b = _tensors(whole / "last.safetensors"), _tensors(cut / "last.safetensors")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed run differs in {different[:5]}"
+    def losses(out):  # the resumed run's log holds each step once, with the same numbers
+        return [{k: v for k, v in r.items() if k != "pairs_per_s"} for r in _log(out) if r["kind"] == "train"]
+
+    assert losses(cut) == losses(whole)
+    assert _tensors(whole / "best" / "model.safetensors").keys() == _tensors(cut / "best" / "model.safetensors").keys()
+
+
+# -- torchrun -----------------------------------------------------------------------------------
+def grad_setup():
+    """A fixed model and batch for the gradient check (also imported by _ddp_grads.py)."""
+    from tests.train.test_objective import _batch, _model
+    from tokenflow.train import Objective
+
+    model = _model("tokenflow").float()
+    batch = _batch(model, [0, 1, 2, 3, 4, 0, 1, 2], seed=5)
+    batch.pixels = batch.pixels.float()
+    return model, Objective(model), batch
+
+
+def _torchrun(args: list[str], tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+           "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", *args]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_single_process_gradients(tmp_path):
+    """Gathering with gradients + DDP averaging = the gradient of the loss over the whole batch
+    (the scale matters: Adam would hide a factor of two in the weights)."""
+    _torchrun([str(ROOT / "tests" / "train" / "_ddp_grads.py"), str(tmp_path / "g.safetensors")], tmp_path)
+    model, objective, batch = grad_setup()
+    out = objective(batch)
+    out.loss.backward()
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "g.safetensors"), "pt") as f:
+        grads = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[n], p.grad, rtol=1e-4, atol=1e-6), n
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, synth):
+    """One `tokenflow train` under torchrun (2 x 4 pairs, gloo) against one process with 8 pairs:
+    same logged losses, same weights, teacher and queues after 3 steps."""
+    cfg = _config(tmp_path, synth / "images", "one", run={"max_steps": 3})
+    subprocess.run([sys.executable, "-m", "tokenflow.cli", "train", "--config", str(cfg)], check=True, env=_env(),
+                   capture_output=True)
+    _torchrun(["-m", "tokenflow.cli", "train", "--config", str(cfg), f"run.out={tmp_path / 'two'}"], tmp_path)
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    l1 = [r["loss"] for r in one if r["kind"] == "train"]
+    l2 = [r["loss"] for r in two if r["kind"] == "train"]
+    assert len(l1) == len(l2) == 3 and l1 == pytest.approx(l2, rel=1e-5)
+    a, b = _tensors(tmp_path / "one" / "last.safetensors"), _tensors(tmp_path / "two" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], rtol=1e-4, atol=2e-5), k
+        else:
+            assert torch.equal(a[k], b[k]) or k.startswith("rng."), k
