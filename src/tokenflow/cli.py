@@ -50,7 +50,7 @@ def _convert(args) -> int:
 def _evaluate(args) -> int:
     from .align import get_aligner
     from .data import load_split
-    from .eval.evaluate import evaluate, format_table
+    from .eval.evaluate import evaluate, format_table, protocol_folds
     from .models import load_backbone
     from .utils import write_text_atomic
 
@@ -74,9 +74,7 @@ def _evaluate(args) -> int:
         args.w_global = head.get("w_global", 1.0)
     if args.w_fine is None:
         args.w_fine = head.get("w_fine", 1.0)
-    folds = args.folds
-    if folds is None and args.dataset == "coco" and args.split == "test" and len(split) == 5000:
-        folds = 1000
+    folds = args.folds if args.folds is not None else protocol_folds(args.dataset, args.split, len(split))
     report = evaluate(backbone, split, aligner, w_global=args.w_global, w_fine=args.w_fine,
                       batch_size=args.batch_size, num_frames=args.frames, video_tokens=args.video_tokens,
                       on_error=args.on_error, workers=args.workers, chunk=args.chunk, folds=folds,

@@ -32,7 +32,7 @@ from torch import nn
 from ..align import get_aligner
 from ..data import load_split
 from ..data.base import RetrievalSplit, collate_media
-from ..eval.evaluate import evaluate
+from ..eval.evaluate import evaluate, protocol_folds
 from ..losses import FeatureQueue, ema_update
 from ..models import TinyCLIP, TinyConfig, WordTokenizer, load_backbone
 from ..models.retrieval import RetrievalModel
@@ -348,7 +348,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
         best = RetrievalModel.from_pretrained(out / "best").to(device)
         report = evaluate(best.backbone, test_split, best.aligner, w_global=best.w_global, w_fine=best.w_fine,
                           batch_size=cfg.run.eval_batch_size, num_frames=d.num_frames, video_tokens=d.video_tokens,
-                          on_error=d.on_error)
+                          on_error=d.on_error, folds=protocol_folds(d.dataset, d.test_split, len(test_split)))
         report["checkpoint"] = {"folder": str(out / "best"), "step": state["best_step"],
                                 "chosen_on": f"{d.val_split} ({cfg.run.select})"}
         report["command"] = ["tokenflow", *(argv or [])]
