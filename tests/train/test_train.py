@@ -217,10 +217,21 @@ def test_two_processes_give_the_single_process_gradients(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, synth):
+@pytest.mark.parametrize("broken", [False, True])
+def test_torchrun_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, synth, broken):
     """One `tokenflow train` under torchrun (2 x 4 pairs, gloo) against one process with 8 pairs:
-    same logged losses, same weights, teacher and queues after 3 steps."""
-    cfg = _config(tmp_path, synth / "images", "one", run={"max_steps": 3})
+    same logged losses, same weights, teacher and queues after 3 steps. ``broken``: an unreadable
+    image is skipped, so the two processes hold different numbers of pairs in some steps."""
+    root = synth / "images"
+    if broken:
+        import shutil
+
+        from tokenflow.data import load_split
+
+        root = tmp_path / "data"
+        shutil.copytree(synth / "images", root)
+        load_split("flickr30k", root, "train").item_paths[0].write_bytes(b"not a jpeg")
+    cfg = _config(tmp_path, root, "one", run={"max_steps": 3}, data={"on_error": "skip"})
     subprocess.run([sys.executable, "-m", "tokenflow.cli", "train", "--config", str(cfg)], check=True, env=_env(),
                    capture_output=True)
     _torchrun(["-m", "tokenflow.cli", "train", "--config", str(cfg), f"run.out={tmp_path / 'two'}"], tmp_path)
@@ -228,6 +239,8 @@ def test_torchrun_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, syn
     l1 = [r["loss"] for r in one if r["kind"] == "train"]
     l2 = [r["loss"] for r in two if r["kind"] == "train"]
     assert len(l1) == len(l2) == 3 and l1 == pytest.approx(l2, rel=1e-5)
+    skipped = [[f["path"] for r in log if r["kind"] == "skipped" for f in r["files"]] for log in (one, two)]
+    assert skipped[0] == skipped[1] and bool(skipped[0]) == broken  # every rank's skips are logged
     a, b = _tensors(tmp_path / "one" / "last.safetensors"), _tensors(tmp_path / "two" / "last.safetensors")
     assert a.keys() == b.keys()
     for k in a:
@@ -235,3 +248,32 @@ def test_torchrun_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, syn
             assert torch.allclose(a[k], b[k], rtol=1e-4, atol=2e-5), k
         else:
             assert torch.equal(a[k], b[k]) or k.startswith("rng."), k
+
+
+def test_bf16_autocast_step_matches_fp32(tmp_path, synth):
+    losses = {}
+    for amp in ("none", "bf16"):
+        cfg = load_config(_config(tmp_path, synth / "images", amp, optim={"amp": amp}, run={"max_steps": 2}))
+        train(cfg)
+        losses[amp] = [r["loss"] for r in _log(tmp_path / amp) if r["kind"] == "train"]
+    assert losses["bf16"] == pytest.approx(losses["none"], rel=0.05)
+
+
+def test_unreadable_training_image_fails_or_is_skipped_and_counted(tmp_path, synth):
+    import shutil
+
+    from tokenflow.data import MediaError, load_split
+
+    root = tmp_path / "data"
+    shutil.copytree(synth / "images", root)
+    bad = load_split("flickr30k", root, "train").item_paths[0]
+    bad.write_bytes(b"not a jpeg")
+    cfg = load_config(_config(tmp_path, root, "fail", run={"max_steps": 5}, distill={"enabled": False}))
+    with pytest.raises(MediaError, match=bad.name):
+        train(cfg)
+    cfg = load_config(_config(tmp_path, root, "skip", run={"max_steps": 5}, distill={"enabled": False},
+                              data={"on_error": "skip"}))
+    summary = train(cfg)
+    skipped = [f for r in _log(tmp_path / "skip") if r["kind"] == "skipped" for f in r["files"]]
+    assert summary["skipped_files"] == len(skipped) == 5  # one epoch: each of its 5 captions once
+    assert {f["path"] for f in skipped} == {str(bad)} and "cannot decode" in skipped[0]["reason"]

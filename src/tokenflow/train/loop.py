@@ -288,6 +288,10 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
             stats_sum: dict[str, float] = {}
             for micro in range(o.accum):
                 idx, pixels, fmask, bad = next(it)
+                if info.enabled and d.on_error == "skip":  # rank 0 logs every process's skipped files
+                    everyone: list = [None] * info.world
+                    torch.distributed.all_gather_object(everyone, bad)
+                    bad = [b for part in everyone for b in part]
                 if bad:
                     state["skipped"] += len(bad)
                     log.write({"kind": "skipped", "step": state["step"],

@@ -129,4 +129,11 @@ class Objective(nn.Module):
             loss = loss + m.w_fine * loss_f
             stats["loss_fine"] = float(loss_f.detach())
         stats["loss"] = float(loss.detach())
+        if info.enabled and len(set(sizes)) > 1:
+            # Each process averages over its own queries and DDP averages the processes: weight
+            # by this process's share so that unequal shares (skipped files) still give the
+            # mean over the global batch.
+            share = len(batch.item_ids) * info.world / sum(sizes)
+            loss = loss * share
+            stats = {k: v * share for k, v in stats.items()}
         return StepOutput(loss, stats, enqueue)
