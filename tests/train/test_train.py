@@ -219,8 +219,9 @@ def test_two_processes_give_the_single_process_gradients(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("broken", [False, True])
 def test_torchrun_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, synth, broken):
-    """One `tokenflow train` under torchrun (2 x 4 pairs, gloo) against one process with 8 pairs:
-    same logged losses, same weights, teacher and queues after 3 steps. ``broken``: an unreadable
+    """One `tokenflow train` under torchrun (2 x 4 pairs, or 2 x 2 pairs x 2 accumulation steps,
+    gloo) against one process with the whole batch: same logged losses, same weights, teacher and
+    queues after 3 steps. ``broken``: an unreadable
     image is skipped, so the two processes hold different numbers of pairs in some steps."""
     root = synth / "images"
     if broken:
@@ -231,7 +232,9 @@ def test_torchrun_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, syn
         root = tmp_path / "data"
         shutil.copytree(synth / "images", root)
         load_split("flickr30k", root, "train").item_paths[0].write_bytes(b"not a jpeg")
-    cfg = _config(tmp_path, root, "one", run={"max_steps": 3}, data={"on_error": "skip"})
+    # accumulation over 2 micro-batches exercises DDP's no_sync path too
+    cfg = _config(tmp_path, root, "one", run={"max_steps": 3}, data={"on_error": "skip"},
+                  optim={"accum": 1 if broken else 2, "batch_size": 8 if broken else 4})
     subprocess.run([sys.executable, "-m", "tokenflow.cli", "train", "--config", str(cfg)], check=True, env=_env(),
                    capture_output=True)
     _torchrun(["-m", "tokenflow.cli", "train", "--config", str(cfg), f"run.out={tmp_path / 'two'}"], tmp_path)
@@ -277,3 +280,22 @@ def test_unreadable_training_image_fails_or_is_skipped_and_counted(tmp_path, syn
     skipped = [f for r in _log(tmp_path / "skip") if r["kind"] == "skipped" for f in r["files"]]
     assert summary["skipped_files"] == len(skipped) == 5  # one epoch: each of its 5 captions once
     assert {f["path"] for f in skipped} == {str(bad)} and "cannot decode" in skipped[0]["reason"]
+
+
+def test_training_a_clip_folder_saves_a_model_that_reads_back(tmp_path, synth):
+    """The Hugging Face path: fine-tune a (tiny, random) CLIPModel folder, save best/ with its
+    tokenizer and image processor, and evaluate it again from the folder."""
+    from tests.models.conftest import save_tiny_hf_clip
+    from tokenflow.models import load_backbone
+
+    (tmp_path / "clip").mkdir()
+    clip = save_tiny_hf_clip(tmp_path / "clip")
+    cfg = load_config(_config(tmp_path, synth / "images", "run", run={"max_steps": 2},
+                              model={"backbone": str(clip)}, data={"test_split": "test"}))
+    train(cfg)
+    out = tmp_path / "run"
+    assert type(load_backbone(out / "best")).__name__ == "HFCLIP"
+    test = json.loads((out / "test.json").read_text())
+    assert main(["evaluate", "--dataset", "flickr30k", "--root", str(synth / "images"), "--model",
+                 str(out / "best"), "--out", str(tmp_path / "again.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["metrics"] == test["metrics"]

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 from .base import DualEncoder, VideoTokens
+from .retrieval import RetrievalModel
 from .tiny import TinyCLIP, TinyConfig, WordTokenizer
 
-__all__ = ["DualEncoder", "TinyCLIP", "TinyConfig", "VideoTokens", "WordTokenizer", "load_backbone"]
+__all__ = ["DualEncoder", "RetrievalModel", "TinyCLIP", "TinyConfig", "VideoTokens", "WordTokenizer", "load_backbone"]
+
 
 
 def load_backbone(folder: str | Path) -> DualEncoder:

@@ -329,7 +329,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
                 ema_update(teacher, model, cfg.distill.ema)
             state["step"] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{stats_sum['loss']:.3f}")
+            bar.set_postfix(loss=f"{stats_sum['loss']:.3f}", pairs_per_s=f"{seen / max(time.perf_counter() - t_log, 1e-9):.0f}")
             if state["step"] % cfg.run.log_every == 0 or state["step"] == total:
                 now = time.perf_counter()
                 log.write({"kind": "train", "step": state["step"], "epoch": epoch, **stats_sum,
