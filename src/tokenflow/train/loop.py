@@ -214,11 +214,12 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
 
     if o.batch_size % info.world:
         raise ConfigError(f"optim.batch_size: {o.batch_size} does not split evenly over {info.world} processes")
-    micro_per_epoch = len(train_split.texts if d.sampling == "caption" else train_split) // o.batch_size
+    pairs_per_epoch = len(train_split.texts) if d.sampling == "caption" else len(set(train_split.text_item))
+    micro_per_epoch = pairs_per_epoch // o.batch_size
     steps_per_epoch = micro_per_epoch // o.accum
     if steps_per_epoch == 0:
         raise ConfigError(f"optim.batch_size x optim.accum = {o.batch_size * o.accum} is more than the "
-                          f"{len(train_split.texts)} training pairs of {train_split.name}")
+                          f"{pairs_per_epoch} training pairs per epoch of {train_split.name}")
     total = o.epochs * steps_per_epoch
     if cfg.run.max_steps:
         total = min(total, cfg.run.max_steps)
@@ -329,7 +330,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
                 ema_update(teacher, model, cfg.distill.ema)
             state["step"] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{stats_sum['loss']:.3f}", pairs_per_s=f"{seen / max(time.perf_counter() - t_log, 1e-9):.0f}")
+            rate = seen / max(time.perf_counter() - t_log, 1e-9)
+            bar.set_postfix(loss=f"{stats_sum['loss']:.3f}", pairs_per_s=f"{rate:.0f}")
             if state["step"] % cfg.run.log_every == 0 or state["step"] == total:
                 now = time.perf_counter()
                 log.write({"kind": "train", "step": state["step"], "epoch": epoch, **stats_sum,
