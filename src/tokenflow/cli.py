@@ -95,8 +95,7 @@ def _train(args) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        summary = train(cfg, resume=args.resume, source=str(args.config),
-                        argv=list(sys.argv[1:] if args.argv is None else args.argv))
+        summary = train(cfg, resume=args.resume, argv=list(sys.argv[1:] if args.argv is None else args.argv))
     except ConfigError as e:
         print(f"tokenflow train: {e}", file=sys.stderr)
         return 2

@@ -168,18 +168,17 @@ def _set_determinism(on: bool) -> None:
 
 
 # -- the loop ----------------------------------------------------------------------------------
-def train(cfg: TrainConfig, *, resume: bool = False, source: str = "config", argv: list[str] | None = None) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, argv: list[str] | None = None) -> dict:
     """Run (or resume) the training that ``cfg`` describes; returns a summary dict."""
     info, device = init_distributed(cfg.run.device)
     try:
-        return _train(cfg, info, device, resume, source, argv)
+        return _train(cfg, info, device, resume, argv)
     finally:
         if info.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool, source: str,
-           argv: list[str] | None) -> dict:
+def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool, argv: list[str] | None) -> dict:
     out = cfg.run.out
     ckpt_path = out / "last.safetensors"
     if info.main:
