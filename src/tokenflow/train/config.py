@@ -10,11 +10,14 @@ next to the checkpoints as ``config.yaml``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..models.tiny import TinyConfig
 
 __all__ = ["ConfigError", "DataConfig", "DistillConfig", "ModelConfig", "OptimConfig", "RunConfig",
            "TrainConfig", "load_config"]
@@ -46,20 +49,11 @@ class DataConfig(_Strict):
     workers: int = Field(0, ge=0, description="data loader processes per training process")
 
 
-class TinyModelConfig(_Strict):
-    image_size: int = 32
-    patch_size: int = 8
-    width: int = 64
-    layers: int = 2
-    heads: int = 4
-    embed_dim: int = 32
-    vocab_size: int = 512
-
-
 class ModelConfig(_Strict):
     backbone: str = Field(description="a local CLIP folder (or a folder saved by tokenflow), or 'tiny' for the "
                                       "built-in encoder trained from scratch")
-    tiny: TinyModelConfig = TinyModelConfig()
+    tiny: TinyConfig = Field(default_factory=TinyConfig, description="the built-in encoder's shape (backbone: "
+                             "tiny); its caption length is model.max_text_len")
     aligner: str | None = Field("tokenflow", description="plan name (tokenflow list) or null: global only")
     hparams: dict[str, Any] = Field(default_factory=dict, description="the plan's hyperparameters")
     w_global: float = Field(1.0, ge=0, description="weight of the global loss and similarity")
@@ -128,6 +122,10 @@ class TrainConfig(_Strict):
     def _consistent(self) -> TrainConfig:
         if self.model.aligner is None and self.model.w_global == 0:
             raise ValueError("model.w_global is 0 and model.aligner is null: nothing to train")
+        if self.model.tiny.max_text_len != self.model.max_text_len:
+            if self.model.tiny.max_text_len != TinyConfig.max_text_len:
+                raise ValueError("model.tiny.max_text_len: set model.max_text_len instead (it serves every backbone)")
+            self.model.tiny = replace(self.model.tiny, max_text_len=self.model.max_text_len)
         return self
 
     def check_paths(self, source: str = "config") -> None:
@@ -160,12 +158,13 @@ def _format_errors(e: ValidationError, source: str) -> str:
     for err in e.errors():
         key = ".".join(str(x) for x in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
         lines.append(f"  {key}: {msg}" + (f" (got {err['input']!r})" if err["type"] not in
-                                          ("missing", "extra_forbidden") and "input" in err
+                                          ("missing", "extra_forbidden", "unexpected_keyword_argument")
+                                          and "input" in err
                                           and not isinstance(err["input"], dict) else ""))
     return f"{source}: invalid configuration\n" + "\n".join(lines)
 

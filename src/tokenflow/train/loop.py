@@ -34,7 +34,7 @@ from ..data import load_split
 from ..data.base import RetrievalSplit, collate_media
 from ..eval.evaluate import evaluate, protocol_folds
 from ..losses import FeatureQueue, ema_update
-from ..models import TinyCLIP, TinyConfig, WordTokenizer, load_backbone
+from ..models import TinyCLIP, WordTokenizer, load_backbone
 from ..models.retrieval import RetrievalModel
 from ..utils import write_text_atomic
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -56,7 +56,7 @@ def build_model(cfg: TrainConfig, train_split: RetrievalSplit) -> RetrievalModel
         if len(tok) > m.tiny.vocab_size:
             raise ConfigError(f"model.tiny.vocab_size: the training captions have {len(tok)} distinct words and "
                               f"specials, more than {m.tiny.vocab_size}; raise it")
-        backbone = TinyCLIP(TinyConfig(**m.tiny.model_dump(), max_text_len=m.max_text_len), tok)
+        backbone = TinyCLIP(m.tiny, tok)
     else:
         backbone = load_backbone(m.backbone)
         if not isinstance(backbone, TinyCLIP):  # a CLIP folder: respect the configured caption length
