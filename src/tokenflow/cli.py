@@ -1,4 +1,5 @@
-"""The ``tokenflow`` command: ``make-data``, ``train``, ``evaluate``, ``convert-captions``, ``bench``."""
+"""The ``tokenflow`` command: ``demo``, ``make-data``, ``train``, ``ablate``, ``evaluate``, ``explain``,
+``convert-captions``, ``bench``."""
 
 from __future__ import annotations
 
@@ -104,6 +105,44 @@ def _train(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick, videos=args.videos, methods=args.methods, seed=args.seed,
+             workers=args.workers)
+    return 0
+
+
+def _ablate(args) -> int:
+    from .demo import run_ablation
+    from .train import ConfigError
+
+    try:
+        run_ablation(args.config, args.methods, args.overrides)
+    except ConfigError as e:
+        print(f"tokenflow ablate: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _explain(args) -> int:
+    from .viz import explain, render
+
+    expl = explain(args.model, args.media, args.caption, direction=args.direction, aligner=args.aligner,
+                   num_frames=args.frames)
+    render(expl, args.out, top=args.top)
+    for p in expl.top_pairs(args.top):
+        print(f"{p['word']:>12} -> patch ({p['row']}, {p['col']}): T_hat {p['T_hat']:.2f} x c {p['c']:.2f} "
+              f"= {p['T_hat_x_c']:.2f}")
+    print(f"{expl.aligner} {expl.direction}: fine score {expl.score:.4f}, global {expl.global_score:.4f}; "
+          f"figure: {args.out}")
+    if args.json:
+        from .utils import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(expl.to_dict(args.top), indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tokenflow {__version__}")
@@ -156,6 +195,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON report (written atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
+
+    from .demo import METHODS
+
+    p = sub.add_parser("demo", help="compare plans on the synthetic benchmark (nothing to download)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    p.add_argument("--quick", action="store_true", help="a smaller budget (about 3 minutes on 2 cores)")
+    p.add_argument("--videos", action="store_true", help="the synthetic video benchmark instead of images")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
+                   help=f"global (no plan) or plan names (default: {' '.join(METHODS)})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("ablate", help="train and test one config once per plan; one table")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_ablate)
+
+    p = sub.add_parser("explain", help="figure 4: patch and word weights and the strongest flows of one match")
+    p.add_argument("--model", required=True, type=Path, help="a trained model folder (run.out/best)")
+    p.add_argument("--media", required=True, type=Path, help="an image or a video (its middle frame is shown)")
+    p.add_argument("--caption", required=True)
+    p.add_argument("--aligner", default=None, choices=list_aligners(), help="default: the model's plan")
+    p.add_argument("--direction", choices=("t2v", "v2t"), default="t2v")
+    p.add_argument("--top", type=int, default=4, help="arrows for this many word-patch pairs")
+    p.add_argument("--frames", type=int, default=12, help="frames sampled from a video")
+    p.add_argument("--out", type=Path, default=Path("explain.png"))
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    p.set_defaults(func=_explain)
 
     p = sub.add_parser("train", help="fine-tune a backbone with a plan (also under torchrun)",
                        description="Train as the YAML config says; overrides such as optim.lr=1e-6 "

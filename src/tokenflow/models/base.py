@@ -51,6 +51,15 @@ class DualEncoder(nn.Module):
         """One PIL image -> [3, image_size, image_size] float tensor, ready for the encoder."""
         raise NotImplementedError
 
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, columns) of the patch tokens of one image, in row-major order."""
+        raise NotImplementedError
+
+    def decode_tokens(self, ids: Sequence[int]) -> list[str]:
+        """The text of each token id (for explanations)."""
+        raise NotImplementedError
+
     # -- public --------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

@@ -94,6 +94,15 @@ class HFCLIP(DualEncoder):
     def preprocess(self, image) -> Tensor:
         return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        n = self.image_size // int(self.model.config.vision_config.patch_size)
+        return n, n
+
+    def decode_tokens(self, ids: Sequence[int]) -> list[str]:
+        toks = self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+        return [t.removesuffix("</w>") for t in toks]
+
     def config_dict(self) -> dict:
         return {**super().config_dict(), "model_type": "clip", "source": self.source}
 

@@ -146,6 +146,14 @@ class TinyCLIP(DualEncoder):
     def preprocess(self, image) -> Tensor:
         return clip_preprocess(image, self.cfg.image_size, self.cfg.image_mean, self.cfg.image_std)
 
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        n = self.cfg.image_size // self.cfg.patch_size
+        return n, n
+
+    def decode_tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self.tok.vocab[int(i)] for i in ids]
+
     def config_dict(self) -> dict:
         return {**super().config_dict(), "model_type": MODEL_TYPE, **asdict(self.cfg)}
 

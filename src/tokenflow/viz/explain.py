@@ -1,0 +1,195 @@
+"""Why did this image (or video) and this caption match? Figure 4 of the TokenFlow paper.
+
+:func:`explain` computes, for one visual item and one caption, the plan of any aligner over
+real tokens: the patch weights ``d`` and word weights ``e`` (eq 14), the token similarities
+``c`` and the flow ``T`` of the chosen direction, and the strongest word-patch contributions
+``T_hat * c`` with ``T_hat = 100 * T`` (the paper's rescaling). :func:`render` draws them: the
+image under a heat map of ``d`` over its patch grid, the caption's tokens shaded by ``e``, and
+arrows from the strongest tokens to their patches, labelled ``T_hat x c``.
+
+Videos are explained on their middle frame (frame 6 of 12, as in the paper): its patch tokens
+against the caption, with the video's global feature (mean over frames) for ``d`` and ``e``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..align import Aligner, Tokens, get_aligner
+from ..data.base import VIDEO_EXTENSIONS, load_image
+from ..models.retrieval import RetrievalModel
+
+__all__ = ["Explanation", "explain", "render"]
+
+Direction = Literal["t2v", "v2t"]
+FLOW_SCALE = 100.0  # the paper shows T rescaled by 100
+
+
+@dataclass
+class Explanation:
+    """The numbers behind one explanation (all over real tokens; patches in row-major order)."""
+
+    caption: str
+    tokens: list[str]
+    grid: tuple[int, int]
+    aligner: str
+    direction: str
+    d: Tensor  # [P] patch weights
+    e: Tensor  # [L] token weights
+    c: Tensor  # [P, L] token similarities
+    flow: Tensor  # [P, L] T of the chosen direction
+    score: float  # sum(c * flow): the fine-grained score of this direction
+    global_score: float  # v_bar . t_bar
+    image: object  # the PIL image shown (the square the model sees)
+
+    def top_pairs(self, k: int = 5, words_only: bool = True) -> list[dict]:
+        """The ``k`` word-patch pairs that contribute most, ``T_hat * c`` with ``T_hat = 100 T``.
+
+        ``words_only`` leaves out special tokens (``<bos>``, ``<|endoftext|>``, ...), which
+        often carry sentence-level mass rather than a word's."""
+        contrib = self.flow * self.c
+        if words_only:
+            special = torch.tensor([t.startswith("<") and t.endswith(">") for t in self.tokens])
+            if not bool(special.all()):
+                contrib = contrib.masked_fill(special.unsqueeze(0), float("-inf"))
+        contrib = contrib.flatten()
+        order = torch.argsort(contrib, descending=True)[:k].tolist()
+        cols = self.c.shape[1]
+        out = []
+        for i in order:
+            s, t = divmod(i, cols)
+            out.append({"patch": s, "row": s // self.grid[1], "col": s % self.grid[1], "token": t,
+                        "word": self.tokens[t], "T_hat": FLOW_SCALE * float(self.flow[s, t]),
+                        "c": float(self.c[s, t]), "T_hat_x_c": FLOW_SCALE * float(self.flow[s, t] * self.c[s, t])})
+        return out
+
+    def to_dict(self, k: int = 5) -> dict:
+        return {"caption": self.caption, "tokens": self.tokens, "grid": list(self.grid), "aligner": self.aligner,
+                "direction": self.direction, "score": self.score, "global_score": self.global_score,
+                "d": self.d.tolist(), "e": self.e.tolist(), "top_pairs": self.top_pairs(k)}
+
+
+def _centre_square(image):
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+@torch.no_grad()
+def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str, *, direction: Direction = "t2v",
+            aligner: Aligner | str | None = None, num_frames: int = 12) -> Explanation:
+    """Explain how ``media`` (an image, or a video's middle frame) matches ``caption``.
+
+    ``model``: a :class:`RetrievalModel` or a saved model folder. ``aligner``: explain another
+    plan than the model's own (a name or an Aligner).
+    """
+    if direction not in ("t2v", "v2t"):
+        raise ValueError(f"direction must be 't2v' or 'v2t', got {direction!r}")
+    if not caption or not caption.strip():
+        raise ValueError("caption is empty: give the text to explain")
+    if not isinstance(model, RetrievalModel):
+        folder = Path(model)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder {folder} not found (a folder saved by tokenflow train, or a "
+                                    "backbone folder)")
+        model = RetrievalModel.from_pretrained(folder)
+    if isinstance(aligner, str):
+        aligner = get_aligner(aligner)
+    aligner = aligner or model.aligner
+    if aligner is None:
+        raise ValueError("this model has no fine-grained plan (global only): pass aligner=... to explain one")
+    backbone = model.backbone.eval()
+    device = backbone.device
+    media = Path(media)
+    if media.suffix.lower() in VIDEO_EXTENSIONS:
+        from ..data.video import read_video_frames
+
+        frames = read_video_frames(media, num_frames)
+        mid = len(frames) // 2 - 1 if len(frames) > 1 else 0  # 6th of 12, as in the paper
+        pixels = torch.stack([backbone.preprocess(f) for f in frames]).unsqueeze(0).to(device)
+        video = backbone.encode_videos(pixels, tokens="patches")
+        p = video.feats.shape[1] // len(frames)
+        vis = Tokens(video.feats[:, mid * p : (mid + 1) * p], video.mask[:, mid * p : (mid + 1) * p], video.pooled)
+        shown = frames[mid]
+    else:
+        image = load_image(media)
+        vis = backbone.encode_images(backbone.preprocess(image).unsqueeze(0).to(device))
+        shown = image
+    ids, mask = backbone.tokenize([caption])
+    txt = backbone.encode_texts(ids.to(device), mask.to(device))
+    plan = aligner.to(device).eval().plan(vis, txt)
+    real_ids = ids[0][mask[0].bool()].tolist()
+    flow = plan.t2v if direction == "t2v" else plan.v2t
+    gh, gw = backbone.patch_grid
+    if plan.d.numel() != gh * gw:
+        raise ValueError(f"{plan.d.numel()} visual tokens do not form the {gh} x {gw} patch grid")
+    return Explanation(
+        caption=caption, tokens=backbone.decode_tokens(real_ids), grid=(gh, gw),
+        aligner=getattr(aligner, "name", type(aligner).__name__), direction=direction,
+        d=plan.d.float().cpu(), e=plan.e.float().cpu(), c=plan.c.float().cpu(), flow=flow.float().cpu(),
+        score=float((plan.c * flow).sum()), global_score=float(vis.pooled[0] @ txt.pooled[0]),
+        image=_centre_square(shown))
+
+
+def render(expl: Explanation, path: str | Path, *, top: int = 4) -> Path:
+    """Draw ``expl`` as a PNG at ``path`` (written atomically) in the manner of the paper's figure 4."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import ConnectionPatch
+
+    from ..utils import atomic_path
+
+    gh, gw = expl.grid
+    fig = plt.figure(figsize=(7.5, 7.2), dpi=110)
+    ax = fig.add_axes((0.08, 0.30, 0.72, 0.62))
+    ax.imshow(expl.image, extent=(0, gw, gh, 0), interpolation="bilinear")
+    heat = ax.imshow(expl.d.reshape(gh, gw).numpy(), extent=(0, gw, gh, 0), cmap="jet", alpha=0.45,
+                     interpolation="nearest")
+    ax.set_xticks(range(gw + 1), minor=False)
+    ax.set_yticks(range(gh + 1), minor=False)
+    ax.tick_params(labelbottom=False, labelleft=False, length=0)
+    ax.grid(color="white", linewidth=0.4, alpha=0.6)
+    cax = fig.add_axes((0.83, 0.30, 0.025, 0.62))
+    fig.colorbar(heat, cax=cax, label="patch weight d")
+    ax.set_title(f"{expl.aligner} ({expl.direction}): fine {expl.score:.3f}, global {expl.global_score:.3f}",
+                 fontsize=10)
+
+    tax = fig.add_axes((0.02, 0.04, 0.96, 0.16))
+    tax.set_axis_off()
+    n = len(expl.tokens)
+    e = expl.e
+    lo, hi = float(e.min()), float(e.max())
+    cmap = plt.get_cmap("Blues")
+    widths = [max(2, len(t)) + 1 for t in expl.tokens]
+    total = sum(widths)
+    xs, acc = [], 0.0
+    for w in widths:
+        xs.append((acc + w / 2) / total)
+        acc += w
+    for t, (tok, x) in enumerate(zip(expl.tokens, xs, strict=True)):
+        shade = 0.15 + 0.75 * ((float(e[t]) - lo) / (hi - lo) if hi > lo else 0.5)
+        tax.text(x, 0.5, tok, ha="center", va="center", fontsize=9 if n < 20 else 7, family="monospace",
+                 color="white" if shade > 0.6 else "black",
+                 bbox={"boxstyle": "round,pad=0.25", "facecolor": cmap(shade), "edgecolor": "none"})
+    tax.text(0.0, 0.05, "token weight e: darker = larger", fontsize=7, color="0.35", transform=tax.transAxes)
+    for pair in expl.top_pairs(top):
+        xy_patch = (pair["col"] + 0.5, pair["row"] + 0.5)
+        con = ConnectionPatch(xyA=(xs[pair["token"]], 0.75), coordsA=tax.transData, xyB=xy_patch,
+                              coordsB=ax.transData, arrowstyle="->", color="crimson", linewidth=1.2)
+        fig.add_artist(con)
+        ax.annotate(f"{pair['T_hat']:.2f}x{pair['c']:.2f}", xy_patch, fontsize=7, color="white", ha="center",
+                    va="center", bbox={"boxstyle": "round,pad=0.15", "facecolor": "crimson", "alpha": 0.8,
+                                       "edgecolor": "none"})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
