@@ -16,7 +16,7 @@ def test_readme_opens_with_exactly_two_commands():
     assert head.count("\n") < 8, "the two set-up commands must be among the README's first lines"
     cmds = readme_commands()
     assert len(cmds) == 2
-    assert "tokenflow" in cmds[0] and "pytest" in cmds[1]
+    assert "tokenflow demo" in cmds[0] and "pytest" in cmds[1]
     for cmd in cmds:
         assert "-c constraints.txt" in cmd  # tested versions, torch pinned to the CPU wheel
 

@@ -92,14 +92,10 @@ def _evaluate(args) -> int:
 
 
 def _train(args) -> int:
-    from .train import ConfigError, load_config, train
+    from .train import load_config, train
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        summary = train(cfg, resume=args.resume, argv=list(sys.argv[1:] if args.argv is None else args.argv))
-    except ConfigError as e:
-        print(f"tokenflow train: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume, argv=list(sys.argv[1:] if args.argv is None else args.argv))
     if summary is not None and summary.get("best_step") is not None:
         print(json.dumps(summary, indent=2))
     return 0
@@ -115,13 +111,11 @@ def _demo(args) -> int:
 
 def _ablate(args) -> int:
     from .demo import run_ablation
-    from .train import ConfigError
 
-    try:
-        run_ablation(args.config, args.methods, args.overrides)
-    except ConfigError as e:
-        print(f"tokenflow ablate: {e}", file=sys.stderr)
-        return 2
+    # `--methods a b key=value` : argparse gives the overrides to --methods; move them back.
+    methods = [m for m in args.methods if "=" not in m]
+    overrides = [m for m in args.methods if "=" in m] + list(args.overrides)
+    run_ablation(args.config, methods, overrides)
     return 0
 
 
@@ -236,7 +230,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     args.argv = argv
-    return int(args.func(args) or 0)
+    from .data.base import MediaError
+
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, FileExistsError, ValueError, MediaError) as e:
+        # Bad input (a config, a path, a file that does not decode): the message names it.
+        print(f"tokenflow {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ MARKER = ".tokenflow-demo"
 PRESETS = {
     ("images", False): {"sizes": (1000, 100, 100), "epochs": 8, "batch_size": 64, "eval_every": 2},
     ("images", True): {"sizes": (256, 40, 60), "epochs": 8, "batch_size": 32, "eval_every": 2},
-    ("videos", False): {"sizes": (200, 50, 50), "epochs": 12, "batch_size": 32, "eval_every": 2, "frames": 8},
-    ("videos", True): {"sizes": (64, 16, 30), "epochs": 8, "batch_size": 16, "eval_every": 2, "frames": 6},
+    ("videos", False): {"sizes": (400, 50, 50), "epochs": 20, "batch_size": 32, "eval_every": 2, "frames": 8},
+    ("videos", True): {"sizes": (160, 20, 30), "epochs": 10, "batch_size": 16, "eval_every": 2, "frames": 6},
 }
 
 

@@ -1,0 +1,100 @@
+"""Explanations return the plan's own numbers, draw them, and reject bad input by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tokenflow import get_aligner
+from tokenflow.cli import main
+from tokenflow.data import MediaError, load_image, load_split, read_video_frames
+from tokenflow.models import RetrievalModel, TinyCLIP, TinyConfig, WordTokenizer
+from tokenflow.viz import explain, render
+
+
+@pytest.fixture(scope="module")
+def model_dir(synth, tmp_path_factory):
+    split = load_split("flickr30k", synth / "images", "train")
+    videos = load_split("msrvtt", synth / "videos", "train")
+    torch.manual_seed(0)
+    tiny = TinyCLIP(TinyConfig(), WordTokenizer.build(split.texts + videos.texts))
+    folder = tmp_path_factory.mktemp("model") / "best"
+    RetrievalModel(tiny, get_aligner("tokenflow"), w_global=1.0, w_fine=1.0).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("aligner", [None, "scan", "sinkhorn"])
+@pytest.mark.parametrize("direction", ["t2v", "v2t"])
+def test_numbers_are_the_plan_of_the_pair(synth, model_dir, aligner, direction):
+    test = load_split("flickr30k", synth / "images", "test")
+    path, caption = test.item_paths[1], test.texts[test.text_item.index(1)]
+    expl = explain(model_dir, path, caption, direction=direction, aligner=aligner)
+    model = RetrievalModel.from_pretrained(model_dir)
+    plan_of = model.aligner if aligner is None else get_aligner(aligner)
+    with torch.no_grad():
+        vis = model.backbone.encode_images(model.backbone.preprocess(load_image(path)).unsqueeze(0))
+        txt = model.backbone.encode_text_strings([caption])
+        plan = plan_of.plan(vis, txt)
+    flow = plan.t2v if direction == "t2v" else plan.v2t
+    assert expl.aligner == (aligner or "tokenflow") and expl.grid == (4, 4)
+    for got, want in ((expl.d, plan.d), (expl.e, plan.e), (expl.c, plan.c), (expl.flow, flow)):
+        assert torch.allclose(got, want.float(), atol=1e-6)
+    assert expl.score == pytest.approx(float((plan.c * flow).sum()), abs=1e-6)
+    assert expl.tokens[0] == "<bos>" and expl.tokens[-1] == "<eos>" and len(expl.tokens) == plan.c.shape[1]
+    pairs = expl.top_pairs(3)
+    contrib = [p["T_hat_x_c"] for p in pairs]
+    assert contrib == sorted(contrib, reverse=True) and all(not p["word"].startswith("<") for p in pairs)
+    for p in pairs:
+        s, t = p["patch"], p["token"]
+        assert p["T_hat_x_c"] == pytest.approx(100 * float(flow[s, t] * plan.c[s, t]), rel=1e-5)
+        assert p["patch"] == 4 * p["row"] + p["col"]
+
+
+def test_the_figure_shows_d_over_the_patch_grid(synth, model_dir, tmp_path, monkeypatch):
+    import matplotlib.axes
+    from PIL import Image
+
+    shown = []
+    real = matplotlib.axes.Axes.imshow
+
+    def spy(self, x, *args, **kwargs):
+        shown.append(np.asarray(x))
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
+    test = load_split("flickr30k", synth / "images", "test")
+    expl = explain(model_dir, test.item_paths[0], test.texts[0])
+    out = render(expl, tmp_path / "fig.png")
+    heat = [x for x in shown if x.shape == (4, 4)]
+    assert len(heat) == 1 and np.allclose(heat[0], expl.d.reshape(4, 4).numpy())
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]  # written atomically, no temp left
+
+
+def test_a_video_is_explained_on_its_middle_frame(synth, model_dir):
+    test = load_split("msrvtt", synth / "videos", "test")
+    expl = explain(model_dir, test.item_paths[0], test.texts[0], num_frames=6)
+    frames = read_video_frames(test.item_paths[0], 6)
+    assert np.array_equal(np.asarray(expl.image), np.asarray(frames[2]))  # the 3rd of 6 (the paper: 6th of 12)
+    assert expl.d.shape == (16,) and expl.c.shape[0] == 16
+
+
+def test_bad_inputs_are_named(synth, model_dir, tmp_path, capsys):
+    test = load_split("flickr30k", synth / "images", "test")
+    with pytest.raises(FileNotFoundError, match="model folder .*nope not found"):
+        explain(tmp_path / "nope", test.item_paths[0], "a red circle")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    with pytest.raises(MediaError, match="broken.jpg: cannot decode image"):
+        explain(model_dir, bad, "a red circle")
+    with pytest.raises(ValueError, match="caption is empty"):
+        explain(model_dir, test.item_paths[0], "  ")
+    args = ["explain", "--model", str(model_dir), "--media", str(bad), "--caption", "a red circle",
+            "--out", str(tmp_path / "x.png")]
+    assert main(args) == 2
+    assert "tokenflow explain:" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    args[4] = str(test.item_paths[0])
+    assert main([*args, "--json", str(tmp_path / "x.json")]) == 0
+    assert (tmp_path / "x.png").is_file() and "fine score" in capsys.readouterr().out
