@@ -53,11 +53,10 @@ def _evaluate(args) -> int:
     from .data import load_split
     from .eval.evaluate import evaluate, format_table, protocol_folds
     from .models import load_backbone
+    from .models.retrieval import RetrievalModel, read_head_config
     from .utils import write_text_atomic
 
     split = load_split(args.dataset, args.root, args.split, media=args.media)
-    from .models.retrieval import RetrievalModel, read_head_config
-
     head = read_head_config(args.model)
     if head is not None and args.aligner is None:  # a trained model folder: its plan, weights and plan parameters
         model = RetrievalModel.from_pretrained(args.model)
