@@ -24,6 +24,7 @@ def main() -> None:
     out.loss.backward()
     if info.main:
         save_file({n: p.grad.contiguous() for n, p in model.named_parameters() if p.grad is not None}, sys.argv[1])
+    torch.distributed.barrier()  # no rank tears the group down while another still uses it
     torch.distributed.destroy_process_group()
 
 

@@ -98,3 +98,17 @@ def test_bad_inputs_are_named(synth, model_dir, tmp_path, capsys):
     args[4] = str(test.item_paths[0])
     assert main([*args, "--json", str(tmp_path / "x.json")]) == 0
     assert (tmp_path / "x.png").is_file() and "fine score" in capsys.readouterr().out
+
+
+def test_a_clip_folder_is_explained_with_its_own_tokens(synth, tmp_path):
+    from tests.models.conftest import save_tiny_hf_clip
+    from tokenflow.models import load_backbone
+
+    (tmp_path / "clip").mkdir()
+    clip = load_backbone(save_tiny_hf_clip(tmp_path / "clip"))
+    model = RetrievalModel(clip, get_aligner("tokenflow"))
+    test = load_split("flickr30k", synth / "images", "test")
+    expl = explain(model, test.item_paths[0], "a red circle")
+    assert expl.grid == clip.patch_grid == (4, 4) and expl.d.shape == (16,)
+    ids, mask = clip.tokenize(["a red circle"])
+    assert len(expl.tokens) == int(mask.sum()) and not any(t.endswith("</w>") for t in expl.tokens)

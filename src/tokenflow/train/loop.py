@@ -362,5 +362,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
     if info.main:
         log.write({"kind": "done", "step": state["step"], **{k: v for k, v in summary.items() if k != "test"}})
     log.close()
+    if info.enabled:  # rank 0 tests alone: the others wait rather than tear the group down under it
+        torch.distributed.barrier()
     return summary
 
