@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,7 +24,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert r["steps"] == res["rows"][0]["steps"]  # the same budget for every method
     md = (out / "results.md").read_text()
     assert all(f"| {m} |" in md for m in METHODS) and "t2v R@1" in md
-    assert len(res["figures"]) == 3 and all((out / f).is_file() or f.endswith(".png") for f in res["figures"])
+    assert len(res["figures"]) == 3 and all(Path(f).is_file() and f.endswith(".png") for f in res["figures"])
     assert "| tokenflow |" in capsys.readouterr().out
     # a second run replaces the first; a folder that is not the demo's is refused
     other = tmp_path / "mine"

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..align import Tokens
 
-__all__ = ["DistInfo", "all_gather_grad", "all_gather_tokens", "gather_sizes", "init_distributed"]
+__all__ = ["DistInfo", "all_gather_grad", "all_gather_tokens", "gather_ids", "gather_sizes", "init_distributed"]
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,9 @@ class _Log:
         self.path, self.enabled, self.tb = path, enabled, None
         if not enabled:
             return
-        if keep_until is not None and path.is_file():  # resuming: drop what the lost run logged after the checkpoint
+        if keep_until is None:  # a new run starts a new log
+            path.unlink(missing_ok=True)
+        elif path.is_file():  # resuming: drop what the lost run logged after the checkpoint
             kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0)
                     <= keep_until]
             write_text_atomic(path, "".join(ln + "\n" for ln in kept))
@@ -230,8 +232,6 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
         if info.main:
             print(f"resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
     log = _Log(out / "log.jsonl", info.main, state["step"] if resume else None)
-    if not resume and info.main and (out / "log.jsonl").exists():
-        (out / "log.jsonl").unlink()
 
     amp = o.amp == "bf16" or (o.amp == "auto" and device.type == "cuda")
     preprocess = model.backbone.preprocess
@@ -296,10 +296,10 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
                     state["skipped"] += len(bad)
                     log.write({"kind": "skipped", "step": state["step"],
                                "files": [{"path": p, "reason": r} for _, p, r in bad]})
-                ids, tmask = tokenize([train_split.texts[k] for k in idx]) if idx else (None, None)
                 if not idx:
                     raise RuntimeError(f"a whole batch of {train_split.name} was unreadable ({len(bad)} files); "
                                        "see log.jsonl")
+                ids, tmask = tokenize([train_split.texts[k] for k in idx])
                 batch = Batch(pixels.to(device, non_blocking=True),
                               None if fmask is None else fmask.to(device), ids.to(device), tmask.to(device),
                               item_ids[idx].to(device))
@@ -329,13 +329,13 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
                 ema_update(teacher, model, cfg.distill.ema)
             state["step"] += 1
             bar.update(1)
-            rate = seen / max(time.perf_counter() - t_log, 1e-9)
+            now = time.perf_counter()
+            rate = seen / max(now - t_log, 1e-9)
             bar.set_postfix(loss=f"{stats_sum['loss']:.3f}", pairs_per_s=f"{rate:.0f}")
             if state["step"] % cfg.run.log_every == 0 or state["step"] == total:
-                now = time.perf_counter()
                 log.write({"kind": "train", "step": state["step"], "epoch": epoch, **stats_sum,
                            "logit_scale": float(model.scale().detach()), "lr": optimizer.param_groups[0]["lr"],
-                           "pairs_per_s": round(seen / max(now - t_log, 1e-9), 2)})
+                           "pairs_per_s": round(rate, 2)})
                 seen, t_log = 0, now
             end_of_epoch = (state["step"] % steps_per_epoch == 0)
             if end_of_epoch and ((epoch + 1) % cfg.run.eval_every == 0 or state["step"] == total):

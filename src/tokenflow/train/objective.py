@@ -97,8 +97,8 @@ class Objective(nn.Module):
         col_ids = ids_all if q_ids is None else torch.cat([ids_all, q_ids])
         vis_cols = _with_queue(all_gather_tokens(vis, info, sizes), qv)
         txt_cols = _with_queue(all_gather_tokens(txt, info, sizes), qt)
-        labels_v2t = id_targets(batch.item_ids, col_ids)
-        labels_t2v = id_targets(batch.item_ids, col_ids).T
+        labels_v2t = id_targets(batch.item_ids, col_ids)  # local pairs x columns; the same ids serve both sides
+        labels_t2v = labels_v2t.T
         scale = m.scale()
         g_v2t, g_t2v, f_v2t, f_t2v = _scores(m.aligner, vis, txt, vis_cols, txt_cols, not info.enabled)
 
