@@ -32,6 +32,11 @@ def aligner_cases():
         ("sinkhorn", {"eps": 0.1, "n_iter": 30}),
         ("partial-ot", {"mass": 0.6, "marginals": "uniform"}),
         ("assignment", {"exact": True}),
+        ("omit", {"marginals": "l2g"}),
+        ("omit", {"marginals": "l2g", "mass": 0.6, "n_iter": 20}),
+        ("omit", {"mass": 0.7, "n_iter": 10}),
+        ("omit", {"solver": "exact"}),
+        ("omit", {"solver": "exact", "mass": 0.6}),
     ]
     return cases
 

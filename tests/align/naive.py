@@ -189,7 +189,48 @@ def assignment(mu, om, mu_bar, om_bar, hp):
     return t, t
 
 
+def exact_partial_ot(cost, a, b, mass):
+    """Partial transport by linear programming: T >= 0, T 1 <= a, T^T 1 <= b, sum T = mass."""
+    l1, l2 = cost.shape
+    a_ub = np.zeros((l1 + l2, l1 * l2))
+    for s in range(l1):
+        a_ub[s, s * l2 : (s + 1) * l2] = 1
+    for t in range(l2):
+        a_ub[l1 + t, t::l2] = 1
+    res = linprog(cost.ravel(), A_ub=a_ub, b_ub=np.concatenate([a, b]), A_eq=np.ones((1, l1 * l2)), b_eq=[mass],
+                  bounds=(0, None), method="highs")
+    assert res.success, res.message
+    return res.x.reshape(l1, l2)
+
+
+def omit(mu, om, mu_bar, om_bar, hp):
+    marg, mass = hp.get("marginals", "uniform"), hp.get("mass", 1.0)
+    eps, n_iter, tau = hp.get("eps", 0.05), hp.get("n_iter", 3), hp.get("tau", 0.1)
+    c = _c(mu, om)
+    l1, l2 = c.shape
+    if marg == "l2g":  # softmax of each fragment's cosine to the other side's mean embedding
+        def cos(x, y):
+            return float(x @ y) / (math.sqrt(float(x @ x)) * math.sqrt(float(y @ y)))
+
+        om_mean, mu_mean = om.mean(0), mu.mean(0)
+        a = np.array(_softmax([cos(mu[s], om_mean) / tau for s in range(l1)]))
+        b = np.array(_softmax([cos(om[t], mu_mean) / tau for t in range(l2)]))
+    else:
+        a, b = np.full(l1, 1.0 / l1), np.full(l2, 1.0 / l2)
+    if hp.get("solver", "sinkhorn") == "exact":
+        t = exact_ot(1.0 - c, a, b) if mass >= 1 else exact_partial_ot(1.0 - c, a, b, mass)
+    elif mass < 1:
+        kernel = np.ones((l1 + 1, l2 + 1))
+        kernel[:l1, :l2] = np.exp(-(1.0 - c) / eps)
+        kernel[l1, l2] = 0.0
+        t = plain_sinkhorn(kernel, np.append(a, 1 - mass), np.append(b, 1 - mass), n_iter)[:l1, :l2]
+    else:
+        t = plain_sinkhorn(np.exp(-(1.0 - c) / eps), a, b, n_iter)
+    return t, t
+
+
 NAIVE = {
+    "omit": omit,
     "uniform": uniform,
     "learnable": learnable,
     "scan": scan,

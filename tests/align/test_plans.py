@@ -24,6 +24,7 @@ def build(name, hp, gen=None):
 def test_registry_lists_every_plan_of_the_design():
     assert set(list_aligners()) >= {
         "uniform", "learnable", "scan", "max-avg", "max-sum", "emd", "tokenflow", "sinkhorn", "partial-ot", "assignment",
+        "omit",
     }
 
 
@@ -126,14 +127,15 @@ def test_cuda_matches_cpu(case, gen):
 # when the marginals do not depend on the features. With zero global features the eq 14 weights
 # vanish, the marginals fall back to uniform constants, and the envelope theorem makes the
 # fixed-plan gradient exact: gradcheck then checks it for real.
-FIXED_PLAN = {("emd", ()), ("assignment", (("exact", True),))}
+FIXED_PLAN = {("emd", ()), ("assignment", (("exact", True),)), ("omit", (("solver", "exact"),)),
+              ("omit", (("mass", 0.6), ("solver", "exact")))}
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_gradcheck(case, gen):
     name, hp = case
     hp = dict(hp)
-    if name in ("sinkhorn", "partial-ot", "assignment") and not hp.get("exact"):
+    if name in ("sinkhorn", "partial-ot", "assignment", "omit") and not hp.get("exact") and hp.get("solver") != "exact":
         hp["n_iter"] = 8  # keeps gradcheck fast; the gradient is of the same computation
     aligner, _ = build(name, hp, gen)
     vis, txt = make_tokens(2, 3, 5, gen=gen), make_tokens(3, 4, 5, gen=gen)

@@ -136,3 +136,49 @@ def test_large_collection_in_small_blocks_matches_one_block(gen):
     for name in ("tokenflow", "scan", "max-avg"):
         a = get_aligner(name)
         torch.testing.assert_close(a.pairwise(vis, txt, chunk=17).t2v, a.pairwise(vis, txt, chunk=10**6).t2v)
+
+
+# -- OMIT --------------------------------------------------------------------------------------
+
+
+def test_omit_entropic_partial_tends_to_the_exact_partial_plan(gen):
+    vis, txt = one_pair(gen)
+    exact = get_aligner("omit", solver="exact", mass=0.6).plan(vis, txt)
+    assert abs(exact.v2t.sum().item() - 0.6) < 1e-9
+    assert (exact.v2t.sum(1) <= 1 / 5 + 1e-12).all() and (exact.v2t.sum(0) <= 1 / 7 + 1e-12).all()
+    gaps = []
+    for eps in (0.1, 0.02, 0.004):
+        p = get_aligner("omit", mass=0.6, eps=eps, n_iter=5000).plan(vis, txt)
+        assert abs(p.v2t.sum().item() - 0.6) < 1e-5
+        gaps.append((p.v2t - exact.v2t).abs().sum().item())
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.02
+
+
+def test_omit_partial_leaves_an_unrelated_fragment_out(gen):
+    vis, txt = one_pair(gen, l1=4, l2=4)
+    feats = vis.feats.clone()
+    feats[0, 0] = -txt.feats[0].mean(0)  # a fragment unlike every word
+    feats[0, 0] /= feats[0, 0].norm()
+    vis = Tokens(feats, vis.mask, vis.pooled)
+    plain = get_aligner("omit", solver="exact").plan(vis, txt)
+    assert abs(plain.v2t.sum(1)[0].item() - 0.25) < 1e-9  # balanced transport must move its mass
+    partial = get_aligner("omit", solver="exact", mass=0.75).plan(vis, txt)
+    assert partial.v2t.sum(1)[0].item() < 1e-9  # partial transport drops it
+    l2g = get_aligner("omit", marginals="l2g").plan(vis, txt)
+    assert l2g.v2t.sum(1)[0].item() < 0.5 * l2g.v2t.sum(1)[1:].min().item()  # little local-to-global mass
+
+
+def test_omit_default_is_the_released_plain_version(gen):
+    aligner = get_aligner("omit")
+    assert aligner.hparams() == {"marginals": "uniform", "mass": 1.0, "solver": "sinkhorn", "eps": 0.05,
+                                 "n_iter": 3, "tau": 0.1}
+    vis, txt = one_pair(gen)
+    p = aligner.plan(vis, txt)
+    torch.testing.assert_close(p.v2t.sum(0), torch.full((7,), 1 / 7, dtype=p.c.dtype))  # last update: columns
+
+
+@pytest.mark.parametrize("hp, msg", [({"marginals": "global"}, "marginals"), ({"solver": "lp"}, "solver"),
+                                     ({"mass": 0}, "mass"), ({"tau": 0}, "tau"), ({"eps": -1}, "eps")])
+def test_omit_rejects_bad_options(hp, msg):
+    with pytest.raises(ValueError, match=f"omit: {msg}"):
+        get_aligner("omit", **hp)

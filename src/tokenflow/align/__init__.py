@@ -1,6 +1,6 @@
 """Token-level alignment: ``Tokens`` in, a plan, scores out (DESIGN.md sections 1-3)."""
 
-from . import assignment, emd, learnable, max_avg, max_sum, partial_ot, scan, sinkhorn, tokenflow, uniform  # noqa: F401  (registration)
+from . import assignment, emd, learnable, max_avg, max_sum, omit, partial_ot, scan, sinkhorn, tokenflow, uniform  # noqa: F401  (registration)
 from .base import Aligner, Plan, Scores, Tokens
 from .registry import get_aligner, list_aligners, register_aligner
 

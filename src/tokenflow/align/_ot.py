@@ -1,4 +1,4 @@
-"""Transport solvers shared by the ``emd``, ``sinkhorn``, ``partial-ot`` and ``assignment`` plans.
+"""Transport solvers shared by the ``emd``, ``sinkhorn``, ``partial-ot``, ``omit`` and ``assignment`` plans.
 
 Two routes:
 
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._ops import safe_log
 from .base import Tokens
 
 
@@ -57,6 +58,27 @@ def log_sinkhorn(k: Tensor, log_a: Tensor, log_b: Tensor, n_iter: int, col_mask:
         u = log_a - torch.logsumexp(k + v, dim=3, keepdim=True)
         v = log_b - torch.logsumexp(k + u, dim=1, keepdim=True)
     return k + u + v
+
+
+def dummy_point_plan(k: Tensor, a: Tensor, b: Tensor, mass: float, n_iter: int, t_mask: Tensor) -> Tensor:
+    """Entropic partial transport of mass ``mass`` by the dummy-point construction.
+
+    Chapel et al. 2020 (POT's ``partial_wasserstein``): one dummy row and one dummy column of
+    mass ``1 - mass`` each, zero cost to or from the dummy, and no dummy-to-dummy flow, so that
+    exactly ``mass`` moves between real tokens (the row marginals up to Sinkhorn's tolerance).
+    ``k`` is the log kernel -C / eps of the real tokens [n, L1, m, L2]; ``a`` [n, L1, m, 1] and
+    ``b`` [n, 1, m, L2] hold unit masses over real tokens; ``t_mask`` [m, L2] marks real text
+    tokens. Returns the plan of the real block, [n, L1, m, L2].
+    """
+    n, l1, m, l2 = k.shape
+    rest = 1.0 - mass
+    a = torch.cat([a.expand(n, l1, m, 1), a.new_full((n, 1, m, 1), rest)], 1)
+    b = torch.cat([b.expand(n, 1, m, l2), b.new_full((n, 1, m, 1), rest)], 3)
+    k = torch.nn.functional.pad(k, (0, 1, 0, 0, 0, 1))  # the dummy row and column: cost 0
+    corner = torch.zeros(1, l1 + 1, 1, l2 + 1, dtype=k.dtype, device=k.device)
+    corner[0, l1, 0, l2] = float("-inf")  # no mass from dummy to dummy
+    cols = torch.nn.functional.pad(t_mask, (0, 1), value=True)[None, None]  # the dummy column is real
+    return log_sinkhorn(k + corner, safe_log(a), safe_log(b), n_iter, cols).exp()[:, :l1, :, :l2]
 
 
 Solver = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]

@@ -18,11 +18,9 @@ is the ``sinkhorn`` plan. The score is sum(c * T) in both directions.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ._ops import safe_log
-from ._ot import check_entropic, log_sinkhorn
+from ._ot import check_entropic, dummy_point_plan
 from .base import Aligner, Tokens
 from .emd import transport_marginals
 from .registry import register_aligner
@@ -64,18 +62,9 @@ class PartialOT(Aligner):
         return {"mass": self.mass, "eps": self.eps, "n_iter": self.n_iter, "marginals": self.marginals}
 
     def plans(self, c: Tensor, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
-        n, l1, m, l2 = c.shape
         if self.marginals == "global":
             a, b = transport_marginals(v, t, c.dtype)
         else:
             a, b = uniform_marginals(v, t, c.dtype)
-            a, b = a.expand(n, l1, m, 1), b.expand(n, 1, m, l2)
-        rest = 1.0 - self.mass
-        a = torch.cat([a, a.new_full((n, 1, m, 1), rest)], 1)
-        b = torch.cat([b, b.new_full((n, 1, m, 1), rest)], 3)
-        k = F.pad((c - 1.0) / self.eps, (0, 1, 0, 0, 0, 1))  # dummy row and column: cost 0
-        corner = torch.zeros(1, l1 + 1, 1, l2 + 1, dtype=c.dtype, device=c.device)
-        corner[0, l1, 0, l2] = float("-inf")  # no mass from dummy to dummy
-        cols = F.pad(t.mask, (0, 1), value=True)[None, None]  # the dummy column is real
-        plan = log_sinkhorn(k + corner, safe_log(a), safe_log(b), self.n_iter, cols).exp()[:, :l1, :, :l2]
+        plan = dummy_point_plan((c - 1.0) / self.eps, a, b, self.mass, self.n_iter, t.mask)
         return plan, plan
