@@ -17,7 +17,6 @@ is the ``sinkhorn`` plan. The score is sum(c * T) in both directions.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ._ot import check_entropic, dummy_point_plan
@@ -47,9 +46,8 @@ class PartialOT(Aligner):
         marginals: ``"global"`` (eq 14 local-to-global weights) or ``"uniform"``.
     """
 
-    def __init__(
-        self, mass: float = 0.9, eps: float = 0.05, n_iter: int = 50, marginals: str = "global", chunk: int | None = None
-    ) -> None:
+    def __init__(self, mass: float = 0.9, eps: float = 0.05, n_iter: int = 50, marginals: str = "global",
+                 chunk: int | None = None) -> None:
         super().__init__(chunk)
         if not 0 < mass <= 1:
             raise ValueError(f"partial-ot: mass must be in (0, 1], got {mass}")
