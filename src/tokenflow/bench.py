@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 import torch
 
 from . import __version__
-from .align import Tokens, get_aligner, list_aligners
+from .align import Tokens, aligner_for, list_aligners
 from .align.base import work_dtype
 from .utils import write_text_atomic
 
@@ -161,7 +161,7 @@ def naive_pairwise(aligner, vis: Tokens, txt: Tokens) -> tuple[torch.Tensor, tor
 def bench_one(name: str, cfg: BenchConfig, l1: int, dtype_name: str, gen: torch.Generator) -> dict:
     dtype = DTYPES[dtype_name]
     dev = cfg.device
-    aligner = get_aligner(name).to(dev)
+    aligner = aligner_for(name, dim=cfg.dim).to(dev)
     slow = name not in FAST_PLANS
     m = min(cfg.slow_m, cfg.m) if slow else cfg.m
     vis = random_tokens(cfg.n, l1, cfg.dim, dtype, dev, gen)

@@ -49,7 +49,7 @@ def _convert(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .align import get_aligner
+    from .align import aligner_for
     from .data import load_split
     from .eval.evaluate import evaluate, format_table, protocol_folds
     from .models import load_backbone
@@ -62,12 +62,15 @@ def _evaluate(args) -> int:
         model = RetrievalModel.from_pretrained(args.model)
         backbone, aligner = model.backbone, model.aligner
         if args.hp:
-            aligner = get_aligner(head["aligner"], **{**head.get("hparams", {}), **dict(args.hp)})
+            aligner = aligner_for(head["aligner"], {**head.get("hparams", {}), **dict(args.hp)},
+                                  dim=backbone.embed_dim)
+            if model.aligner is not None and aligner.state_dict().keys() == model.aligner.state_dict().keys():
+                aligner.load_state_dict(model.aligner.state_dict())  # learned plan weights stay
         name = head["aligner"] or "none"
     else:
         backbone = load_backbone(args.model)
         name = args.aligner or "tokenflow"
-        aligner = None if name == "none" else get_aligner(name, **dict(args.hp or []))
+        aligner = None if name == "none" else aligner_for(name, dict(args.hp or []), dim=backbone.embed_dim)
     backbone = backbone.to(args.device)
     head = head or {}
     if args.w_global is None:

@@ -159,7 +159,10 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
             "training": base["optim"], "selection": "best validation rsum; test evaluated once",
             "command": ["tokenflow", *sys.argv[1:]], "seconds": None}
     figures = []
-    fine = [m for m in ("tokenflow", *methods) if m != "global" and m in methods]
+    from .align.registry import _REGISTRY
+
+    # Figures need a token plan: the first such method, tokenflow preferred (set methods have none).
+    fine = [m for m in ("tokenflow", *methods) if m in methods and m in _REGISTRY and _REGISTRY[m].token_plan]
     if fine and explain_pairs:
         from .viz import explain, render
 

@@ -23,8 +23,8 @@ def build(name, hp, gen=None):
 
 def test_registry_lists_every_plan_of_the_design():
     assert set(list_aligners()) >= {
-        "uniform", "learnable", "scan", "max-avg", "max-sum", "emd", "tokenflow", "sinkhorn", "partial-ot", "assignment",
-        "omit",
+        "uniform", "learnable", "scan", "max-avg", "max-sum", "emd", "tokenflow", "sinkhorn", "partial-ot",
+        "assignment", "omit", "mpa", "dive",
     }
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tokenflow import Tokens, get_aligner, list_aligners
+from tokenflow.align import aligner_for
 
 from .conftest import make_tokens
 
@@ -48,7 +49,7 @@ def test_malformed_tokens_are_rejected(change, message):
 
 @pytest.mark.parametrize("name", list_aligners())
 def test_every_aligner_rejects_bad_values(name):
-    aligner = get_aligner(name)
+    aligner = aligner_for(name, dim=4)
     txt = Tokens(*good(3, 5, 4))
     f, m, p = good()
     m[1] = False

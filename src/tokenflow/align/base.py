@@ -386,6 +386,8 @@ class Aligner(nn.Module):
     name: ClassVar[str] = ""
     #: Whether gradients reach the features through the scores.
     differentiable: ClassVar[bool] = True
+    #: Whether :meth:`plan` weighs the items' own token pairs (False for set methods).
+    token_plan: ClassVar[bool] = True
 
     def __init__(self, chunk: int | None = None) -> None:
         super().__init__()
@@ -474,6 +476,11 @@ class Aligner(nn.Module):
         sv, st = v.mask[0], t.mask[0]
         pick = lambda x: x[0, :, 0, :][sv][:, st]
         return Plan(c=pick(c), v2t=pick(tv), t2v=pick(tt), d=d[0, :, 0, 0][sv].to(wd), e=e[0, 0, 0, :][st].to(wd))
+
+    def auxiliary_losses(self, vis: Tokens, txt: Tokens, vis_cols: Tokens, txt_cols: Tokens, targets_v2t: Tensor,
+                         targets_t2v: Tensor, logit_scale: Tensor) -> dict[str, tuple[float, Tensor]]:
+        """Extra training losses of this method for a batch, name -> (weight, value); none here."""
+        return {}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _check_pair(self, vis: Tokens, txt: Tokens, check: bool) -> None:

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from .base import Aligner
 
-__all__ = ["get_aligner", "list_aligners", "register_aligner"]
+__all__ = ["aligner_for", "get_aligner", "list_aligners", "register_aligner"]
 
 _REGISTRY: dict[str, type[Aligner]] = {}
 A = TypeVar("A", bound=type[Aligner])
@@ -46,3 +46,13 @@ def get_aligner(name: str, **hyper) -> Aligner:
     if unknown:
         raise ValueError(f"aligner {name!r} has no hyperparameter(s) {unknown}; valid: {valid}")
     return cls(**hyper)
+
+
+def aligner_for(name: str, hparams: dict | None = None, dim: int | None = None) -> Aligner:
+    """:func:`get_aligner` for a backbone of embedding size ``dim``: aligners with learned
+    heads over the features (``mpa``, ``dive``) get ``dim`` unless ``hparams`` sets it."""
+    hparams = dict(hparams or {})
+    cls = _REGISTRY.get(name)
+    if cls is not None and dim is not None and "dim" in inspect.signature(cls.__init__).parameters:
+        hparams.setdefault("dim", int(dim))
+    return get_aligner(name, **hparams)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..align import get_aligner
+from ..align import aligner_for
 from ..data import load_split
 from ..data.base import RetrievalSplit, collate_media
 from ..eval.evaluate import evaluate, protocol_folds
@@ -61,7 +61,7 @@ def build_model(cfg: TrainConfig, train_split: RetrievalSplit) -> RetrievalModel
         backbone = load_backbone(m.backbone)
         if not isinstance(backbone, TinyCLIP):  # a CLIP folder: respect the configured caption length
             backbone.max_text_len = min(m.max_text_len, backbone.max_text_len)
-    aligner = None if m.aligner is None else get_aligner(m.aligner, **m.hparams)
+    aligner = None if m.aligner is None else aligner_for(m.aligner, m.hparams, dim=backbone.embed_dim)
     return RetrievalModel(backbone, aligner, w_global=m.w_global, w_fine=m.w_fine, logit_scale=m.logit_scale,
                           max_logit_scale=m.max_logit_scale)
 

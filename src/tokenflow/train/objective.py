@@ -7,7 +7,9 @@ with ``s_t2v``). Batch columns are the student's own features, gathered with gra
 columns are the teacher's (no gradient), as in ALBEF's retrieval fine-tuning. Targets come from
 item ids, so two captions of one item in a batch, or a queued copy, are both positives.
 
-    loss = w_global * InfoNCE(v_bar . t_bar) + w_fine * InfoNCE(s_v2t, s_t2v)
+    loss = w_global * InfoNCE(v_bar . t_bar) + w_fine * InfoNCE(s_v2t, s_t2v) + the plan's own terms
+
+(the plan's own terms: the set losses of ``mpa`` and ``dive``; none for token plans.)
 
 With distillation the EMA teacher scores the same rows and columns with its own features, and
 ``alpha * softmax(logit_scale * s_teacher) + (1 - alpha) * labels`` replaces the labels,
@@ -128,6 +130,11 @@ class Objective(nn.Module):
             loss_f = contrastive_loss(f_v2t, f_t2v, scale, *targets["f"])
             loss = loss + m.w_fine * loss_f
             stats["loss_fine"] = float(loss_f.detach())
+            # Method-specific terms (the set losses of mpa/dive), with the hard labels.
+            extra = m.aligner.auxiliary_losses(vis, txt, vis_cols, txt_cols, labels_v2t, labels_t2v, scale)
+            for name, (weight, value) in extra.items():
+                loss = loss + weight * value
+                stats[f"loss_{name}"] = float(value.detach())
         stats["loss"] = float(loss.detach())
         if info.enabled and len(set(sizes)) > 1:
             # Each process averages over its own queries and DDP averages the processes: weight

@@ -104,6 +104,9 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
     aligner = aligner or model.aligner
     if aligner is None:
         raise ValueError("this model has no fine-grained plan (global only): pass aligner=... to explain one")
+    if not aligner.token_plan:
+        raise ValueError(f"{aligner.name} scores sets of learned embeddings, not token pairs: there is no "
+                         "patch-word plan to draw; pass aligner=... to explain a token plan")
     backbone = model.backbone.eval()
     device = backbone.device
     media = Path(media)
