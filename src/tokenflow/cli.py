@@ -35,7 +35,7 @@ def _make_data(args) -> int:
     from .data.synthetic import make_synthetic
 
     paths = make_synthetic(args.out, images=args.images, videos=args.videos, image_size=args.size,
-                           frames=args.frames, seed=args.seed, image_format=args.format)
+                           frames=args.frames, seed=args.seed, image_format=args.format, unpaired=args.unpaired)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -115,8 +115,11 @@ def _ablate(args) -> int:
     from .demo import run_ablation
 
     # `--methods a b key=value` : argparse gives the overrides to --methods; move them back.
-    methods = [m for m in args.methods if "=" not in m]
-    overrides = [m for m in args.methods if "=" in m] + list(args.overrides)
+    def is_override(item: str) -> bool:  # "optim.lr=1e-5", not "omit:mass=0.8"
+        return "=" in item and ":" not in item.split("=", 1)[0]
+
+    methods = [m for m in args.methods if not is_override(m)]
+    overrides = [m for m in args.methods if is_override(m)] + list(args.overrides)
     run_ablation(args.config, methods, overrides)
     return 0
 
@@ -155,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=16, help="frames per video")
     p.add_argument("--format", choices=("jpg", "png"), default="jpg")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unpaired", type=int, default=0, metavar="N",
+                   help="also write N unpaired items and N unpaired captions per benchmark (for cs.unpaired_*)")
     p.set_defaults(func=_make_data)
 
     p = sub.add_parser("convert-captions", help="turn MSVD's raw-captions.pkl into JSON without running code")

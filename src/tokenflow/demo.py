@@ -28,8 +28,9 @@ from .utils import write_text_atomic
 
 __all__ = ["METHODS", "format_markdown", "run_ablation", "run_demo"]
 
-#: The demo's methods: "global" is CLIP's global similarity alone; the others add a plan.
-METHODS = ("global", "uniform", "max-avg", "scan", "emd", "sinkhorn", "tokenflow")
+#: The demo's methods: "global" is CLIP's global similarity alone; the others add a plan, except
+#: "cs-aligner", which adds the Cauchy-Schwarz divergence term to the global loss.
+METHODS = ("global", "uniform", "max-avg", "scan", "emd", "sinkhorn", "tokenflow", "omit", "mpa", "dive", "cs-aligner")
 MARKER = ".tokenflow-demo"
 
 # Budgets: (train, val, test) sizes and training length. The default fits 15 minutes on a
@@ -56,35 +57,85 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {cpu}{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+#: Methods that are not a plan name: a plan (or none) plus settings of the training config.
+RECIPES: dict[str, dict] = {
+    # CS-Aligner (seed 004): CLIP's global InfoNCE plus the Cauchy-Schwarz divergence term.
+    # Weight 0.1: best validation rsum of {0.1, 0.3, 1.0} on the quick synthetic demo (1.0 stalls InfoNCE).
+    "cs-aligner": {"aligner": None, "cs": {"weight": 0.1}},
+}
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``NAME`` or ``NAME:key=value,key=value`` (values read as YAML) -> (name, hyperparameters)."""
+    name, _, rest = spec.partition(":")
+    hp = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"method {spec!r}: expected NAME:key=value,... (got {item!r})")
+        hp[key.strip()] = yaml.safe_load(value)
+    return name.strip(), hp
+
+
 def _check_methods(methods: Sequence[str]) -> list[str]:
     from .align import list_aligners
 
-    known = {"global", *list_aligners()}
-    bad = [m for m in methods if m not in known]
+    known = {"global", *RECIPES, *list_aligners()}
+    bad = [m for m in methods if parse_method(m)[0] not in known]
     if bad:
-        raise ValueError(f"unknown method(s) {bad}; choose from global, {', '.join(list_aligners())}")
+        raise ValueError(f"unknown method(s) {bad}; choose from global, {', '.join(RECIPES)}, "
+                         f"{', '.join(list_aligners())} (a plan may take NAME:key=value,...)")
     if not methods:
         raise ValueError("no methods given")
     return list(dict.fromkeys(methods))
 
 
-def run_methods(base: dict, methods: Sequence[str], runs: Path, *, log=print) -> list[dict]:
-    """Train and test ``base`` (a config dict) once per method; one result row per method."""
+def _method_config(base: dict, method: str, recipe_settings: dict | None = None) -> dict:
+    """The config of one row: ``base`` with the method's plan, hyperparameters and recipe."""
+    data = yaml.safe_load(yaml.safe_dump(base))
+    name, hp = parse_method(method)
+    if name in RECIPES:
+        recipe = RECIPES[name]
+        data["model"]["aligner"] = recipe["aligner"]
+        cs = {**recipe.get("cs", {}), **(recipe_settings or {}).get(name, {}).get("cs", {})}
+        if cs:
+            given = data.setdefault("cs", {})
+            if given.get("weight"):  # the config's own weight wins
+                cs.pop("weight", None)
+            given.update(cs)
+        data.setdefault("cs", {}).update(hp)  # cs-aligner:weight=0.5,token_weight=0.1
+        hp = {}
+    else:
+        data["model"]["aligner"] = None if name == "global" else name
+    data["model"]["hparams"] = hp
+    return data
+
+
+def _folder_name(method: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in method)
+
+
+def run_methods(base: dict, methods: Sequence[str], runs: Path, *, log=print,
+                recipe_settings: dict | None = None) -> list[dict]:
+    """Train and test ``base`` (a config dict) once per method; one result row per method.
+
+    A method is ``global``, a recipe of :data:`RECIPES` (``cs-aligner``), or a plan name with
+    optional hyperparameters, ``omit:marginals=l2g,mass=0.8``. ``recipe_settings`` adds settings
+    to a recipe (the demo's unpaired data for ``cs-aligner``).
+    """
     from .train import load_config, train
 
     rows = []
     for method in _check_methods(methods):
-        data = yaml.safe_load(yaml.safe_dump(base))
-        data["model"]["aligner"] = None if method == "global" else method
-        data["model"]["hparams"] = {}
-        data["run"]["out"] = str(runs / method)
+        data = _method_config(base, method, recipe_settings)
+        data["run"]["out"] = str(runs / _folder_name(method))
         cfg = load_config(None, data=data)
         if not cfg.data.test_split:
             raise ValueError("the config has no data.test_split to compare the methods on")
         t0 = time.perf_counter()
         summary = train(cfg)
         seconds = time.perf_counter() - t0
-        test = json.loads((runs / method / "test.json").read_text())
+        test = json.loads((runs / _folder_name(method) / "test.json").read_text())
         row = {"method": method, "t2v": test["metrics"]["t2v"], "v2t": test["metrics"]["v2t"],
                "train_s": round(seconds, 1), "score_s": test["timings"]["score_s"],
                "best_step": summary["best_step"], "steps": summary["steps"],
@@ -140,7 +191,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
     p = PRESETS[(kind, quick)]
     t0 = time.perf_counter()
     sizes = {"images": p["sizes"], "videos": (0, 0, 0)} if not videos else {"images": (0, 0, 0), "videos": p["sizes"]}
-    make_synthetic(out / "data", **sizes, image_size=32, frames=p.get("frames", 8) + 2, seed=seed)
+    make_synthetic(out / "data", **sizes, image_size=32, frames=p.get("frames", 8) + 2, seed=seed,
+                   unpaired=p["sizes"][0] // 2)
     root = out / "data" / kind
     base = {
         "data": {"dataset": "msrvtt" if videos else "flickr30k", "root": str(root), "sampling": "item",
@@ -153,7 +205,10 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
     }
     log(f"tokenflow demo: synthetic {kind} {p['sizes']} (train, val, test) in {out / 'data'}; "
         f"{p['epochs']} epochs x batch {p['batch_size']} per method on {machine()}")
-    rows = run_methods(base, methods, out / "runs", log=log)
+    unpaired = {"cs-aligner": {"cs": {"unpaired_media": str(root / "unpaired" / kind),
+                                      "unpaired_texts": str(root / "unpaired" / "captions.txt"),
+                                      "unpaired_batch": p["batch_size"] // 2}}}
+    rows = run_methods(base, methods, out / "runs", log=log, recipe_settings=unpaired)
     meta = {"tokenflow_version": __version__, "date": _dt.date.today().isoformat(), "machine": machine(),
             "benchmark": f"synthetic {kind}", "sizes": list(p["sizes"]), "quick": quick, "seed": seed,
             "training": base["optim"], "selection": "best validation rsum; test evaluated once",
@@ -162,16 +217,17 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
     from .align.registry import _REGISTRY
 
     # Figures need a token plan: the first such method, tokenflow preferred (set methods have none).
-    fine = [m for m in ("tokenflow", *methods) if m in methods and m in _REGISTRY and _REGISTRY[m].token_plan]
+    fine = [m for m in ("tokenflow", *methods)
+            if m in methods and parse_method(m)[0] in _REGISTRY and _REGISTRY[parse_method(m)[0]].token_plan]
     if fine and explain_pairs:
         from .viz import explain, render
 
         test = load_split(base["data"]["dataset"], root, "test")
-        model_dir = out / "runs" / fine[0] / "best"
+        model_dir = out / "runs" / _folder_name(fine[0]) / "best"
         for i in range(min(explain_pairs, len(test))):
             k = test.text_item.index(i)
             expl = explain(model_dir, test.item_paths[i], test.texts[k], num_frames=p.get("frames", 12))
-            figures.append(str(render(expl, out / f"explain-{fine[0]}-{i}.png")))
+            figures.append(str(render(expl, out / f"explain-{_folder_name(fine[0])}-{i}.png")))
     meta["figures"] = figures
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     title = (f"Synthetic {kind}, test split ({p['sizes'][2]} items), tiny encoder from scratch; "

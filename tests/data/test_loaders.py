@@ -236,3 +236,49 @@ def test_video_items_are_padded_with_a_mask(synth):
     ds = MediaDataset(s, lambda im: torch.zeros(3, 8, 8), num_frames=16)
     i, px, mask, err = ds[0]
     assert px.shape == (16, 3, 8, 8) and mask.sum() == 10 and not mask[10:].any() and err is None
+
+
+def test_unpaired_extras_are_written_apart_from_the_pairs(tmp_path, synth):
+    from tokenflow.data.synthetic import make_synthetic
+
+    res = make_synthetic(tmp_path, images=(8, 4, 6), videos=(4, 2, 4), image_size=32, frames=10, seed=3, unpaired=5)
+    imgs = sorted((tmp_path / "images" / "unpaired" / "images").iterdir())
+    vids = sorted((tmp_path / "videos" / "unpaired" / "videos").iterdir())
+    assert len(imgs) == 5 and len(vids) == 5 and res["images_unpaired"] == str(tmp_path / "images" / "unpaired")
+    caps = (tmp_path / "images" / "unpaired" / "captions.txt").read_text().splitlines()
+    assert len(caps) == 5 and all(caps)
+    # the paired benchmark is byte for byte the one written without extras
+    assert (tmp_path / "images" / "dataset_flickr30k.json").read_bytes() == \
+        (synth / "images" / "dataset_flickr30k.json").read_bytes()
+
+
+def test_unpaired_pool_draws_by_step_and_reports_bad_files(tmp_path, synth):
+    from tokenflow.models import TinyCLIP, TinyConfig, WordTokenizer
+    from tokenflow.train.data import UnpairedPool
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    for p in sorted((synth / "images" / "flickr30k-images").iterdir())[:6]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.md").write_text("ignored: not an image file")
+    texts = tmp_path / "caps.txt"
+    texts.write_text("a red circle\n\n blue square \n")
+    pre = TinyCLIP(TinyConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2, embed_dim=16),
+                   WordTokenizer.build(["a"])).preprocess
+    pool = UnpairedPool(folder, texts, "image", pre, 1, on_error="skip")
+    assert pool.texts == ["a red circle", "blue square"]
+    a = pool.draw(7, seed=1, step=3)
+    b = pool.draw(7, seed=1, step=3)
+    assert torch.equal(a[0], b[0]) and a[2] == b[2]  # a function of (seed, step, rank)
+    assert len(a[0]) == 6 and len(a[3]) == 1 and "broken.jpg" in a[3][0][1]  # all 7 drawn; the bad one reported
+    assert len(a[2]) == 2
+    with pytest.raises(Exception, match="broken.jpg"):
+        UnpairedPool(folder, None, "image", pre, 1, on_error="fail").draw(7, seed=1, step=3)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="cs.unpaired_media: .*empty holds no image files"):
+        UnpairedPool(empty, None, "image", pre, 1)
+    (tmp_path / "blank.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match="cs.unpaired_texts: .*blank.txt holds no caption"):
+        UnpairedPool(None, tmp_path / "blank.txt", "image", pre, 1)

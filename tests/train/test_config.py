@@ -72,6 +72,19 @@ def test_missing_files_and_bad_overrides(tmp_path):
         load_config(path, ["optim.nope=1"])
 
 
+def test_cs_section(tmp_path):
+    path = _write(tmp_path, _good(tmp_path))
+    assert load_config(path).cs.weight == 0.0  # off unless asked for
+    with pytest.raises(ConfigError, match="cs.unpaired_media: folder .*nowhere does not exist"):
+        load_config(path, ["cs.weight=0.1", f"cs.unpaired_media={tmp_path / 'nowhere'}"])
+    with pytest.raises(ConfigError, match="cs.unpaired_texts: file .*caps.txt does not exist"):
+        load_config(path, ["cs.weight=0.1", f"cs.unpaired_texts={tmp_path / 'caps.txt'}"])
+    with pytest.raises(ConfigError, match="cs: unpaired data is given but cs.weight and cs.token_weight are 0"):
+        load_config(path, [f"cs.unpaired_media={tmp_path}"])
+    with pytest.raises(ConfigError, match="cs.sigma"):
+        load_config(path, ["cs.weight=0.1", "cs.sigma=0"])
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_validate(name):
     cfg = load_config(CONFIGS / name, check_paths=False)

@@ -145,3 +145,52 @@ def test_gradients_reach_backbone_and_logit_scale():
     out.loss.backward()
     assert model.logit_scale.grad is not None and float(model.logit_scale.grad.abs()) > 0
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+
+
+def test_set_method_adds_its_own_losses():
+    from tokenflow.align import aligner_for
+    from tokenflow.losses.set_losses import global_discriminative_loss, intra_set_divergence
+
+    model = _model(None)
+    model.aligner = aligner_for("mpa", {"heads": 2, "gd_weight": 0.5, "isd_weight": 0.2}, dim=16).double()
+    model.w_fine = 1.3
+    batch = _batch(model, [0, 1, 2, 3])
+    out = Objective(model)(batch)
+    vis, txt = model.encode_visual(batch.pixels), model.encode_text(batch.ids, batch.text_mask)
+    with torch.no_grad():
+        g = (vis.pooled @ txt.pooled.T).tolist()
+        f = [[float(model.aligner.pairwise(vis[i], txt[j]).v2t) for j in range(4)] for i in range(4)]
+        sv, st = model.aligner.sets(vis, txt)
+        gd = float(global_discriminative_loss(sv.feats, st.feats, vis.pooled, txt.pooled, S))
+        isd = float(intra_set_divergence(sv.feats, 0.5) + intra_set_divergence(st.feats, 0.5)) / 2
+    eye = torch.eye(4).tolist()
+    want = 0.7 * naive_loss(g, g, S, eye, eye) + 1.3 * naive_loss(f, f, S, eye, eye) + 0.5 * gd + 0.2 * isd
+    assert out.stats["loss"] == pytest.approx(want, rel=1e-9)
+    assert out.stats["loss_set_gd"] == pytest.approx(gd, rel=1e-9)
+    assert out.stats["loss_set_isd"] == pytest.approx(isd, rel=1e-9)
+
+
+def test_cs_terms_take_the_batch_and_the_unpaired_extras():
+    from tokenflow.losses import cs_divergence, cs_divergence_tokens
+    from tokenflow.train.config import CSConfig
+
+    model = _model("scan")
+    batch = _batch(model, [0, 1, 2])
+    base = Objective(model)(batch).stats["loss"]
+    g = torch.Generator().manual_seed(5)
+    batch.extra_pixels = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    batch.extra_ids, batch.extra_text_mask = model.backbone.tokenize(["red circle", "big square", "a small blue"])
+    out = Objective(model, cs=CSConfig(weight=0.5, token_weight=0.2, sigma=0.8))(batch)
+    with torch.no_grad():
+        vis, txt = model.encode_visual(batch.pixels), model.encode_text(batch.ids, batch.text_mask)
+        ev, et = model.encode_visual(batch.extra_pixels), model.encode_text(batch.extra_ids, batch.extra_text_mask)
+        d = float(cs_divergence(torch.cat([vis.pooled, ev.pooled]), torch.cat([txt.pooled, et.pooled]), 0.8))
+        dt = float(cs_divergence_tokens(Tokens.cat([vis, ev]), Tokens.cat([txt, et]), 0.8))
+    assert d > 0 and dt > 0
+    assert out.stats["loss_cs"] == pytest.approx(d, rel=1e-9)
+    assert out.stats["loss_cs_tokens"] == pytest.approx(dt, rel=1e-9)
+    assert out.stats["loss"] == pytest.approx(base + 0.5 * d + 0.2 * dt, rel=1e-9)
+    pix = batch.extra_pixels.clone().requires_grad_()
+    batch.extra_pixels = pix
+    Objective(model, cs=CSConfig(weight=0.5, sigma=0.8))(batch).loss.backward()
+    assert pix.grad is not None and pix.grad.abs().sum() > 0  # unpaired items are trained through the CS term

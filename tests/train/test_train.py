@@ -283,6 +283,37 @@ def test_unreadable_training_image_fails_or_is_skipped_and_counted(tmp_path, syn
     assert {f["path"] for f in skipped} == {str(bad)} and "cannot decode" in skipped[0]["reason"]
 
 
+@pytest.mark.parametrize("aligner", ["mpa", "dive", "omit"])
+def test_seed_methods_train_with_the_cs_term_and_unpaired_extras(tmp_path, synth, aligner):
+    """A few steps of each seed method with CS-Aligner's terms on; a broken unpaired file is
+    counted; the saved model reads back with its learned set heads."""
+    import shutil
+
+    from tokenflow.data.synthetic import make_unpaired
+    from tokenflow.models.retrieval import RetrievalModel
+
+    extra = make_unpaired(tmp_path, 6, "images", 32, seed=1)
+    (extra / "images" / "zz-broken.jpg").write_bytes(b"not a jpeg")
+    root = tmp_path / "data"
+    shutil.copytree(synth / "images", root)
+    cfg = load_config(_config(tmp_path, root, aligner, run={"max_steps": 3}, distill={"enabled": False},
+                              model={"aligner": aligner, "hparams": {"heads": 2} if aligner != "omit" else {}},
+                              data={"on_error": "skip", "val_split": "val"},
+                              cs={"weight": 0.1, "token_weight": 0.05, "unpaired_media": str(extra / "images"),
+                                  "unpaired_texts": str(extra / "captions.txt"), "unpaired_batch": 7}))
+    summary = train(cfg)
+    rows = [r for r in _log(tmp_path / aligner) if r["kind"] == "train"]
+    assert len(rows) == 3 and all(r["loss_cs"] > 0 and r["loss_cs_tokens"] > 0 for r in rows)
+    if aligner != "omit":
+        assert all("loss_set_gd" in r and "loss_set_isd" in r for r in rows)
+    skipped = [f for r in _log(tmp_path / aligner) if r["kind"] == "skipped" for f in r["files"]]
+    assert summary["skipped_files"] == len(skipped) == 3 and "zz-broken.jpg" in skipped[0]["path"]
+    model = RetrievalModel.from_pretrained(tmp_path / aligner / "best")
+    assert model.aligner.name == aligner and model.aligner.hparams() == cfg.model.hparams | model.aligner.hparams()
+    if aligner != "omit":
+        assert model.aligner.dim == model.backbone.embed_dim
+
+
 def test_training_a_clip_folder_saves_a_model_that_reads_back(tmp_path, synth):
     """The Hugging Face path: fine-tune a (tiny, random) CLIPModel folder, save best/ with its
     tokenizer and image processor, and evaluate it again from the folder."""

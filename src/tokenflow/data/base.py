@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 OnError = Literal["fail", "skip"]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
 

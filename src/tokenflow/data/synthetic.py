@@ -217,6 +217,35 @@ def make_videos(out: Path, sizes: tuple[int, int, int] = (200, 50, 50), frame_si
     return out
 
 
+def make_unpaired(out: Path, n: int, kind: str = "images", size: int = 64, n_frames: int = 16, fps: int = 8,
+                  seed: int = 0, fmt: str = "jpg") -> Path:
+    """Write ``n`` visual items and ``n`` captions that are *not* pairs (for CS-Aligner's
+    distribution term): ``out/unpaired/images`` (or ``videos``) and ``out/unpaired/captions.txt``,
+    one caption per line. Images and captions come from independent random scenes, drawn from
+    their own seed so the paired benchmark is the same with or without them."""
+    if n < 0:
+        raise ValueError(f"unpaired count must be >= 0, got {n}")
+    rng = random.Random(seed + 7919)
+    folder = out / "unpaired" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    captions = []
+    for k in range(n):
+        a, b = _random_pair(rng)
+        if kind == "images":
+            img = _render_image(a, b, size, rng)
+            with atomic_path(folder / f"{k:06d}.{fmt}") as tmp:
+                img.save(tmp, format="JPEG" if fmt == "jpg" else "PNG")
+        else:
+            d1, d2 = rng.choice(DIRECTIONS), rng.choice(DIRECTIONS)
+            _render_video(folder / f"{k:06d}.mp4", a, b, d1, d2, size, n_frames, fps, rng)
+        c, d = _random_pair(rng)  # another scene: the caption does not describe any written item
+        caps = image_captions(c, d) if kind == "images" else video_captions(c, d, rng.choice(DIRECTIONS),
+                                                                               rng.choice(DIRECTIONS))
+        captions.append(rng.choice(caps))
+    write_text_atomic(out / "unpaired" / "captions.txt", "\n".join(captions) + ("\n" if captions else ""))
+    return out / "unpaired"
+
+
 def _csv(fields: list[str], rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -227,12 +256,22 @@ def _csv(fields: list[str], rows: list[dict]) -> str:
 
 def make_synthetic(out: str | Path, images: tuple[int, int, int] = (1000, 100, 100),
                    videos: tuple[int, int, int] = (200, 50, 50), image_size: int = 64, frames: int = 16,
-                   seed: int = 0, image_format: str = "jpg") -> dict:
-    """Write both benchmarks under ``out`` (``images/`` and ``videos/``); returns their paths."""
+                   seed: int = 0, image_format: str = "jpg", unpaired: int = 0) -> dict:
+    """Write both benchmarks under ``out`` (``images/`` and ``videos/``); returns their paths.
+
+    ``unpaired > 0`` also writes that many unpaired items and captions next to each benchmark
+    (``images/unpaired``, ``videos/unpaired``; see :func:`make_unpaired`).
+    """
     out = Path(out)
     res = {}
     if sum(images):
         res["images"] = str(make_images(out / "images", images, image_size, seed, image_format))
+        if unpaired:
+            res["images_unpaired"] = str(make_unpaired(out / "images", unpaired, "images", image_size, seed=seed,
+                                                       fmt=image_format))
     if sum(videos):
         res["videos"] = str(make_videos(out / "videos", videos, image_size, frames, seed=seed))
+        if unpaired:
+            res["videos_unpaired"] = str(make_unpaired(out / "videos", unpaired, "videos", image_size, frames,
+                                                       seed=seed))
     return res

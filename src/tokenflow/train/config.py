@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..models.tiny import TinyConfig
 
-__all__ = ["ConfigError", "DataConfig", "DistillConfig", "ModelConfig", "OptimConfig", "RunConfig",
+__all__ = ["CSConfig", "ConfigError", "DataConfig", "DistillConfig", "ModelConfig", "OptimConfig", "RunConfig",
            "TrainConfig", "load_config"]
 
 
@@ -79,6 +79,29 @@ class DistillConfig(_Strict):
     queue: int = Field(16, ge=0, description="queued teacher samples per modality (the paper's 16)")
 
 
+class CSConfig(_Strict):
+    """CS-Aligner (seed 004): the Cauchy-Schwarz divergence between the two modalities'
+    embedding distributions, added to the contrastive loss. It needs no pairs, so unpaired
+    images/videos and captions can enter it (they enter nothing else)."""
+
+    weight: float = Field(0.0, ge=0, description="weight of D_CS between the global features of the batch's visual "
+                                                 "items and texts (plus unpaired extras); 0: off")
+    token_weight: float = Field(0.0, ge=0, description="weight of the token-level variant: D_CS between all real "
+                                                       "visual tokens and all real text tokens of the local batch")
+    sigma: float | None = Field(None, gt=0, description="Gaussian kernel bandwidth; null: the median heuristic, "
+                                                        "recomputed for every batch")
+    unpaired_media: Path | None = Field(None, description="folder of images (or videos, for a video dataset) "
+                                                          "without captions")
+    unpaired_texts: Path | None = Field(None, description="text file of captions without images, one per line")
+    unpaired_batch: int = Field(32, ge=1, description="unpaired items and captions drawn per step and process")
+
+    @model_validator(mode="after")
+    def _used(self) -> CSConfig:
+        if (self.unpaired_media or self.unpaired_texts) and not (self.weight or self.token_weight):
+            raise ValueError("unpaired data is given but cs.weight and cs.token_weight are 0: it would be unused")
+        return self
+
+
 class OptimConfig(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1, description="global batch: split evenly over the processes")
@@ -115,6 +138,7 @@ class TrainConfig(_Strict):
     data: DataConfig
     model: ModelConfig
     distill: DistillConfig = DistillConfig()
+    cs: CSConfig = CSConfig()
     optim: OptimConfig = OptimConfig()
     run: RunConfig
 
@@ -134,6 +158,10 @@ class TrainConfig(_Strict):
             raise ConfigError(f"{source}: data.root: folder {self.data.root} does not exist")
         if self.data.media is not None and not self.data.media.is_dir():
             raise ConfigError(f"{source}: data.media: folder {self.data.media} does not exist")
+        if self.cs.unpaired_media is not None and not self.cs.unpaired_media.is_dir():
+            raise ConfigError(f"{source}: cs.unpaired_media: folder {self.cs.unpaired_media} does not exist")
+        if self.cs.unpaired_texts is not None and not self.cs.unpaired_texts.is_file():
+            raise ConfigError(f"{source}: cs.unpaired_texts: file {self.cs.unpaired_texts} does not exist")
         if self.model.backbone != "tiny" and not Path(self.model.backbone).is_dir():
             raise ConfigError(f"{source}: model.backbone: folder {self.model.backbone} does not exist "
                               "(a local CLIP folder, or 'tiny')")

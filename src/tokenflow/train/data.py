@@ -10,10 +10,13 @@ needs no state but ``s``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..data.base import MediaDataset, RetrievalSplit
+from ..data.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaDataset, RetrievalSplit, collate_media
 
 __all__ = ["PairDataset", "StepBatchSampler", "epoch_order"]
 
@@ -66,3 +69,51 @@ class PairDataset(Dataset):
         _, pixels, mask, err = self.media[self.split.text_item[k]]
         return k, pixels, mask, err
 
+
+
+@dataclass
+class _Files:
+    """The part of a split that :class:`MediaDataset` reads: paths and modality."""
+
+    item_paths: list[str]
+    modality: str
+
+    def __len__(self) -> int:
+        return len(self.item_paths)
+
+
+class UnpairedPool:
+    """Unpaired visual items (a folder) and captions (a text file, one per line) for the CS term.
+
+    Every step draws ``n`` of each, without replacement within a draw, as a function of
+    (seed, step, rank) only, so a resumed run draws the same extras. Unreadable files follow
+    ``on_error`` like the paired data (``draw`` returns them for the log).
+    """
+
+    def __init__(self, media: Path | None, texts: Path | None, modality: str, preprocess, num_frames: int,
+                 on_error: str = "fail") -> None:
+        self.media = None
+        self.texts: list[str] = []
+        if media is not None:
+            exts = VIDEO_EXTENSIONS if modality == "video" else IMAGE_EXTENSIONS
+            files = sorted(str(p) for p in Path(media).iterdir() if p.suffix.lower() in exts)
+            if not files:
+                raise ValueError(f"cs.unpaired_media: {media} holds no {modality} files ({', '.join(exts)})")
+            self.media = MediaDataset(_Files(files, modality), preprocess, num_frames=num_frames, on_error=on_error)
+        if texts is not None:
+            self.texts = [line.strip() for line in Path(texts).read_text(encoding="utf-8").splitlines() if line.strip()]
+            if not self.texts:
+                raise ValueError(f"cs.unpaired_texts: {texts} holds no caption (one per line expected)")
+
+    def draw(self, n: int, seed: int, step: int, rank: int = 0):
+        """``(pixels, frame_mask, texts, bad)`` for one step; pixels/texts are None when absent."""
+        g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 4099 + rank + 17)
+        pixels = fmask = None
+        bad: list = []
+        if self.media is not None:
+            pick = torch.randperm(len(self.media), generator=g)[: min(n, len(self.media))].tolist()
+            _, pixels, fmask, bad = collate_media([self.media[i] for i in pick])
+        texts = None
+        if self.texts:
+            texts = [self.texts[i] for i in torch.randperm(len(self.texts), generator=g)[: min(n, len(self.texts))]]
+        return pixels, fmask, texts, bad

@@ -39,7 +39,7 @@ from ..models.retrieval import RetrievalModel
 from ..utils import write_text_atomic
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
-from .data import PairDataset, StepBatchSampler, epoch_order
+from .data import PairDataset, StepBatchSampler, UnpairedPool, epoch_order
 from .distributed import DistInfo, init_distributed
 from .objective import Batch, Objective
 
@@ -205,7 +205,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
     if cfg.distill.enabled:
         teacher = copy.deepcopy(model).requires_grad_(False)
         queues = (FeatureQueue(cfg.distill.queue), FeatureQueue(cfg.distill.queue))
-    objective = Objective(model, d.video_tokens, alpha=cfg.distill.alpha)
+    objective = Objective(model, d.video_tokens, alpha=cfg.distill.alpha, cs=cfg.cs)
     runner: nn.Module = objective
     if info.enabled:
         runner = nn.parallel.DistributedDataParallel(
@@ -236,6 +236,10 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
     amp = o.amp == "bf16" or (o.amp == "auto" and device.type == "cuda")
     preprocess = model.backbone.preprocess
     dataset = PairDataset(train_split, preprocess, num_frames=d.num_frames, on_error=d.on_error)
+    pool = None
+    if cfg.cs.unpaired_media is not None or cfg.cs.unpaired_texts is not None:
+        pool = UnpairedPool(cfg.cs.unpaired_media, cfg.cs.unpaired_texts, train_split.modality, preprocess,
+                            d.num_frames, d.on_error)
     item_ids = torch.tensor(train_split.text_item)
     tokenize = model.backbone.tokenize
     show = cfg.run.progress and info.main and sys.stderr.isatty()
@@ -303,6 +307,19 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
                 batch = Batch(pixels.to(device, non_blocking=True),
                               None if fmask is None else fmask.to(device), ids.to(device), tmask.to(device),
                               item_ids[idx].to(device))
+                if pool is not None:  # unpaired extras: the CS term only
+                    xp, xm, xt, xbad = pool.draw(cfg.cs.unpaired_batch, cfg.run.seed, state["step"] * o.accum + micro,
+                                                 info.rank)
+                    if xbad:
+                        state["skipped"] += len(xbad)
+                        log.write({"kind": "skipped", "step": state["step"], "unpaired": True,
+                                   "files": [{"path": p, "reason": r} for _, p, r in xbad]})
+                    if xp is not None:
+                        batch.extra_pixels = xp.to(device)
+                        batch.extra_frame_mask = None if xm is None else xm.to(device)
+                    if xt is not None:
+                        xi, xtm = tokenize(xt)
+                        batch.extra_ids, batch.extra_text_mask = xi.to(device), xtm.to(device)
                 sync = micro == o.accum - 1 or not info.enabled
                 ctx = runner.no_sync() if not sync else contextlib.nullcontext()
                 with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

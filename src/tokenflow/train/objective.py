@@ -9,7 +9,9 @@ item ids, so two captions of one item in a batch, or a queued copy, are both pos
 
     loss = w_global * InfoNCE(v_bar . t_bar) + w_fine * InfoNCE(s_v2t, s_t2v) + the plan's own terms
 
-(the plan's own terms: the set losses of ``mpa`` and ``dive``; none for token plans.)
+(the plan's own terms: the set losses of ``mpa`` and ``dive``; none for token plans.) With
+``cs.weight`` / ``cs.token_weight`` the Cauchy-Schwarz divergence between the modalities is added
+(CS-Aligner), with unpaired extras in that term only.
 
 With distillation the EMA teacher scores the same rows and columns with its own features, and
 ``alpha * softmax(logit_scale * s_teacher) + (1 - alpha) * labels`` replaces the labels,
@@ -24,9 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from ..align import Aligner, Tokens
-from ..losses import FeatureQueue, contrastive_loss, distill_targets, id_targets
+from ..losses import FeatureQueue, contrastive_loss, cs_divergence, cs_divergence_tokens, distill_targets, id_targets
 from ..models.base import VideoTokens
 from ..models.retrieval import RetrievalModel
+from .config import CSConfig
 from .distributed import DistInfo, all_gather_tokens, gather_ids, gather_sizes
 
 __all__ = ["Batch", "Objective", "StepOutput"]
@@ -41,6 +44,11 @@ class Batch:
     ids: Tensor  # [B, L] text token ids
     text_mask: Tensor  # [B, L] bool
     item_ids: Tensor  # [B] int64: which visual item each pair shows (positives share it)
+    #: unpaired visual items and captions (CS-Aligner's distribution term only); any may be None
+    extra_pixels: Tensor | None = None
+    extra_frame_mask: Tensor | None = None
+    extra_ids: Tensor | None = None
+    extra_text_mask: Tensor | None = None
 
 
 @dataclass
@@ -83,9 +91,32 @@ def _with_queue(tok: Tokens, queue: FeatureQueue | None) -> Tokens:
 class Objective(nn.Module):
     """Wraps a :class:`RetrievalModel` so that DDP sees the whole loss in one ``forward``."""
 
-    def __init__(self, model: RetrievalModel, video_tokens: VideoTokens = "frames", alpha: float = 0.4) -> None:
+    def __init__(self, model: RetrievalModel, video_tokens: VideoTokens = "frames", alpha: float = 0.4,
+                 cs: CSConfig | None = None) -> None:
         super().__init__()
         self.model, self.video_tokens, self.alpha = model, video_tokens, alpha
+        self.cs = cs if cs is not None and (cs.weight or cs.token_weight) else None
+
+    def _cs_terms(self, batch: Batch, vis: Tokens, txt: Tokens, vis_all: Tokens, txt_all: Tokens
+                  ) -> dict[str, tuple[float, Tensor]]:
+        """CS-Aligner: D_CS between the visual and text samples of the batch (all processes'
+        global features; this process's tokens), plus this process's unpaired extras."""
+        cs, m = self.cs, self.model
+        ev = et = None
+        if batch.extra_pixels is not None:
+            ev = m.encode_visual(batch.extra_pixels, batch.extra_frame_mask, self.video_tokens)
+        if batch.extra_ids is not None:
+            et = m.encode_text(batch.extra_ids, batch.extra_text_mask)
+        out = {}
+        if cs.weight:
+            x = torch.cat([_acc(vis_all.pooled)] + ([_acc(ev.pooled)] if ev is not None else []))
+            y = torch.cat([_acc(txt_all.pooled)] + ([_acc(et.pooled)] if et is not None else []))
+            out["cs"] = (cs.weight, cs_divergence(x, y, cs.sigma))
+        if cs.token_weight:
+            vt = Tokens.cat([vis] + ([ev] if ev is not None else []))
+            tt = Tokens.cat([txt] + ([et] if et is not None else []))
+            out["cs_tokens"] = (cs.token_weight, cs_divergence_tokens(vt, tt, cs.sigma))
+        return out
 
     def forward(self, batch: Batch, info: DistInfo = DistInfo(), teacher: RetrievalModel | None = None,
                 queues: tuple[FeatureQueue, FeatureQueue] | None = None) -> StepOutput:
@@ -97,8 +128,8 @@ class Objective(nn.Module):
         qv, qt = queues if queues is not None else (None, None)
         q_ids = None if qv is None else qv.item_ids()
         col_ids = ids_all if q_ids is None else torch.cat([ids_all, q_ids])
-        vis_cols = _with_queue(all_gather_tokens(vis, info, sizes), qv)
-        txt_cols = _with_queue(all_gather_tokens(txt, info, sizes), qt)
+        vis_all, txt_all = all_gather_tokens(vis, info, sizes), all_gather_tokens(txt, info, sizes)
+        vis_cols, txt_cols = _with_queue(vis_all, qv), _with_queue(txt_all, qt)
         labels_v2t = id_targets(batch.item_ids, col_ids)  # local pairs x columns; the same ids serve both sides
         labels_t2v = labels_v2t.T
         scale = m.scale()
@@ -133,6 +164,10 @@ class Objective(nn.Module):
             # Method-specific terms (the set losses of mpa/dive), with the hard labels.
             extra = m.aligner.auxiliary_losses(vis, txt, vis_cols, txt_cols, labels_v2t, labels_t2v, scale)
             for name, (weight, value) in extra.items():
+                loss = loss + weight * value
+                stats[f"loss_{name}"] = float(value.detach())
+        if self.cs is not None:
+            for name, (weight, value) in self._cs_terms(batch, vis, txt, vis_all, txt_all).items():
                 loss = loss + weight * value
                 stats[f"loss_{name}"] = float(value.detach())
         stats["loss"] = float(loss.detach())
