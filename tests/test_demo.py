@@ -37,6 +37,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
 def test_unknown_method_is_refused(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--methods", "filip"]) == 2
     assert "unknown method(s) ['filip']" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--methods", "omit:mass"]) == 2
+    assert "expected NAME:key=value" in capsys.readouterr().err
 
 
 def test_ablate_runs_each_method_of_a_config(tmp_path, synth, capsys):
@@ -47,9 +49,15 @@ def test_ablate_runs_each_method_of_a_config(tmp_path, synth, capsys):
            "run": {"out": str(tmp_path / "abl"), "progress": False, "max_steps": 2}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert main(["ablate", "--config", str(path), "--methods", "global", "scan", "run.seed=3"]) == 0
+    assert main(["ablate", "--config", str(path), "--methods", "global", "scan", "omit:mass=0.8,marginals=l2g",
+                 "cs-aligner", "run.seed=3"]) == 0
     res = json.loads((tmp_path / "abl" / "results.json").read_text())
-    assert [r["method"] for r in res["rows"]] == ["global", "scan"] and res["overrides"] == ["run.seed=3"]
+    assert [r["method"] for r in res["rows"]] == ["global", "scan", "omit:mass=0.8,marginals=l2g", "cs-aligner"]
+    assert res["overrides"] == ["run.seed=3"]
+    omit = json.loads((tmp_path / "abl" / "omit_mass_0.8_marginals_l2g" / "best" / "tokenflow.json").read_text())
+    assert omit["aligner"] == "omit" and omit["hparams"]["mass"] == 0.8 and omit["hparams"]["marginals"] == "l2g"
+    cs = yaml.safe_load((tmp_path / "abl" / "cs-aligner" / "config.yaml").read_text())
+    assert cs["model"]["aligner"] is None and cs["cs"]["weight"] == 0.1
     assert (tmp_path / "abl" / "scan" / "test.json").is_file()
     head = json.loads((tmp_path / "abl" / "scan" / "best" / "tokenflow.json").read_text())
     assert head["aligner"] == "scan"
