@@ -197,6 +197,9 @@ def bench_one(name: str, cfg: BenchConfig, l1: int, dtype_name: str, gen: torch.
             out_bytes = 2 * n_mem * m * torch.finfo(work_dtype(dtype)).bits // 8
             row["memory"].append({"n": n_mem, "m": m, "extra_mib": max(0, mem.peak_bytes - out_bytes) / 2**20})
             del big
+        if not aligner.token_plan:  # set methods score K x K sets: there is no token-pair tensor to compare with
+            row.update(naive_n=0, naive_m=0, speedup_vs_naive=None)
+            return row
         # Naive full-tensor route vs pairwise, both on the same small problem.
         nv, nt = vis[: cfg.naive_n], txt[: min(cfg.naive_m, m)]
         naive_pairwise(aligner, nv, nt)
@@ -240,9 +243,13 @@ def run(cfg: BenchConfig, progress=print, on_row=None) -> dict:
                     on_row(report)
                 progress(
                     f"  {name:10s} l1={l1:<3d} {dtype_name}: {row['pairs_per_s']:>12,.0f} pairs/s  "
-                    f"x{row['ratio_to_matmul']:.2f} of matmul  x{row['speedup_vs_naive']:.1f} vs naive"
+                    f"x{row['ratio_to_matmul']:.2f} of matmul  x{_naive(row['speedup_vs_naive'])} vs naive"
                 )
     return report
+
+
+def _naive(speedup: float | None) -> str:
+    return "-" if speedup is None else f"{speedup:.1f}"
 
 
 def markdown(report: dict) -> str:
@@ -259,7 +266,7 @@ def markdown(report: dict) -> str:
         mem = {m["n"]: m["extra_mib"] for m in r["memory"]}
         lines.append(
             f"| {r['aligner']} | {r['l1']} | {r['dtype']} | {r['n']} x {r['m']} | {r['pairs_per_s']:,.0f} | "
-            f"{r['matmul_gflops']:.0f} | {r['ratio_to_matmul']:.2f} | {r['speedup_vs_naive']:.1f} "
+            f"{r['matmul_gflops']:.0f} | {r['ratio_to_matmul']:.2f} | {_naive(r['speedup_vs_naive'])} "
             + "".join(f"| {mem[n]:.0f} " if n in mem else "| - " for n in mem_ns)
             + "|"
         )

@@ -312,6 +312,19 @@ def test_seed_methods_train_with_the_cs_term_and_unpaired_extras(tmp_path, synth
     assert model.aligner.name == aligner and model.aligner.hparams() == cfg.model.hparams | model.aligner.hparams()
     if aligner != "omit":
         assert model.aligner.dim == model.backbone.embed_dim
+    if aligner == "mpa":  # evaluation with the exact (Hungarian) assignment keeps the learned set heads
+        from tokenflow.cli import main
+        from tokenflow.data import load_split
+        from tokenflow.eval.evaluate import evaluate
+
+        report = tmp_path / "exact.json"
+        assert main(["evaluate", "--dataset", "flickr30k", "--root", str(root), "--split", "val", "--model",
+                     str(tmp_path / aligner / "best"), "--hp", "exact=true", "--quiet", "--out", str(report)]) == 0
+        got = json.loads(report.read_text())
+        model.aligner.match.exact = True
+        want = evaluate(model.backbone, load_split("flickr30k", root, "val"), model.aligner, w_global=model.w_global,
+                        w_fine=model.w_fine)
+        assert got["aligner"]["hparams"]["exact"] is True and got["metrics"] == want["metrics"]
 
 
 def test_training_a_clip_folder_saves_a_model_that_reads_back(tmp_path, synth):

@@ -100,6 +100,13 @@ def test_bad_inputs_are_named(synth, model_dir, tmp_path, capsys):
     assert (tmp_path / "x.png").is_file() and "fine score" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["mpa", "dive"])
+def test_set_methods_have_no_token_plan_to_draw(synth, model_dir, name):
+    test = load_split("flickr30k", synth / "images", "test")
+    with pytest.raises(ValueError, match=f"{name} scores sets of learned embeddings, not token pairs"):
+        explain(model_dir, test.item_paths[0], "a red circle", aligner=name)
+
+
 def test_a_clip_folder_is_explained_with_its_own_tokens(synth, tmp_path):
     from tests.models.conftest import save_tiny_hf_clip
     from tokenflow.models import load_backbone

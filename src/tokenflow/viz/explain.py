@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..align import Aligner, Tokens, get_aligner
+from ..align import Aligner, Tokens, aligner_for
 from ..data.base import VIDEO_EXTENSIONS, load_image
 from ..models.retrieval import RetrievalModel
 
@@ -100,7 +100,7 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
                                     "backbone folder)")
         model = RetrievalModel.from_pretrained(folder)
     if isinstance(aligner, str):
-        aligner = get_aligner(aligner)
+        aligner = aligner_for(aligner, dim=model.backbone.embed_dim)
     aligner = aligner or model.aligner
     if aligner is None:
         raise ValueError("this model has no fine-grained plan (global only): pass aligner=... to explain one")
