@@ -92,7 +92,8 @@ def train_tiny(split, steps=120, seed=0):
 @pytest.mark.slow
 def test_evaluate_end_to_end_on_synthetic_data(tmp_path, capsys):
     data = tmp_path / "data"
-    assert main(["make-data", str(data), "--images", "400,20,60", "--videos", "0,0,0", "--size", "32", "--seed", "1"]) == 0
+    assert main(["make-data", str(data), "--images", "400,20,60", "--videos", "0,0,0", "--size", "32",
+                 "--seed", "1"]) == 0
     train = load_split("flickr30k", data / "images", "train")
     model = train_tiny(train)
     model.save_pretrained(tmp_path / "model")

@@ -35,7 +35,8 @@ def ranks(sim: Tensor, positives: Tensor | None = None, *, chunk: int = 1024) ->
         raise ValueError(f"sim must have at least one query and one item, got shape {tuple(sim.shape)}")
     if positives is None:
         if q > n:
-            raise ValueError(f"default positives are the diagonal, which needs queries <= items; got {tuple(sim.shape)}")
+            raise ValueError("default positives are the diagonal, which needs queries <= items; "
+                             f"got {tuple(sim.shape)}")
         positives = torch.zeros(q, n, dtype=torch.bool, device=sim.device)
         positives[torch.arange(q), torch.arange(q)] = True
     if not isinstance(positives, Tensor) or positives.dtype != torch.bool or positives.shape != sim.shape:

@@ -54,7 +54,8 @@ class HFCLIP(DualEncoder):
         """Load model, tokenizer and image processor from ``folder`` (``local_files_only``)."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"CLIP folder {folder} does not exist (weights are loaded from a local folder only)")
+            raise FileNotFoundError(f"CLIP folder {folder} does not exist "
+                                    "(weights are loaded from a local folder only)")
         for name in ("config.json", "preprocessor_config.json"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder}: missing {name}; expected a folder written by "
