@@ -15,7 +15,7 @@ from tokenflow.train.distributed import init_distributed
 
 def main() -> None:
     info, device = init_distributed("cpu")
-    model, objective, batch = grad_setup()
+    model, objective, batch = grad_setup(sys.argv[2] if len(sys.argv) > 2 else "tokenflow")
     share = len(batch.item_ids) // info.world
     rows = slice(info.rank * share, (info.rank + 1) * share)
     mine = type(batch)(batch.pixels[rows], None, batch.ids[rows], batch.text_mask[rows], batch.item_ids[rows])

@@ -181,15 +181,23 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, synth):
 
 
 # -- torchrun -----------------------------------------------------------------------------------
-def grad_setup():
-    """A fixed model and batch for the gradient check (also imported by _ddp_grads.py)."""
+def grad_setup(kind: str = "tokenflow"):
+    """A fixed model and batch for the gradient check (also imported by _ddp_grads.py).
+    ``kind``: "tokenflow", or "mpa-cs" (set heads with their losses, plus the CS term)."""
     from tests.train.test_objective import _batch, _model
+    from tokenflow.align import aligner_for
     from tokenflow.train import Objective
+    from tokenflow.train.config import CSConfig
 
     model = _model("tokenflow").float()
+    cs = None
+    if kind == "mpa-cs":
+        torch.manual_seed(0)
+        model.aligner = aligner_for("mpa", {"heads": 2}, dim=16)
+        cs = CSConfig(weight=0.5)
     batch = _batch(model, [0, 1, 2, 3, 4, 0, 1, 2], seed=5)
     batch.pixels = batch.pixels.float()
-    return model, Objective(model), batch
+    return model, Objective(model, cs=cs), batch
 
 
 def _torchrun(args: list[str], tmp_path: Path) -> None:
@@ -200,11 +208,13 @@ def _torchrun(args: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_single_process_gradients(tmp_path):
+@pytest.mark.parametrize("kind", ["tokenflow", "mpa-cs"])
+def test_two_processes_give_the_single_process_gradients(tmp_path, kind):
     """Gathering with gradients + DDP averaging = the gradient of the loss over the whole batch
-    (the scale matters: Adam would hide a factor of two in the weights)."""
-    _torchrun([str(ROOT / "tests" / "train" / "_ddp_grads.py"), str(tmp_path / "g.safetensors")], tmp_path)
-    model, objective, batch = grad_setup()
+    (the scale matters: Adam would hide a factor of two in the weights). ``mpa-cs`` adds the set
+    losses and the CS term, which every process computes on the gathered batch."""
+    _torchrun([str(ROOT / "tests" / "train" / "_ddp_grads.py"), str(tmp_path / "g.safetensors"), kind], tmp_path)
+    model, objective, batch = grad_setup(kind)
     out = objective(batch)
     out.loss.backward()
     from safetensors import safe_open
