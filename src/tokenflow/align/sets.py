@@ -1,9 +1,9 @@
 """Set-based retrieval: every item is a set of K embeddings (seed 003; DivE as the baseline).
 
 A :class:`SetHead` per modality turns an item's tokens into K unit embeddings: K learned
-queries (each shifted by the item's global feature) attend over the real tokens with one
-multi-head cross-attention; the result, projected, is added to the global feature and
-L2-normalised. The projection starts small, so at initialisation every element lies close to
+queries attend over the item's real (LayerNorm-ed) tokens with one multi-head cross-attention;
+each slot (query + attention output, a decoder's residual), projected, is added to the item's
+global feature and L2-normalised. The projection starts small, so at initialisation every element lies close to
 the normalised global feature (a pretrained CLIP starts near its own global similarity) while
 the elements already differ (identical elements would be a fixed point of the divergence loss).
 
@@ -53,7 +53,7 @@ class SetHead(nn.Module):
 
     def __init__(self, dim: int, k: int, heads: int) -> None:
         super().__init__()
-        self.queries = nn.Parameter(torch.randn(k, dim))  # at the scale of the normalised tokens
+        self.queries = nn.Parameter(torch.randn(k, dim))  # at the scale of the LayerNorm-ed tokens
         self.norm = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.proj = nn.Linear(dim, dim)
