@@ -120,12 +120,19 @@ def test_dive_matches_smooth_chamfer_loops(gen):
 
 
 @pytest.mark.parametrize("name", ["mpa", "dive"])
-def test_set_scores_ignore_padding_and_chunking(name, gen):
+def test_set_scores_ignore_padding_and_chunking(name, gen, monkeypatch):
+    from tokenflow.align import sets
+
     aligner = build(name, gen)
     vis, txt = make_tokens(7, 5, DIM, gen=gen), make_tokens(9, 6, DIM, gen=gen)
     base = aligner.pairwise(vis, txt)
     for chunk in (1, 4, 13):
         torch.testing.assert_close(aligner.pairwise(vis, txt, chunk=chunk).v2t, base.v2t, rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(sets, "SET_CHUNK_TOKENS", 13)  # sets computed 2 items at a time
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(aligner.pairwise(vis, txt).v2t.detach(), base.v2t.detach(), rtol=1e-10,
+                                       atol=1e-12)
 
     def pad(tok, extra, fill):
         n, _, d = tok.feats.shape

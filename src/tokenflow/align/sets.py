@@ -41,8 +41,10 @@ from .registry import register_aligner
 
 __all__ = ["DivE", "MaximalPairAssignment", "SetAligner", "SetHead"]
 
-#: Items whose sets are computed at once when scoring a collection.
-SET_CHUNK = 4096
+#: Tokens whose sets are computed at once when scoring a collection: the head's intermediates
+#: (LayerNorm, keys, values: a few [items, L, D] tensors) stay bounded whatever N is. What grows
+#: with the collections is the sets themselves, N x K x D and M x K x D (K/L of the tokens).
+SET_CHUNK_TOKENS = 2**13
 
 
 class SetHead(nn.Module):
@@ -110,9 +112,17 @@ class SetAligner(Aligner):
 
     @staticmethod
     def _encode(head: SetHead, tok: Tokens) -> Tokens:
-        if len(tok) <= SET_CHUNK:
+        step = max(1, SET_CHUNK_TOKENS // max(1, tok.feats.shape[1]))
+        if len(tok) <= step:
             return head(tok)
-        return Tokens.cat([head(tok[i : i + SET_CHUNK]) for i in range(0, len(tok), SET_CHUNK)])
+        chunks = range(0, len(tok), step)
+        if torch.is_grad_enabled():
+            feats = torch.cat([head(tok[i : i + step]).feats for i in chunks])
+        else:  # written in place: no second copy of the sets
+            feats = tok.feats.new_empty(len(tok), head.queries.shape[0], tok.dim)
+            for i in chunks:
+                feats[i : i + step] = head(tok[i : i + step]).feats
+        return Tokens(feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device), tok.pooled)
 
     def set_scores(self, sv: Tokens, st: Tokens, chunk: int | None) -> Tensor:
         """[n, m] similarity of visual sets and text sets."""
