@@ -241,9 +241,10 @@ def run(cfg: BenchConfig, progress=print, on_row=None) -> dict:
                 rows.append(row)
                 if on_row is not None:
                     on_row(report)
+                naive = row["speedup_vs_naive"]
                 progress(
                     f"  {name:10s} l1={l1:<3d} {dtype_name}: {row['pairs_per_s']:>12,.0f} pairs/s  "
-                    f"x{row['ratio_to_matmul']:.2f} of matmul  {'x' if row['speedup_vs_naive'] is not None else ''}{_naive(row['speedup_vs_naive'])} vs naive"
+                    f"x{row['ratio_to_matmul']:.2f} of matmul  {'-' if naive is None else f'x{naive:.1f}'} vs naive"
                 )
     return report
 
