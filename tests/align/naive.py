@@ -114,15 +114,21 @@ def marginals(mu, om, mu_bar, om_bar):
     return norm(d), norm(e)
 
 
+def _marginal_rows(l1, l2):
+    """The linear map T (flattened) -> (row sums, column sums), as a matrix."""
+    rows = np.zeros((l1 + l2, l1 * l2))
+    for s in range(l1):
+        rows[s, s * l2 : (s + 1) * l2] = 1
+    for t in range(l2):
+        rows[l1 + t, t::l2] = 1
+    return rows
+
+
 def exact_ot(cost, a, b):
     """Exact OT by linear programming (scipy HiGHS), independent of POT."""
     l1, l2 = cost.shape
-    a_eq = np.zeros((l1 + l2, l1 * l2))
-    for s in range(l1):
-        a_eq[s, s * l2 : (s + 1) * l2] = 1
-    for t in range(l2):
-        a_eq[l1 + t, t::l2] = 1
-    res = linprog(cost.ravel(), A_eq=a_eq, b_eq=np.concatenate([a, b]), bounds=(0, None), method="highs")
+    res = linprog(cost.ravel(), A_eq=_marginal_rows(l1, l2), b_eq=np.concatenate([a, b]), bounds=(0, None),
+                  method="highs")
     assert res.success, res.message
     return res.x.reshape(l1, l2)
 
@@ -192,13 +198,8 @@ def assignment(mu, om, mu_bar, om_bar, hp):
 def exact_partial_ot(cost, a, b, mass):
     """Partial transport by linear programming: T >= 0, T 1 <= a, T^T 1 <= b, sum T = mass."""
     l1, l2 = cost.shape
-    a_ub = np.zeros((l1 + l2, l1 * l2))
-    for s in range(l1):
-        a_ub[s, s * l2 : (s + 1) * l2] = 1
-    for t in range(l2):
-        a_ub[l1 + t, t::l2] = 1
-    res = linprog(cost.ravel(), A_ub=a_ub, b_ub=np.concatenate([a, b]), A_eq=np.ones((1, l1 * l2)), b_eq=[mass],
-                  bounds=(0, None), method="highs")
+    res = linprog(cost.ravel(), A_ub=_marginal_rows(l1, l2), b_ub=np.concatenate([a, b]), A_eq=np.ones((1, l1 * l2)),
+                  b_eq=[mass], bounds=(0, None), method="highs")
     assert res.success, res.message
     return res.x.reshape(l1, l2)
 
