@@ -216,9 +216,12 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
     figures = []
     from .align.registry import _REGISTRY
 
+    def token_plan(method: str) -> bool:
+        cls = _REGISTRY.get(parse_method(method)[0])
+        return cls is not None and cls.token_plan
+
     # Figures need a token plan: the first such method, tokenflow preferred (set methods have none).
-    fine = [m for m in ("tokenflow", *methods)
-            if m in methods and parse_method(m)[0] in _REGISTRY and _REGISTRY[parse_method(m)[0]].token_plan]
+    fine = [m for m in ("tokenflow", *methods) if m in methods and token_plan(m)]
     if fine and explain_pairs:
         from .viz import explain, render
 

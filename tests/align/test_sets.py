@@ -60,6 +60,12 @@ def naive_sets(aligner, vis, txt):
                 [one(aligner.text_head, txt, j) for j in range(len(txt))])
 
 
+def naive_set_scores(aligner, vis, txt, pair_score):
+    """[n, m] of ``pair_score(A, B)`` over the loop-written sets of every pair."""
+    ref_v, ref_t = naive_sets(aligner, vis, txt)
+    return torch.tensor([[pair_score(a.numpy(), b.numpy()) for b in ref_t] for a in ref_v], dtype=torch.float64)
+
+
 def test_set_head_matches_per_item_attention_over_real_tokens(gen):
     aligner = build("mpa", gen)
     vis, txt = make_tokens(3, 6, DIM, gen=gen), make_tokens(4, 5, DIM, gen=gen)
@@ -92,14 +98,12 @@ def test_mpa_matches_per_pair_assignment(hp, gen):
     aligner = build("mpa", gen, **hp)
     vis, txt = make_tokens(3, 6, DIM, gen=gen), make_tokens(4, 5, DIM, gen=gen)
     s = aligner.pairwise(vis, txt)
-    ref_v, ref_t = naive_sets(aligner, vis, txt)
-    ref = np.zeros((3, 4))
-    for i in range(3):
-        for j in range(4):
-            a, b = ref_v[i].numpy(), ref_t[j].numpy()
-            plan, _ = naive_assignment(a, b, None, None, {k: v for k, v in hp.items() if k != "k"})
-            ref[i, j] = (a @ b.T * plan).sum()
-    torch.testing.assert_close(s.v2t, torch.from_numpy(ref), rtol=1e-7, atol=1e-9)
+
+    def mpa(a, b):
+        plan, _ = naive_assignment(a, b, None, None, {k: v for k, v in hp.items() if k != "k"})
+        return (a @ b.T * plan).sum()
+
+    torch.testing.assert_close(s.v2t, naive_set_scores(aligner, vis, txt, mpa), rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(s.t2v, s.v2t)
 
 
@@ -107,16 +111,14 @@ def test_dive_matches_smooth_chamfer_loops(gen):
     aligner = build("dive", gen, alpha=5.0)
     vis, txt = make_tokens(3, 6, DIM, gen=gen), make_tokens(4, 5, DIM, gen=gen)
     s = aligner.pairwise(vis, txt)
-    ref_v, ref_t = naive_sets(aligner, vis, txt)
-    ref = np.zeros((3, 4))
-    for i in range(3):
-        for j in range(4):
-            a, b, k = ref_v[i].numpy(), ref_t[j].numpy(), 4
-            sim = [[float(a[x] @ b[y]) for y in range(k)] for x in range(k)]
-            rows = sum(math.log(sum(math.exp(5.0 * sim[x][y]) for y in range(k))) for x in range(k))
-            cols = sum(math.log(sum(math.exp(5.0 * sim[x][y]) for x in range(k))) for y in range(k))
-            ref[i, j] = (rows + cols) / (2 * 5.0 * k)
-    torch.testing.assert_close(s.v2t, torch.from_numpy(ref), rtol=1e-9, atol=1e-12)
+
+    def smooth_chamfer(a, b, k=4):
+        sim = [[float(a[x] @ b[y]) for y in range(k)] for x in range(k)]
+        rows = sum(math.log(sum(math.exp(5.0 * sim[x][y]) for y in range(k))) for x in range(k))
+        cols = sum(math.log(sum(math.exp(5.0 * sim[x][y]) for x in range(k))) for y in range(k))
+        return (rows + cols) / (2 * 5.0 * k)
+
+    torch.testing.assert_close(s.v2t, naive_set_scores(aligner, vis, txt, smooth_chamfer), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["mpa", "dive"])

@@ -70,7 +70,6 @@ class PairDataset(Dataset):
         return k, pixels, mask, err
 
 
-
 @dataclass
 class _Files:
     """The part of a split that :class:`MediaDataset` reads: paths and modality."""
