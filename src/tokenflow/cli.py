@@ -57,6 +57,10 @@ def _evaluate(args) -> int:
     from .utils import write_text_atomic
 
     split = load_split(args.dataset, args.root, args.split, media=args.media)
+    if args.positives:
+        from .data.positives import add_positives
+
+        split = add_positives(split, args.positives, args.split)
     head = read_head_config(args.model)
     if head is not None and args.aligner is None:  # a trained model folder: its plan, weights and plan parameters
         model = RetrievalModel.from_pretrained(args.model)
@@ -110,8 +114,13 @@ def _train(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, quick=args.quick, videos=args.videos, methods=args.methods, seed=args.seed,
-             workers=args.workers)
+    methods = args.methods
+    if methods == ["all"]:
+        from .demo import ALL_METHODS
+
+        methods = list(ALL_METHODS)
+    run_demo(args.out, quick=args.quick, videos=args.videos, methods=methods, tasks=args.tasks, seeds=args.seeds,
+             seed=args.seed, jobs=args.jobs, workers=args.workers)
     return 0
 
 
@@ -131,6 +140,11 @@ def _ablate(args) -> int:
 def _explain(args) -> int:
     from .viz import explain, render
 
+    objects = None
+    if args.boxes is not None:
+        from .eval.pointing import boxes_for, read_boxes
+
+        objects = boxes_for(read_boxes(args.boxes), args.media)  # a bad sidecar fails before any work
     expl = explain(args.model, args.media, args.caption, direction=args.direction, aligner=args.aligner,
                    num_frames=args.frames)
     render(expl, args.out, top=args.top)
@@ -139,10 +153,20 @@ def _explain(args) -> int:
               f"= {p['T_hat_x_c']:.2f}")
     print(f"{expl.aligner} {expl.direction}: fine score {expl.score:.4f}, global {expl.global_score:.4f}; "
           f"figure: {args.out}")
+    numbers = expl.to_dict(args.top)
+    if objects is not None:
+        pt = expl.pointing(objects)
+        for w in pt.words:
+            print(f"{w['word']:>12} -> patch {divmod(w['patch'], expl.grid[1])}: "
+                  f"{'in' if w['hit'] else 'NOT in'} the box of {' '.join(objects[w['object']]['words'])}")
+        print(f"pointing: {pt.hits}/{pt.total} object words in their object's box ({pt.accuracy:.1f} %; "
+              f"chance {pt.chance_accuracy:.1f} %)" if pt.total else
+              "pointing: the caption names none of the boxed objects")
+        numbers["pointing"] = {**pt.to_dict(), "per_word": pt.words}
     if args.json:
         from .utils import write_text_atomic
 
-        write_text_atomic(args.json, json.dumps(expl.to_dict(args.top), indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(numbers, indent=2) + "\n")
     return 0
 
 
@@ -179,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True, type=Path, help="dataset folder in its standard layout")
     p.add_argument("--split", default="test")
     p.add_argument("--media", type=Path, default=None, help="image/video folder if not the default one")
+    p.add_argument("--positives", type=Path, default=None,
+                   help="sidecar of captions true of several items (tokenflow-positives JSON): all count as correct")
     p.add_argument("--model", required=True, type=Path, help="backbone folder (local CLIP or tiny)")
     p.add_argument("--aligner", default=None, choices=[*list_aligners(), "none"],
                    help="plan (default: the one saved with a trained model, else tokenflow)")
@@ -201,15 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
 
-    from .demo import METHODS
+    from .demo import METHODS, QUICK_METHODS, TASKS
 
     p = sub.add_parser("demo", help="compare plans on the synthetic benchmark (nothing to download)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    p.add_argument("--quick", action="store_true", help="a smaller budget (about 3 minutes on 2 cores)")
-    p.add_argument("--videos", action="store_true", help="the synthetic video benchmark instead of images")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                   help=f"global (no plan) or plan names (default: {' '.join(METHODS)})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a smaller budget (about a minute on 2 cores)")
+    p.add_argument("--videos", action="store_true", help="the bindings task as MSR-VTT-style videos")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help=f"global (no plan), plan names, NAME:key=value,..., cs-aligner, or all (default: "
+                        f"{' '.join(METHODS)}; --quick: {' '.join(QUICK_METHODS)})")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="synthetic tasks (default: both)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per task; tables give mean ± std (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="(task, seed) groups run at once in separate processes (default: one per core)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.set_defaults(func=_demo)
 
@@ -228,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=4, help="arrows for this many word-patch pairs")
     p.add_argument("--frames", type=int, default=12, help="frames sampled from a video")
     p.add_argument("--out", type=Path, default=Path("explain.png"))
+    p.add_argument("--boxes", type=Path, default=None,
+                   help="object boxes (tokenflow-boxes JSON, e.g. the scenes task's boxes.json): print pointing "
+                        "accuracy, whether each object word's strongest patch lies in its object's box")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     p.set_defaults(func=_explain)
 

@@ -1,11 +1,20 @@
 """``tokenflow demo`` and ``tokenflow ablate``: one table comparing plans under equal budgets.
 
-``demo`` needs nothing downloaded: it writes the synthetic benchmark in the real dataset
-formats, trains the built-in tiny encoder once per method (same seed, data, steps and
-hyperparameters; each plan at its documented defaults, fused with the global similarity as in
-training), evaluates each on the held-out test split with the checkpoint chosen on validation,
-and writes the table (Markdown and JSON) and explanation figures for a few test pairs.
-``ablate`` runs the same comparison for any training config (a real dataset and backbone).
+``demo`` runs the TokenFlow paper's protocol in miniature, with nothing downloaded. For each
+synthetic task and each seed it writes the data in the real dataset formats, *pretrains* the
+built-in tiny dual encoder with the global contrastive loss alone on a pretraining split (the
+stand-in for CLIP's own pretraining; once per seed, shared by every method), then *fine-tunes*
+a copy of it once per method under the same budget, chooses each checkpoint on validation
+and tests it once. The ``global`` row is the global-only fine-tune, the paper's "CLIP
+fine-tune" baseline. Tables give mean ± std over the seeds; ``results.json`` keeps every seed.
+
+Tasks: ``scenes`` (cluttered images; each caption names a subset of the objects, so local
+content decides; :mod:`tokenflow.data.scenes`) and ``bindings`` (two objects whose colours,
+sides or sizes are swapped between twins; :mod:`tokenflow.data.synthetic`). On ``scenes`` the
+demo also scores explanations: the pointing accuracy of each token plan against the objects'
+boxes (:mod:`tokenflow.eval.pointing`).
+
+``ablate`` runs the one-stage comparison for any training config (a real dataset and backbone).
 """
 
 from __future__ import annotations
@@ -26,21 +35,30 @@ import yaml
 from . import __version__
 from .utils import write_text_atomic
 
-__all__ = ["METHODS", "format_markdown", "run_ablation", "run_demo"]
+__all__ = ["ALL_METHODS", "METHODS", "QUICK_METHODS", "TASKS", "format_markdown", "format_seed_table",
+           "run_ablation", "run_demo"]
 
-#: The demo's methods: "global" is CLIP's global similarity alone; the others add a plan, except
-#: "cs-aligner", which adds the Cauchy-Schwarz divergence term to the global loss.
-METHODS = ("global", "uniform", "max-avg", "scan", "emd", "sinkhorn", "tokenflow", "omit", "mpa", "dive", "cs-aligner")
+#: Every method the demo knows: "global" is the global similarity alone; the others add a plan,
+#: except "cs-aligner", which adds the Cauchy-Schwarz divergence term to the global loss.
+ALL_METHODS = ("global", "uniform", "max-avg", "scan", "emd", "sinkhorn", "tokenflow", "omit", "mpa", "dive",
+               "cs-aligner")
+#: The default rows: the global baseline and the paper's closest relatives of TokenFlow that
+#: fit the 5-minute budget with 3 seeds; the rest of ALL_METHODS with ``--methods``.
+METHODS = ("global", "max-avg", "scan", "tokenflow")
+QUICK_METHODS = ("global", "max-avg", "tokenflow")
+TASKS = ("scenes", "bindings")
 MARKER = ".tokenflow-demo"
 
-# Budgets: (train, val, test) sizes and training length. The default fits 15 minutes on a
-# 2-core CPU with every method; --quick fits 3 minutes.
+# Budgets per seed and task: pretraining split (train, val) and epochs; fine-tuning split
+# (train, val, test) and epochs. Every method gets the same fine-tuning budget.
 PRESETS = {
-    ("images", False): {"sizes": (1000, 100, 100), "epochs": 8, "batch_size": 64, "eval_every": 2},
-    ("images", True): {"sizes": (256, 40, 60), "epochs": 8, "batch_size": 32, "eval_every": 2},
-    ("videos", False): {"sizes": (400, 50, 50), "epochs": 20, "batch_size": 32, "eval_every": 2, "frames": 8},
-    ("videos", True): {"sizes": (160, 20, 30), "epochs": 10, "batch_size": 16, "eval_every": 2, "frames": 6},
+    False: {"pretrain": (3000, 100), "pretrain_epochs": 4, "sizes": (1000, 100, 200), "epochs": 4,
+            "batch_size": 64, "lr": 1e-3, "lr_finetune": 3e-4},
+    True: {"pretrain": (1000, 60), "pretrain_epochs": 3, "sizes": (400, 60, 100), "epochs": 3,
+           "batch_size": 32, "lr": 1e-3, "lr_finetune": 3e-4},
 }
+VIDEO_FRAMES = 6
+SCENES = {"objects": 4, "named": 2}  # objects per image, objects named per caption
 
 
 def machine() -> str:
@@ -168,6 +186,8 @@ def _prepare_out(out: Path) -> None:
         raise FileExistsError(f"{out} exists and was not written by tokenflow demo; choose another --out")
     for sub in ("data", "runs"):
         shutil.rmtree(out / sub, ignore_errors=True)
+    for old in out.glob("explain-*.png"):
+        old.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by tokenflow demo; its subfolders are replaced on every run\n")
 
@@ -177,70 +197,290 @@ def _write_results(out: Path, rows: list[dict], meta: dict, title: str) -> None:
     write_text_atomic(out / "results.md", format_markdown(rows, title))
 
 
-def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool = False,
-             methods: Sequence[str] = METHODS, seed: int = 0, workers: int = 0, explain_pairs: int = 3,
-             log=print) -> dict:
-    """Make the synthetic benchmark, compare ``methods`` on it, write the table and figures."""
-    from .data import load_split
-    from .data.synthetic import make_synthetic
+# -- the two-stage protocol, one (task, seed) at a time ------------------------------------------
+def _make_task_data(task: str, folder: Path, p: dict, seed: int, videos: bool) -> dict:
+    """Write one task's data for one seed; returns where things are."""
+    from .data.scenes import make_scenes
+    from .data.synthetic import make_images, make_videos
 
-    methods = _check_methods(methods)
+    if task == "scenes":
+        if videos:
+            raise ValueError("scenes has no video form yet; run --videos with --tasks bindings")
+        make_scenes(folder, p["sizes"], pretrain=p["pretrain"], image_size=32, seed=seed, **SCENES)
+        return {"dataset": "flickr30k", "root": folder, "pretrain": folder / "pretrain",
+                "positives": folder / "positives.json", "pretrain_positives": folder / "pretrain" / "positives.json",
+                "boxes": folder / "boxes.json"}
+    even = [n - n % 2 for n in (*p["sizes"], *p["pretrain"])]  # twins come in pairs
+    if videos:
+        make_videos(folder, tuple(even[:3]), frame_size=32, n_frames=VIDEO_FRAMES + 2, seed=seed)
+        make_videos(folder / "pretrain", (even[3], even[4], 0), frame_size=32, n_frames=VIDEO_FRAMES + 2,
+                    seed=seed + 10_007)
+        return {"dataset": "msrvtt", "root": folder, "pretrain": folder / "pretrain"}
+    make_images(folder, tuple(even[:3]), image_size=32, seed=seed, fmt="png")
+    make_images(folder / "pretrain", (even[3], even[4], 0), image_size=32, seed=seed + 10_007, fmt="png")
+    return {"dataset": "flickr30k", "root": folder, "pretrain": folder / "pretrain"}
+
+
+def _stage_config(where: dict, p: dict, seed: int, out: Path, *, pretrain: bool, backbone: str = "tiny") -> dict:
+    root = where["pretrain"] if pretrain else where["root"]
+    positives = where.get("pretrain_positives" if pretrain else "positives")
+    return {
+        "data": {"dataset": where["dataset"], "root": str(root), "sampling": "item", "cache": True,
+                 "num_frames": VIDEO_FRAMES, "video_tokens": "frames",
+                 "positives": str(positives) if positives else None,
+                 "test_split": None if pretrain else "test"},
+        "model": {"backbone": backbone, "aligner": None, "w_global": 1.0, "w_fine": 1.0},
+        "optim": {"epochs": p["pretrain_epochs" if pretrain else "epochs"], "batch_size": p["batch_size"],
+                  "lr": p["lr"] if pretrain else p["lr_finetune"], "lr_new": 1e-3, "weight_decay": 0.05,
+                  "warmup": 0.05, "grad_clip": 1.0},
+        "run": {"out": str(out), "seed": seed, "save_every": 100_000, "log_every": 20, "progress": False,
+                "eval_every": 1},
+    }
+
+
+def _digest(folder: Path) -> str:
+    """sha256 over a model folder's files (names and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def _pointing_of(model_dir: Path, where: dict, dataset: str) -> dict:
+    """Pointing accuracy of a trained token-plan model over every test caption with its own image."""
+    from .data import load_split
+    from .eval.evaluate import encode_split
+    from .eval.pointing import Pointing, boxes_for, pointing, read_boxes
+    from .models.retrieval import RetrievalModel
+
+    model = RetrievalModel.from_pretrained(model_dir)
+    split = load_split(dataset, where["root"], "test")
+    boxes = read_boxes(where["boxes"])
+    enc = encode_split(model.backbone, split)
+    aligner = model.aligner.eval()
+    backbone = model.backbone
+    size = tuple(boxes["image_size"])
+    total = Pointing()
+    for k, text in enumerate(split.texts):
+        i = split.text_item[k]
+        ids, mask = backbone.tokenize([text])
+        tokens = backbone.decode_tokens(ids[0][mask[0]].tolist())
+        plan = aligner.plan(enc.vis[i], enc.txt[k])
+        total = total.add(pointing(plan.t2v.float(), plan.c.float(), tokens, boxes_for(boxes, split.item_paths[i]),
+                                   backbone.patch_grid, size))
+    return {**total.to_dict(), "direction": "t2v"}
+
+
+def _run_group(task: str, seed: int, out: str, quick: bool, videos: bool, methods: list[str], workers: int,
+               threads: int | None = None) -> list[dict]:
+    """Data, pretraining and every method's fine-tune for one (task, seed); one row per method."""
+    from .align.registry import is_token_plan
+    from .train import load_config, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    tag = f"[{task} seed {seed}]"
+    p = PRESETS[quick]
+    out = Path(out)
+    t0 = time.perf_counter()
+    where = _make_task_data(task, out / "data" / task / f"seed-{seed}", p, seed, videos)
+    runs = out / "runs" / task / f"seed-{seed}"
+    cfg = _stage_config(where, p, seed, runs / "pretrain", pretrain=True)
+    cfg["data"]["workers"] = workers
+    summary = train(load_config(None, data=cfg))
+    pre_dir = runs / "pretrain" / "best"
+    digest = _digest(pre_dir)
+    pre_val = json.loads((runs / "pretrain" / "val_best.json").read_text())["metrics"]
+    print(f"{tag} pretrained (global loss only) in {time.perf_counter() - t0:.0f} s: val t2v R@1 "
+          f"{pre_val['t2v']['R@1']:.1f}, step {summary['best_step']} of {summary['steps']}", flush=True)
+    base = _stage_config(where, p, seed, runs, pretrain=False, backbone=str(pre_dir))
+    base["data"]["workers"] = workers
+    rows = []
+    for method in methods:
+        data = _method_config(base, method)
+        data["run"]["out"] = str(runs / _folder_name(method))
+        t1 = time.perf_counter()
+        summary = train(load_config(None, data=data))
+        seconds = time.perf_counter() - t1
+        test = json.loads((runs / _folder_name(method) / "test.json").read_text())
+        row = {"task": task, "seed": seed, "method": method, "t2v": test["metrics"]["t2v"],
+               "v2t": test["metrics"]["v2t"], "train_s": round(seconds, 1), "score_s": test["timings"]["score_s"],
+               "best_step": summary["best_step"], "steps": summary["steps"],
+               "hparams": (test.get("aligner") or {}).get("hparams", {}),
+               "texts_with_several_positives": test["split"].get("texts_with_several_positives", 0),
+               "test_items": test["evaluated"]["items"], "test_texts": test["evaluated"]["texts"],
+               "pretrained_from": str(pre_dir)}
+        name = parse_method(method)[0]
+        if task == "scenes" and is_token_plan(name):
+            row["pointing"] = _pointing_of(runs / _folder_name(method) / "best", where, where["dataset"])
+        rows.append(row)
+        pt = f"  pointing {row['pointing']['accuracy']:5.1f} %" if "pointing" in row else ""
+        print(f"{tag} {method:<10} t2v R@1 {row['t2v']['R@1']:5.1f}  v2t R@1 {row['v2t']['R@1']:5.1f}{pt}  "
+              f"train {seconds:5.1f} s", flush=True)
+    if _digest(pre_dir) != digest:
+        raise RuntimeError(f"{pre_dir} changed during the fine-tunes; the pretrained cache must stay as written")
+    return rows
+
+
+# -- tables -------------------------------------------------------------------------------------
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return mean, std
+
+
+def summarise(rows: Sequence[dict]) -> list[dict]:
+    """Mean and sample std (n - 1) over seeds of every metric, per (task, method), in row order."""
+    keys = ("R@1", "R@5", "R@10", "MdR", "MnR")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"]), []).append(r)
+    out = []
+    for (task, method), rs in groups.items():
+        s = {"task": task, "method": method, "seeds": [r["seed"] for r in rs]}
+        for d in ("t2v", "v2t"):
+            s[d] = {k: _mean_std([r[d][k] for r in rs]) for k in keys}
+        if all("pointing" in r for r in rs):
+            s["pointing"] = _mean_std([r["pointing"]["accuracy"] for r in rs])
+            s["pointing_chance"] = _mean_std([r["pointing"]["chance"] for r in rs])
+        s["train_s"] = _mean_std([r["train_s"] for r in rs])
+        out.append(s)
+    return out
+
+
+def format_seed_table(summary: Sequence[dict], task: str, title: str = "") -> str:
+    """One task's rows: mean ± std over seeds of R@1/5/10 and MdR each way, pointing, train seconds."""
+    keys = ("R@1", "R@5", "R@10", "MdR")
+    rows = [s for s in summary if s["task"] == task]
+    point = any("pointing" in s for s in rows)
+    head = ("| method | " + " | ".join(f"t2v {k}" for k in keys) + " | " + " | ".join(f"v2t {k}" for k in keys)
+            + (" | pointing % | chance % |" if point else " |") + " train s |")
+    n_cols = 1 + 2 * len(keys) + (2 if point else 0) + 1
+    lines = [title, "", head, "|" + "---|" * n_cols] if title else [head, "|" + "---|" * n_cols]
+    for s in rows:
+        cells = [f"{s[d][k][0]:.1f} ± {s[d][k][1]:.1f}" for d in ("t2v", "v2t") for k in keys]
+        if point:
+            cells += ([f"{s['pointing'][0]:.1f} ± {s['pointing'][1]:.1f}", f"{s['pointing_chance'][0]:.1f}"]
+                      if "pointing" in s else ["–", "–"])
+        cells.append(f"{s['train_s'][0]:.0f}")
+        lines.append(f"| {s['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _figures(out: Path, summary: list[dict], rows: list[dict], videos: bool, n: int, log) -> list[str]:
+    """Explanation figures for ``n`` test pairs of seed 0's scenes model of the plan that points best."""
+    from .data import load_split
+    from .eval.pointing import boxes_for, read_boxes
+    from .viz import explain, render
+
+    scored = [s for s in summary if s["task"] == "scenes" and "pointing" in s]
+    if not scored or not n or videos:
+        return []
+    best = max(scored, key=lambda s: s["pointing"][0])
+    seed = min(best["seeds"])
+    where = out / "data" / "scenes" / f"seed-{seed}"
+    model_dir = out / "runs" / "scenes" / f"seed-{seed}" / _folder_name(best["method"]) / "best"
+    test = load_split("flickr30k", where, "test")
+    boxes = read_boxes(where / "boxes.json")
+    figures = []
+    for i in range(min(n, len(test))):
+        k = test.text_item.index(i)
+        expl = explain(model_dir, test.item_paths[i], test.texts[k])
+        pt = expl.pointing(boxes_for(boxes, test.item_paths[i]))
+        path = render(expl, out / f"explain-{_folder_name(best['method'])}-{i}.png")
+        figures.append(str(path))
+        log(f"figure {path.name}: \"{test.texts[k]}\", {pt.hits}/{pt.total} object words point into their box")
+    return figures
+
+
+def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool = False,
+             methods: Sequence[str] | None = None, tasks: Sequence[str] = TASKS, seeds: int = 3, seed: int = 0,
+             jobs: int | None = None, workers: int = 0, explain_pairs: int = 3, log=print) -> dict:
+    """Run the two-stage protocol for every task and seed, write the tables and figures.
+
+    Args:
+        methods: rows (default :data:`METHODS`, or :data:`QUICK_METHODS` with ``quick``).
+        seeds: seeds ``seed, seed + 1, ...``; each seed has its own data, pretraining and fine-tunes.
+        jobs: (task, seed) groups run at once in separate processes, each with an equal share of
+            the CPU threads (default: as many as the machine has cores, at most the groups); 1
+            runs everything in this process.
+    """
+    methods = _check_methods(list(methods or (QUICK_METHODS if quick else METHODS)))
+    tasks = list(dict.fromkeys(tasks))
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise ValueError(f"unknown task(s) {bad or tasks}; choose from {', '.join(TASKS)}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    if videos and "scenes" in tasks:
+        tasks = [t for t in tasks if t != "scenes"] or ["bindings"]
+        log("tokenflow demo: --videos runs the bindings task only (scenes has no video form yet)")
     out = Path(out)
     _prepare_out(out)
-    kind = "videos" if videos else "images"
-    p = PRESETS[(kind, quick)]
+    p = PRESETS[quick]
+    groups = [(t, s) for t in tasks for s in range(seed, seed + seeds)]
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(jobs or cores, len(groups)))
+    threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
     t0 = time.perf_counter()
-    sizes = {"images": p["sizes"], "videos": (0, 0, 0)} if not videos else {"images": (0, 0, 0), "videos": p["sizes"]}
-    make_synthetic(out / "data", **sizes, image_size=32, frames=p.get("frames", 8) + 2, seed=seed,
-                   unpaired=p["sizes"][0] // 2)
-    root = out / "data" / kind
-    base = {
-        "data": {"dataset": "msrvtt" if videos else "flickr30k", "root": str(root), "sampling": "item",
-                 "num_frames": p.get("frames", 12), "video_tokens": "frames", "workers": workers},
-        "model": {"backbone": "tiny", "w_global": 1.0, "w_fine": 1.0},
-        "optim": {"epochs": p["epochs"], "batch_size": p["batch_size"], "lr": 1e-3, "lr_new": 1e-3,
-                  "weight_decay": 0.05, "warmup": 0.05, "grad_clip": 1.0},
-        "run": {"out": "", "seed": seed, "save_every": 10_000, "log_every": 10, "progress": False,
-                "eval_every": p["eval_every"]},
-    }
-    log(f"tokenflow demo: synthetic {kind} {p['sizes']} (train, val, test) in {out / 'data'}; "
-        f"{p['epochs']} epochs x batch {p['batch_size']} per method on {machine()}")
-    unpaired = {"cs-aligner": {"cs": {"unpaired_media": str(root / "unpaired" / kind),
-                                      "unpaired_texts": str(root / "unpaired" / "captions.txt"),
-                                      "unpaired_batch": p["batch_size"] // 2}}}
-    rows = run_methods(base, methods, out / "runs", log=log, recipe_settings=unpaired)
-    meta = {"tokenflow_version": __version__, "date": _dt.date.today().isoformat(), "machine": machine(),
-            "benchmark": f"synthetic {kind}", "sizes": list(p["sizes"]), "quick": quick, "seed": seed,
-            "training": base["optim"], "selection": "best validation rsum; test evaluated once",
-            "command": ["tokenflow", *sys.argv[1:]], "seconds": None}
-    figures = []
-    from .align.registry import _REGISTRY
+    log(f"tokenflow demo: {', '.join(tasks)} x seeds {seed}..{seed + seeds - 1}; per seed: pretrain "
+        f"{p['pretrain'][0]} {'videos' if videos else 'images'} x {p['pretrain_epochs']} epochs (global loss), then "
+        f"fine-tune {p['sizes'][0]} x {p['epochs']} epochs per method ({', '.join(methods)}); {jobs} job(s) on "
+        f"{machine()}")
+    rows: list[dict] = []
+    if jobs == 1:
+        for t, s in groups:
+            rows += _run_group(t, s, str(out), quick, videos, methods, workers)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-    def token_plan(method: str) -> bool:
-        cls = _REGISTRY.get(parse_method(method)[0])
-        return cls is not None and cls.token_plan
-
-    # Figures need a token plan: the first such method, tokenflow preferred (set methods have none).
-    fine = [m for m in ("tokenflow", *methods) if m in methods and token_plan(m)]
-    if fine and explain_pairs:
-        from .viz import explain, render
-
-        test = load_split(base["data"]["dataset"], root, "test")
-        model_dir = out / "runs" / _folder_name(fine[0]) / "best"
-        for i in range(min(explain_pairs, len(test))):
-            k = test.text_item.index(i)
-            expl = explain(model_dir, test.item_paths[i], test.texts[k], num_frames=p.get("frames", 12))
-            figures.append(str(render(expl, out / f"explain-{_folder_name(fine[0])}-{i}.png")))
-    meta["figures"] = figures
-    meta["seconds"] = round(time.perf_counter() - t0, 1)
-    title = (f"Synthetic {kind}, test split ({p['sizes'][2]} items), tiny encoder from scratch; "
-             f"{meta['date']}, {meta['machine']}")
-    _write_results(out, rows, meta, title)
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_group, t, s, str(out), quick, videos, methods, workers, threads)
+                       for t, s in groups]
+            for f in futures:
+                rows += f.result()
+    order = {m: i for i, m in enumerate(methods)}
+    rows.sort(key=lambda r: (tasks.index(r["task"]), order[r["method"]], r["seed"]))
+    summary = summarise(rows)
+    figures = _figures(out, summary, rows, videos, explain_pairs, log)
+    date = _dt.date.today().isoformat()
+    meta = {"tokenflow_version": __version__, "date": date, "machine": machine(), "tasks": tasks,
+            "seeds": list(range(seed, seed + seeds)), "quick": quick, "videos": videos, "methods": methods,
+            "budget": {**{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+                       "scenes": SCENES},
+            "protocol": "per seed: pretrain the tiny dual encoder with the global loss on the pretraining split "
+                        "(checkpoint chosen on its val split), then fine-tune a copy per method with the same "
+                        "budget; checkpoint chosen on val (rsum), test evaluated once",
+            "command": ["tokenflow", *sys.argv[1:]], "figures": figures,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    md = [f"# tokenflow demo: {date}, {meta['machine']}", "",
+          f"Mean ± std over {seeds} seed(s) ({', '.join(map(str, meta['seeds']))}); every seed has its own data, "
+          "pretraining and fine-tunes. `global` is the global-only fine-tune (the baseline).", ""]
+    for t in tasks:
+        first = next(r for r in rows if r["task"] == t)
+        several = _mean_std([r["texts_with_several_positives"] for r in rows if r["task"] == t
+                             and r["method"] == first["method"]])[0]
+        title = (f"## {t}: test split, {first['test_items']} {'videos' if videos else 'images'}, "
+                 f"{first['test_texts']} captions")
+        if t == "scenes":
+            title += (f"; {several:.0f} captions on average are true of more than one test image (all count as "
+                      "correct); pointing: object words whose strongest patch lies in their object's box (t2v plan)")
+        md += [format_seed_table(summary, t, title), ""]
+    text = "\n".join(md)
+    write_text_atomic(out / "results.json", json.dumps({**meta, "summary": summary, "rows": rows}, indent=2) + "\n")
+    write_text_atomic(out / "results.md", text)
     log("")
-    log(format_markdown(rows, title))
+    log(text)
     log(f"results: {out / 'results.md'}, {out / 'results.json'}; figures: {', '.join(figures) or 'none'}; "
         f"{meta['seconds']:.0f} s in all")
-    return {**meta, "rows": rows}
+    return {**meta, "summary": summary, "rows": rows}
 
 
 def run_ablation(config: str | Path, methods: Sequence[str], overrides: Sequence[str] = (), *,

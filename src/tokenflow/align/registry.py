@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from .base import Aligner
 
-__all__ = ["aligner_for", "get_aligner", "list_aligners", "register_aligner"]
+__all__ = ["aligner_for", "get_aligner", "is_token_plan", "list_aligners", "register_aligner"]
 
 _REGISTRY: dict[str, type[Aligner]] = {}
 A = TypeVar("A", bound=type[Aligner])
@@ -30,6 +30,13 @@ def register_aligner(name: str) -> Callable[[A], A]:
 def list_aligners() -> list[str]:
     """Names accepted by :func:`get_aligner`, sorted."""
     return sorted(_REGISTRY)
+
+
+def is_token_plan(name: str) -> bool:
+    """Whether ``name`` is a registered aligner that weights token pairs (it has a patch-word plan
+    to explain); False for set methods and unknown names."""
+    cls = _REGISTRY.get(name)
+    return cls is not None and bool(cls.token_plan)
 
 
 def get_aligner(name: str, **hyper) -> Aligner:

@@ -55,6 +55,9 @@ class RetrievalSplit:
     texts: list[str]
     text_item: list[int]
     protocol: dict = field(default_factory=dict)
+    #: (item, text) pairs that are correct answers besides ``text_item``: a caption true of
+    #: several items (see :func:`tokenflow.data.positives.add_positives`).
+    extra_positives: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.item_ids) != len(self.item_paths):
@@ -65,6 +68,9 @@ class RetrievalSplit:
         bad = [k for k, i in enumerate(self.text_item) if not 0 <= i < n]
         if bad:
             raise ValueError(f"{self.name}: texts {bad[:5]} point to items outside [0, {n})")
+        bad = [p for p in self.extra_positives if not (0 <= p[0] < n and 0 <= p[1] < len(self.texts))]
+        if bad:
+            raise ValueError(f"{self.name}: extra positives {bad[:5]} point outside the split")
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -73,6 +79,8 @@ class RetrievalSplit:
         """bool [items, texts]: True where the text describes the item."""
         pos = torch.zeros(len(self.item_ids), len(self.texts), dtype=torch.bool)
         pos[torch.tensor(self.text_item, dtype=torch.long), torch.arange(len(self.texts))] = True
+        for i, k in self.extra_positives:
+            pos[i, k] = True
         return pos
 
     def captions_per_item(self) -> list[int]:
@@ -85,6 +93,7 @@ class RetrievalSplit:
         """Keep the given items (in that order) and their texts."""
         new_index = {old: new for new, old in enumerate(items)}
         keep = [k for k, i in enumerate(self.text_item) if i in new_index]
+        new_text = {old: new for new, old in enumerate(keep)}
         return replace(
             self,
             name=name or self.name,
@@ -92,11 +101,16 @@ class RetrievalSplit:
             item_paths=[self.item_paths[i] for i in items],
             texts=[self.texts[k] for k in keep],
             text_item=[new_index[self.text_item[k]] for k in keep],
+            extra_positives=tuple((new_index[i], new_text[k]) for i, k in self.extra_positives
+                                  if i in new_index and k in new_text),
         )
 
     def summary(self) -> dict:
-        return {"name": self.name, "modality": self.modality, "items": len(self.item_ids), "texts": len(self.texts),
-                **({"protocol": self.protocol} if self.protocol else {})}
+        out = {"name": self.name, "modality": self.modality, "items": len(self.item_ids), "texts": len(self.texts),
+               **({"protocol": self.protocol} if self.protocol else {})}
+        if self.extra_positives:
+            out["texts_with_several_positives"] = len({k for _, k in self.extra_positives})
+        return out
 
 
 def read_json(path: Path, what: str):

@@ -47,6 +47,10 @@ class DataConfig(_Strict):
     on_error: Literal["fail", "skip"] = Field("fail", description="unreadable media: stop, or leave the pair "
                                                                   "out of its batch and count it in the log")
     workers: int = Field(0, ge=0, description="data loader processes per training process")
+    positives: Path | None = Field(None, description="sidecar of captions true of several items (tokenflow-positives "
+                                                     "JSON); validation and test count them all as correct")
+    cache: bool = Field(False, description="keep the decoded, preprocessed training media in memory (small "
+                                           "datasets: saves decoding them again every epoch)")
 
 
 class ModelConfig(_Strict):
@@ -156,6 +160,8 @@ class TrainConfig(_Strict):
         """Files the run needs must exist before any work starts."""
         if not self.data.root.is_dir():
             raise ConfigError(f"{source}: data.root: folder {self.data.root} does not exist")
+        if self.data.positives is not None and not self.data.positives.is_file():
+            raise ConfigError(f"{source}: data.positives: file {self.data.positives} does not exist")
         if self.data.media is not None and not self.data.media.is_dir():
             raise ConfigError(f"{source}: data.media: folder {self.data.media} does not exist")
         if self.cs.unpaired_media is not None and not self.cs.unpaired_media.is_dir():

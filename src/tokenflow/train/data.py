@@ -58,15 +58,23 @@ class PairDataset(Dataset):
     """Text index -> ``(text index, pixels, frame_mask, error)`` of the pair (item, caption);
     batches are put together by :func:`tokenflow.data.collate_media`."""
 
-    def __init__(self, split: RetrievalSplit, preprocess, num_frames: int = 12, on_error: str = "fail"):
+    def __init__(self, split: RetrievalSplit, preprocess, num_frames: int = 12, on_error: str = "fail",
+                 cache: bool = False):
         self.split = split
         self.media = MediaDataset(split, preprocess, num_frames=num_frames, on_error=on_error)
+        self.cache: dict[int, tuple] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.split.texts)
 
     def __getitem__(self, k: int):
-        _, pixels, mask, err = self.media[self.split.text_item[k]]
+        i = self.split.text_item[k]
+        if self.cache is not None and i in self.cache:
+            pixels, mask, err = self.cache[i]
+        else:
+            _, pixels, mask, err = self.media[i]
+            if self.cache is not None:  # unreadable items are remembered too: read once, skipped every epoch
+                self.cache[i] = (pixels, mask, err)
         return k, pixels, mask, err
 
 

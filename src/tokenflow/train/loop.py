@@ -66,6 +66,14 @@ def build_model(cfg: TrainConfig, train_split: RetrievalSplit) -> RetrievalModel
                           max_logit_scale=m.max_logit_scale)
 
 
+def _with_positives(split: RetrievalSplit, positives: Path | None, name: str) -> RetrievalSplit:
+    if positives is None:
+        return split
+    from ..data.positives import add_positives
+
+    return add_positives(split, positives, name)
+
+
 def _no_decay(name: str, p: nn.Parameter) -> bool:
     """open_clip's rule: no weight decay on gains and biases (1-d tensors, norms)."""
     return p.ndim < 2 or "bias" in name or "norm" in name
@@ -197,7 +205,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
 
     d = cfg.data
     train_split = load_split(d.dataset, d.root, d.train_split, media=d.media)
-    val_split = load_split(d.dataset, d.root, d.val_split, media=d.media)
+    val_split = _with_positives(load_split(d.dataset, d.root, d.val_split, media=d.media), d.positives,
+                                d.val_split)
     model = build_model(cfg, train_split).to(device)
     model.train()
     teacher = None
@@ -235,7 +244,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
 
     amp = o.amp == "bf16" or (o.amp == "auto" and device.type == "cuda")
     preprocess = model.backbone.preprocess
-    dataset = PairDataset(train_split, preprocess, num_frames=d.num_frames, on_error=d.on_error)
+    dataset = PairDataset(train_split, preprocess, num_frames=d.num_frames, on_error=d.on_error, cache=d.cache)
     pool = None
     if cfg.cs.unpaired_media is not None or cfg.cs.unpaired_texts is not None:
         pool = UnpairedPool(cfg.cs.unpaired_media, cfg.cs.unpaired_texts, train_split.modality, preprocess,
@@ -366,7 +375,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
     summary = {"steps": state["step"], "best_step": state["best_step"], cfg.run.select: state["best"],
                "skipped_files": state["skipped"], "seconds": round(time.perf_counter() - t_start, 1)}
     if info.main and d.test_split:
-        test_split = load_split(d.dataset, d.root, d.test_split, media=d.media)
+        test_split = _with_positives(load_split(d.dataset, d.root, d.test_split, media=d.media), d.positives,
+                                     d.test_split)
         best = RetrievalModel.from_pretrained(out / "best").to(device)
         report = evaluate(best.backbone, test_split, best.aligner, w_global=best.w_global, w_fine=best.w_fine,
                           batch_size=cfg.run.eval_batch_size, num_frames=d.num_frames, video_tokens=d.video_tokens,

@@ -46,6 +46,14 @@ class Explanation:
     score: float  # sum(c * flow): the fine-grained score of this direction
     global_score: float  # v_bar . t_bar
     image: object  # the PIL image shown (the square the model sees)
+    source_size: tuple[int, int] = (0, 0)  # (width, height) of the original image or frame
+
+    def pointing(self, objects: list[dict]):
+        """Pointing accuracy of this plan for the objects' boxes (original-image pixels; see
+        :mod:`tokenflow.eval.pointing`)."""
+        from ..eval.pointing import pointing
+
+        return pointing(self.flow, self.c, self.tokens, objects, self.grid, self.source_size)
 
     def top_pairs(self, k: int = 5, words_only: bool = True) -> list[dict]:
         """The ``k`` word-patch pairs that contribute most, ``T_hat * c`` with ``T_hat = 100 T``.
@@ -137,7 +145,7 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
         aligner=getattr(aligner, "name", type(aligner).__name__), direction=direction,
         d=plan.d.float().cpu(), e=plan.e.float().cpu(), c=plan.c.float().cpu(), flow=flow.float().cpu(),
         score=float((plan.c * flow).sum()), global_score=float(vis.pooled[0] @ txt.pooled[0]),
-        image=_centre_square(shown))
+        image=_centre_square(shown), source_size=tuple(shown.size))
 
 
 def render(expl: Explanation, path: str | Path, *, top: int = 4) -> Path:

@@ -1,0 +1,177 @@
+"""``scenes``: a synthetic task where local content decides the match.
+
+Each image holds several objects (a colour and a shape each, no two alike) on a grid of cells,
+one object per cell. Each caption names a random subset of them ("a red circle, a blue cross
+and a white square"), so a caption says nothing about the objects it leaves out. A single
+global vector has to summarise every object of the image and still match any subset; a
+token-level plan can let each named object find its own patches and ignore the rest.
+
+A caption naming a subset can be true of several images: every image that holds all of the
+named objects. The generator writes those extra positives to a sidecar, so the evaluation
+counts them as correct answers (the dataset format itself links each caption to one image).
+
+Written under ``out`` (Flickr30K's Karpathy layout, which :func:`tokenflow.data.load_split`
+reads as ``flickr30k``)::
+
+    dataset_flickr30k.json   train / val / test images with 5 captions each
+    flickr30k-images/*.png
+    positives.json           captions true of more images than their own (val and test)
+    boxes.json               each object's words and pixel box, per image file (both folders)
+    pretrain/                the same layout for the pretraining images (train + val, positives.json)
+
+PNG, not JPEG: at 32 pixels JPEG's halved colour resolution smears an 8-pixel object's colour
+into its neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from ..utils import atomic_path, write_text_atomic
+
+__all__ = ["SCENE_COLORS", "SCENE_SHAPES", "make_scenes", "render_scene", "scene_captions"]
+
+SCENE_COLORS = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (235, 205, 40),
+    "purple": (150, 60, 190), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (15, 15, 15),
+}
+SCENE_SHAPES = ("circle", "square", "triangle", "cross")
+BOXES_FORMAT = "tokenflow-boxes/1"
+POSITIVES_FORMAT = "tokenflow-positives/1"
+
+
+def _draw(draw, color: str, shape: str, box: tuple[int, int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    col = SCENE_COLORS[color]
+    if shape == "circle":
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=col)
+    elif shape == "square":
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=col)
+    elif shape == "triangle":
+        draw.polygon([((x0 + x1 - 1) / 2, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], fill=col)
+    else:  # cross: a plus sign one third of the box thick
+        w, h = x1 - x0, y1 - y0
+        tw, th = max(1, round(w / 3)), max(1, round(h / 3))
+        cx0, cy0 = x0 + (w - tw) // 2, y0 + (h - th) // 2
+        draw.rectangle((cx0, y0, cx0 + tw - 1, y1 - 1), fill=col)
+        draw.rectangle((x0, cy0, x1 - 1, cy0 + th - 1), fill=col)
+
+
+def render_scene(objects: list[dict], size: int, background: int):
+    """Draw ``objects`` (``color``, ``shape``, pixel ``box`` [x0, y0, x1, y1), exclusive end) on
+    a grey canvas; returns a PIL image."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (background,) * 3)
+    d = ImageDraw.Draw(img)
+    for o in objects:
+        _draw(d, o["color"], o["shape"], tuple(o["box"]))
+    return img
+
+
+def _random_scene(rng: random.Random, size: int, grid: int, n_objects: int) -> list[dict]:
+    combos = [(c, s) for c in SCENE_COLORS for s in SCENE_SHAPES]
+    cells = rng.sample(range(grid * grid), n_objects)
+    cell = size // grid
+    objects = []
+    for (color, shape), k in zip(rng.sample(combos, n_objects), cells, strict=True):
+        side = rng.randint(max(3, round(cell * 0.6)), cell)  # at least 60 % of the cell, so it covers its centre
+        x0 = (k % grid) * cell + rng.randint(0, cell - side)
+        y0 = (k // grid) * cell + rng.randint(0, cell - side)
+        objects.append({"color": color, "shape": shape, "box": [x0, y0, x0 + side, y0 + side]})
+    return objects
+
+
+def scene_captions(objects: list[dict], rng: random.Random, n: int = 5, named: int = 3) -> list[tuple[str, list[int]]]:
+    """``n`` captions, each naming a random subset of ``named`` objects in a random order;
+    returns (caption, indices of the named objects)."""
+    out = []
+    for _ in range(n):
+        idx = rng.sample(range(len(objects)), min(named, len(objects)))
+        parts = [f"a {objects[i]['color']} {objects[i]['shape']}" for i in idx]
+        listed = ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
+        template = rng.choice(("{}", "there is {}", "an image with {}", "{} on a grey background"))
+        out.append((template.format(listed), idx))
+    return out
+
+
+def _write_split_file(out: Path, images: list[dict]) -> None:
+    write_text_atomic(out / "dataset_flickr30k.json", json.dumps({"dataset": "flickr30k", "images": images}))
+
+
+def _positives(images: list[dict], objects: dict[str, list[dict]], named: dict[int, list[int]]) -> list[dict]:
+    """For val and test: every caption with the images, besides its own, that hold all it names
+    (training draws in-batch negatives from the item ids and does not read this file)."""
+    out = []
+    for split in ("val", "test"):
+        imgs = [im for im in images if im["split"] == split]
+        have = {im["filename"]: {(o["color"], o["shape"]) for o in objects[im["filename"]]} for im in imgs}
+        for im in imgs:
+            objs = objects[im["filename"]]
+            for s in im["sentences"]:
+                want = {(objs[i]["color"], objs[i]["shape"]) for i in named[s["sentid"]]}
+                also = [str(other["imgid"]) for other in imgs
+                        if other is not im and want <= have[other["filename"]]]
+                if also:
+                    out.append({"split": split, "text": s["raw"], "item": str(im["imgid"]), "also": also})
+    return out
+
+
+def make_scenes(out: str | Path, sizes: tuple[int, int, int] = (1000, 100, 100), pretrain: tuple[int, int] = (0, 0),
+                image_size: int = 32, grid: int = 4, objects: int = 5, named: int = 3, seed: int = 0) -> Path:
+    """Write the scenes task under ``out``; returns ``out``.
+
+    Args:
+        sizes: images in train, val and test (5 captions each).
+        pretrain: images in the pretraining split's train and val (``out/pretrain``); (0, 0) for none.
+        image_size: canvas side in pixels; ``grid`` x ``grid`` cells, one object per cell at most.
+        objects: objects per image (distinct colour-shape pairs); ``named``: objects per caption.
+    """
+    if image_size % grid:
+        raise ValueError(f"image_size {image_size} must be a multiple of grid {grid}")
+    if not 1 <= objects <= grid * grid or not 1 <= named <= objects:
+        raise ValueError(f"need 1 <= named ({named}) <= objects ({objects}) <= grid^2 ({grid * grid})")
+    if any(n < 0 for n in (*sizes, *pretrain)):
+        raise ValueError(f"split sizes must be >= 0, got {sizes} and pretrain {pretrain}")
+    out = Path(out)
+    rng = random.Random(f"scenes-{seed}")
+    boxes: dict[str, list[dict]] = {}
+
+    def write(folder: Path, splits: list[tuple[str, int]], first_id: int) -> None:
+        img_dir = folder / "flickr30k-images"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        images, objs, named_by_sent, sentid = [], {}, {}, 0
+        for split, n in splits:
+            for _ in range(n):
+                k = first_id + len(images)
+                name = f"{k:06d}.png"
+                scene = _random_scene(rng, image_size, grid, objects)
+                img = render_scene(scene, image_size, rng.randint(100, 140))
+                with atomic_path(img_dir / name) as tmp:
+                    img.save(tmp, format="PNG")
+                sents = []
+                for text, idx in scene_captions(scene, rng, 5, named):
+                    sents.append({"raw": text, "tokens": text.replace(",", "").split(), "imgid": k, "sentid": sentid})
+                    named_by_sent[sentid] = idx
+                    sentid += 1
+                images.append({"filename": name, "imgid": k, "split": split, "sentids": [s["sentid"] for s in sents],
+                               "sentences": sents})
+                objs[name] = scene
+                boxes[str(folder.relative_to(out) / "flickr30k-images" / name)] = [
+                    {"words": [o["color"], o["shape"]], "box": o["box"]} for o in scene]
+        _write_split_file(folder, images)
+        write_text_atomic(folder / "positives.json", json.dumps(
+                {"format": POSITIVES_FORMAT, "dataset": "flickr30k",
+                 "note": "captions true of more images than their own: an image is listed when it holds every "
+                         "object the caption names", "positives": _positives(images, objs, named_by_sent)}))
+
+    write(out, [("train", sizes[0]), ("val", sizes[1]), ("test", sizes[2])], 0)
+    if sum(pretrain):
+        write(out / "pretrain", [("train", pretrain[0]), ("val", pretrain[1])], sum(sizes))
+    write_text_atomic(out / "boxes.json", json.dumps(
+        {"format": BOXES_FORMAT, "image_size": [image_size, image_size], "grid": grid,
+         "note": "pixel boxes [x0, y0, x1, y1) of each object and the words that name it; keys are paths under "
+                 "this folder", "items": boxes}))
+    return out
