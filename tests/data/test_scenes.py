@@ -1,0 +1,89 @@
+"""The scenes generator: deterministic, boxes that match the drawn pixels, and positives that
+match a brute-force check of which images hold what each caption names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tokenflow.data import load_split
+from tokenflow.data.positives import add_positives
+from tokenflow.data.scenes import SCENE_COLORS, SCENE_SHAPES, make_scenes, render_scene
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scenes")
+    make_scenes(out, (12, 6, 40), pretrain=(10, 4), objects=4, named=2, seed=5)
+    return out
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_deterministic_and_seed_dependent(scenes, tmp_path):
+    again = make_scenes(tmp_path / "a", (12, 6, 40), pretrain=(10, 4), objects=4, named=2, seed=5)
+    assert _digest(again) == _digest(scenes)
+    other = make_scenes(tmp_path / "b", (12, 6, 40), pretrain=(10, 4), objects=4, named=2, seed=6)
+    assert _digest(other) != _digest(scenes)
+
+
+def test_boxes_match_the_drawn_pixels(scenes):
+    boxes = json.loads((scenes / "boxes.json").read_text())
+    assert len(boxes["items"]) == 12 + 6 + 40 + 10 + 4
+    for key, objs in list(boxes["items"].items())[:20]:
+        img = np.asarray(Image.open(scenes / key).convert("RGB")).astype(int)
+        bg = img[img.sum(-1) == np.bincount(img.sum(-1).ravel()).argmax()][0]
+        union = np.zeros(img.shape[:2], bool)
+        for o in objs:
+            color, shape = o["words"]
+            assert color in SCENE_COLORS and shape in SCENE_SHAPES
+            x0, y0, x1, y1 = o["box"]
+            alone = np.asarray(render_scene([{"color": color, "shape": shape, "box": o["box"]}], 32, 0)).astype(int)
+            ys, xs = np.nonzero(alone.sum(-1) != 0)
+            # drawn alone, the object fills its box edge to edge (a triangle's apex and base, a cross's arms)
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1), (key, o)
+            # in the saved image, the object's own colour is where it was drawn alone
+            drawn = alone.sum(-1) != 0
+            assert (np.abs(img[drawn] - np.array(SCENE_COLORS[color])).max(-1) == 0).all(), (key, o)
+            union[y0:y1, x0:x1] = True
+        assert (img[~union] == bg).all()  # nothing outside the boxes but background
+
+
+def _named(caption: str) -> set[tuple[str, str]]:
+    return set(re.findall(rf"\b({'|'.join(SCENE_COLORS)}) ({'|'.join(SCENE_SHAPES)})\b", caption))
+
+
+def test_positives_match_a_brute_force_check(scenes):
+    boxes = json.loads((scenes / "boxes.json").read_text())["items"]
+    split = load_split("flickr30k", scenes, "test")
+    held = [{tuple(o["words"]) for o in boxes[f"flickr30k-images/{p.name}"]} for p in split.item_paths]
+    naive = {(i, k) for k, text in enumerate(split.texts) for i in range(len(split))
+             if _named(text) <= held[i] and i != split.text_item[k]}
+    assert all(len(_named(t)) == 2 for t in split.texts)
+    assert naive  # 40 images of 4 objects out of 32: some captions are true of several
+    got = add_positives(split, scenes / "positives.json", "test")
+    assert set(got.extra_positives) == naive
+    pos = got.positives()
+    assert pos.sum() == len(split.texts) + len(naive)
+    assert got.summary()["texts_with_several_positives"] == len({k for _, k in naive})
+    # val entries never leak into test, and the pretraining folder has its own file
+    assert add_positives(split, scenes / "positives.json", "val").extra_positives == ()
+    assert (scenes / "pretrain" / "positives.json").is_file()
+
+
+def test_bad_sizes_are_named(tmp_path):
+    with pytest.raises(ValueError, match="multiple of grid"):
+        make_scenes(tmp_path, (2, 2, 2), image_size=30)
+    with pytest.raises(ValueError, match="named"):
+        make_scenes(tmp_path, (2, 2, 2), objects=2, named=3)
