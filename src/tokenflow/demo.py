@@ -58,6 +58,15 @@ PRESETS = {
            "batch_size": 32, "lr": 1e-3, "lr_finetune": 3e-4},
 }
 VIDEO_FRAMES = 6
+
+
+def _preset(quick: bool, videos: bool) -> dict:
+    """The budget; videos (6 frames each) get a quarter of the images' training items."""
+    p = dict(PRESETS[quick])
+    if videos:
+        p["pretrain"] = (p["pretrain"][0] // 4, p["pretrain"][1] // 2)
+        p["sizes"] = (p["sizes"][0] // 4, p["sizes"][1] // 2, p["sizes"][2] // 4)
+    return p
 SCENES = {"objects": 4, "named": 2}  # objects per image, objects named per caption
 
 
@@ -285,7 +294,7 @@ def _run_group(task: str, seed: int, out: str, quick: bool, videos: bool, method
     if threads:
         torch.set_num_threads(threads)
     tag = f"[{task} seed {seed}]"
-    p = PRESETS[quick]
+    p = _preset(quick, videos)
     out = Path(out)
     t0 = time.perf_counter()
     where = _make_task_data(task, out / "data" / task / f"seed-{seed}", p, seed, videos)
@@ -373,7 +382,7 @@ def format_seed_table(summary: Sequence[dict], task: str, title: str = "") -> st
     return "\n".join(lines) + "\n"
 
 
-def _figures(out: Path, summary: list[dict], rows: list[dict], videos: bool, n: int, log) -> list[str]:
+def _figures(out: Path, summary: list[dict], videos: bool, n: int, log) -> list[str]:
     """Explanation figures for ``n`` test pairs of seed 0's scenes model of the plan that points best."""
     from .data import load_split
     from .eval.pointing import boxes_for, read_boxes
@@ -423,7 +432,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
         log("tokenflow demo: --videos runs the bindings task only (scenes has no video form yet)")
     out = Path(out)
     _prepare_out(out)
-    p = PRESETS[quick]
+    p = _preset(quick, videos)
     groups = [(t, s) for t in tasks for s in range(seed, seed + seeds)]
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(groups)))
@@ -449,7 +458,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
     order = {m: i for i, m in enumerate(methods)}
     rows.sort(key=lambda r: (tasks.index(r["task"]), order[r["method"]], r["seed"]))
     summary = summarise(rows)
-    figures = _figures(out, summary, rows, videos, explain_pairs, log)
+    figures = _figures(out, summary, videos, explain_pairs, log)
     date = _dt.date.today().isoformat()
     meta = {"tokenflow_version": __version__, "date": date, "machine": machine(), "tasks": tasks,
             "seeds": list(range(seed, seed + seeds)), "quick": quick, "videos": videos, "methods": methods,
