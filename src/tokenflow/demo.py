@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -166,7 +167,9 @@ def run_methods(base: dict, methods: Sequence[str], runs: Path, *, log=print,
         row = {"method": method, "t2v": test["metrics"]["t2v"], "v2t": test["metrics"]["v2t"],
                "train_s": round(seconds, 1), "score_s": test["timings"]["score_s"],
                "best_step": summary["best_step"], "steps": summary["steps"],
-               "hparams": (test.get("aligner") or {}).get("hparams", {})}
+               "hparams": (test.get("aligner") or {}).get("hparams", {}),
+               "test_items": test["evaluated"]["items"], "test_texts": test["evaluated"]["texts"],
+               "texts_with_several_positives": test["split"].get("texts_with_several_positives", 0)}
         for k, v in test.items():
             if k.startswith("metrics_folds_"):
                 row[k] = v
@@ -309,28 +312,13 @@ def _run_group(task: str, seed: int, out: str, quick: bool, videos: bool, method
           f"{pre_val['t2v']['R@1']:.1f}, step {summary['best_step']} of {summary['steps']}", flush=True)
     base = _stage_config(where, p, seed, runs, pretrain=False, backbone=str(pre_dir))
     base["data"]["workers"] = workers
-    rows = []
-    for method in methods:
-        data = _method_config(base, method)
-        data["run"]["out"] = str(runs / _folder_name(method))
-        t1 = time.perf_counter()
-        summary = train(load_config(None, data=data))
-        seconds = time.perf_counter() - t1
-        test = json.loads((runs / _folder_name(method) / "test.json").read_text())
-        row = {"task": task, "seed": seed, "method": method, "t2v": test["metrics"]["t2v"],
-               "v2t": test["metrics"]["v2t"], "train_s": round(seconds, 1), "score_s": test["timings"]["score_s"],
-               "best_step": summary["best_step"], "steps": summary["steps"],
-               "hparams": (test.get("aligner") or {}).get("hparams", {}),
-               "texts_with_several_positives": test["split"].get("texts_with_several_positives", 0),
-               "test_items": test["evaluated"]["items"], "test_texts": test["evaluated"]["texts"],
-               "pretrained_from": str(pre_dir), "pretrained_sha256": digest}
-        name = parse_method(method)[0]
-        if task == "scenes" and is_token_plan(name):
-            row["pointing"] = _pointing_of(runs / _folder_name(method) / "best", where, where["dataset"])
-        rows.append(row)
-        pt = f"  pointing {row['pointing']['accuracy']:5.1f} %" if "pointing" in row else ""
-        print(f"{tag} {method:<10} t2v R@1 {row['t2v']['R@1']:5.1f}  v2t R@1 {row['v2t']['R@1']:5.1f}{pt}  "
-              f"train {seconds:5.1f} s", flush=True)
+    rows = run_methods(base, methods, runs, log=lambda line: print(f"{tag} {line}", flush=True))
+    for row in rows:
+        row.update({"task": task, "seed": seed, "pretrained_from": str(pre_dir), "pretrained_sha256": digest})
+        if task == "scenes" and is_token_plan(parse_method(row["method"])[0]):
+            row["pointing"] = _pointing_of(runs / _folder_name(row["method"]) / "best", where, where["dataset"])
+            print(f"{tag} {row['method']:<10} pointing {row['pointing']['accuracy']:5.1f} % (chance "
+                  f"{row['pointing']['chance']:.1f} %)", flush=True)
     if _digest(pre_dir) != digest:
         raise RuntimeError(f"{pre_dir} changed during the fine-tunes; the pretrained cache must stay as written")
     return rows
@@ -338,10 +326,8 @@ def _run_group(task: str, seed: int, out: str, quick: bool, videos: bool, method
 
 # -- tables -------------------------------------------------------------------------------------
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return mean, std
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarise(rows: Sequence[dict]) -> list[dict]:
@@ -386,6 +372,7 @@ def _figures(out: Path, summary: list[dict], videos: bool, n: int, log) -> list[
     """Explanation figures for ``n`` test pairs of seed 0's scenes model of the plan that points best."""
     from .data import load_split
     from .eval.pointing import boxes_for, read_boxes
+    from .models.retrieval import RetrievalModel
     from .viz import explain, render
 
     scored = [s for s in summary if s["task"] == "scenes" and "pointing" in s]
@@ -394,13 +381,14 @@ def _figures(out: Path, summary: list[dict], videos: bool, n: int, log) -> list[
     best = max(scored, key=lambda s: s["pointing"][0])
     seed = min(best["seeds"])
     where = out / "data" / "scenes" / f"seed-{seed}"
-    model_dir = out / "runs" / "scenes" / f"seed-{seed}" / _folder_name(best["method"]) / "best"
+    model = RetrievalModel.from_pretrained(out / "runs" / "scenes" / f"seed-{seed}" / _folder_name(best["method"])
+                                           / "best")
     test = load_split("flickr30k", where, "test")
     boxes = read_boxes(where / "boxes.json")
     figures = []
     for i in range(min(n, len(test))):
         k = test.text_item.index(i)
-        expl = explain(model_dir, test.item_paths[i], test.texts[k])
+        expl = explain(model, test.item_paths[i], test.texts[k])
         pt = expl.pointing(boxes_for(boxes, test.item_paths[i]))
         path = render(expl, out / f"explain-{_folder_name(best['method'])}-{i}.png")
         figures.append(str(path))

@@ -115,15 +115,10 @@ def pointing(flow: Tensor, c: Tensor, tokens: list[str], objects: list[dict], gr
 
 def read_boxes(path: str | Path) -> dict:
     """A boxes sidecar, checked; errors name the file and the field."""
-    import json
+    from ..data.base import read_json
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"boxes file {path} not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "boxes file")
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("items"), dict):
         raise ValueError(f"{path}: expected an object with \"format\": \"{FORMAT}\" and an 'items' mapping")
     size = data.get("image_size")
