@@ -29,7 +29,7 @@ import torch
 
 from . import __version__
 from .align import Tokens, aligner_for, list_aligners
-from .align.base import work_dtype
+from .align.block import work_dtype
 from .utils import write_text_atomic
 
 FAST_PLANS = ("uniform", "learnable", "scan", "max-avg", "max-sum", "tokenflow")

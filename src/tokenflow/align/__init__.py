@@ -1,20 +1,15 @@
-"""Token-level alignment: ``Tokens`` in, a plan, scores out (DESIGN.md sections 1-3)."""
+"""Token-level alignment: ``Tokens`` in, a plan, scores out (DESIGN.md sections 1-3).
 
-from . import (  # noqa: F401  (registration)
-    assignment,
-    emd,
-    learnable,
-    max_avg,
-    max_sum,
-    omit,
-    partial_ot,
-    scan,
-    sets,
-    sinkhorn,
-    tokenflow,
-    uniform,
-)
-from .base import Aligner, Plan, Scores, Tokens
-from .registry import aligner_for, get_aligner, list_aligners, register_aligner
+Plans are registered by name; each plan's module is imported the first time one of its names is
+asked for (:mod:`tokenflow.align.registry`).
+"""
 
-__all__ = ["Aligner", "Plan", "Scores", "Tokens", "aligner_for", "get_aligner", "list_aligners", "register_aligner"]
+from ..tokens import Tokens
+from .base import Aligner
+from .registry import aligner_for, get_aligner, get_aligner_class, is_token_plan, list_aligners, register_aligner
+from .results import Plan, Scores
+
+__all__ = [
+    "Aligner", "Plan", "Scores", "Tokens", "aligner_for", "get_aligner", "get_aligner_class", "is_token_plan",
+    "list_aligners", "register_aligner",
+]

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import BlockContext
+from .block import BlockContext
 
 LOG2E = 1.0 / math.log(2.0)
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ._ops import safe_log
-from .base import Tokens
+from ..tokens import Tokens
 
 
 def check_entropic(plan: str, eps: float, n_iter: int) -> None:

@@ -1,377 +1,63 @@
-"""The alignment scheme shared by every plan (TokenFlow paper, section 3.2).
+"""The base class of every plan, and the protocol of methods that bring their own training losses.
 
 A visual input i and a text j each bring token features, a mask of real tokens and a global
-feature. Their token-wise similarity is ``c[s, t] = mu_s . omega_t`` (eq 7). A *plan* is a pair
-of weight matrices ``T_v2t`` and ``T_t2v`` over the real tokens (eq 8-9), and the two
-fine-grained scores are
+feature (:class:`~tokenflow.tokens.Tokens`). Their token-wise similarity is
+``c[s, t] = mu_s . omega_t`` (eq 7 of the TokenFlow paper, section 3.2). A *plan* is a pair of
+weight matrices ``T_v2t`` and ``T_t2v`` over the real tokens (eq 8-9), and the two fine-grained
+scores are
 
     s_v2t = sum_{s,t} c[s, t] * T_v2t[s, t]        s_t2v = sum_{s,t} c[s, t] * T_t2v[s, t]
 
 Orientation is always [visual, text]: score matrices are [N_visual, N_text]. ``s_v2t`` ranks the
 texts of a visual query (a row), ``s_t2v`` ranks the visual items of a text query (a column).
-
-Layout used inside a block of n visual x m text items: token similarities are kept as
-``c[i, s, j, t]`` with shape [n, L1, m, L2], which is exactly what one matrix multiply
-``[n*L1, D] @ [D, m*L2]`` produces, so no transpose or copy is needed. Reductions over text
-tokens run over dim 3, over visual tokens over dim 1.
+The block layout and shared kernels live in :mod:`tokenflow.align.block`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_BLOCK_ELEMENTS", "Aligner", "BlockContext", "Plan", "Scores", "Tokens"]
+from ..tokens import Tokens
+from .block import DEFAULT_BLOCK_ELEMENTS, BlockContext, global_weights, token_sim, work_dtype
+from .results import Plan, Scores
 
-# Token-pair elements ([n, L1, m, L2]) scored at once by default: 2**21 fp32 values are 8 MiB
-# per buffer (a block keeps about three alive). Large enough that the block's matrix multiply
-# runs near full speed, small enough to stay in the last-level cache; on the 2-core benchmark
-# machine 2**21 beat 2**19 and 2**20 for tokenflow (benchmarks/RESULTS.md).
-DEFAULT_BLOCK_ELEMENTS = 2**21
-
-IndexLike = int | slice | Sequence[int] | Tensor
+__all__ = ["Aligner", "BlockContext", "LossInputs", "Plan", "Scores", "Tokens", "TrainingLosses"]
 
 
 @dataclass(frozen=True)
-class Tokens:
-    """Token features of a batch of items of one modality.
+class LossInputs:
+    """What a method's own training losses see of a batch.
 
     Attributes:
-        feats: [N, L, D] token features (patches, frames or words), padding anywhere.
-        mask: bool [N, L], True where a token is real.
-        pooled: [N, D] global feature of each item (CLIP's class / EOS feature).
-
-    Shapes and dtypes are checked on construction (no device sync); values (NaN, Inf, rows with
-    no real token) are checked by :meth:`check_values`, which the aligners call by default.
-    Integer indexing keeps the batch dimension: ``vis[3]`` is a ``Tokens`` of one item.
+        vis, txt: this process's visual items and texts.
+        vis_cols, txt_cols: the contrasted columns (gathered over processes; their global
+            features are used).
+        targets_v2t, targets_t2v: the targets of the main contrastive loss.
+        logit_scale: the main loss's temperature (1 / tau).
     """
 
-    feats: Tensor
-    mask: Tensor
-    pooled: Tensor
-
-    def __post_init__(self) -> None:
-        for name in ("feats", "mask", "pooled"):
-            if not isinstance(getattr(self, name), Tensor):
-                raise TypeError(f"Tokens.{name} must be a torch.Tensor, got {type(getattr(self, name)).__name__}")
-        f, m, p = self.feats, self.mask, self.pooled
-        if f.dim() != 3:
-            raise ValueError(f"Tokens.feats must have shape [N, L, D], got {tuple(f.shape)}")
-        if not f.is_floating_point():
-            raise ValueError(f"Tokens.feats must be a floating tensor, got {f.dtype}")
-        if m.dtype != torch.bool:
-            raise ValueError(f"Tokens.mask must be a bool tensor (True = real token), got {m.dtype}")
-        if tuple(m.shape) != tuple(f.shape[:2]):
-            raise ValueError(
-                f"Tokens.mask must have shape [N, L] = {tuple(f.shape[:2])} to match feats {tuple(f.shape)}, "
-                f"got {tuple(m.shape)}"
-            )
-        if tuple(p.shape) != (f.shape[0], f.shape[2]):
-            raise ValueError(
-                f"Tokens.pooled must have shape [N, D] = {(f.shape[0], f.shape[2])} to match feats "
-                f"{tuple(f.shape)}, got {tuple(p.shape)}"
-            )
-        if p.dtype != f.dtype:
-            raise ValueError(f"Tokens.pooled dtype {p.dtype} differs from feats dtype {f.dtype}")
-        if not (f.device == m.device == p.device):
-            raise ValueError(f"Tokens tensors are on different devices: {f.device}, {m.device}, {p.device}")
-
-    def __len__(self) -> int:
-        return self.feats.shape[0]
-
-    def __getitem__(self, idx: IndexLike) -> Tokens:
-        if isinstance(idx, int):
-            if not -len(self) <= idx < len(self):
-                raise IndexError(f"index {idx} out of range for Tokens of length {len(self)}")
-            start = idx % len(self)
-            idx = slice(start, start + 1)
-        return Tokens(self.feats[idx], self.mask[idx], self.pooled[idx])
-
-    @property
-    def dim(self) -> int:
-        """Feature size D."""
-        return self.feats.shape[2]
-
-    @property
-    def lengths(self) -> Tensor:
-        """[N] number of real tokens per item (int64)."""
-        return self.mask.sum(1)
-
-    @property
-    def device(self) -> torch.device:
-        return self.feats.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.feats.dtype
-
-    def to(self, *args, **kwargs) -> Tokens:
-        """Like ``Tensor.to``: moves all three tensors; a dtype applies to feats and pooled only."""
-        feats = self.feats.to(*args, **kwargs)
-        pooled = self.pooled.to(*args, **kwargs)
-        return Tokens(feats, self.mask.to(feats.device), pooled)
-
-    def detach(self) -> Tokens:
-        return Tokens(self.feats.detach(), self.mask, self.pooled.detach())
-
-    @staticmethod
-    def cat(parts: Sequence[Tokens]) -> Tokens:
-        """Concatenate along the batch, padding every part to the longest L (zeros, masked out)."""
-        if not parts:
-            raise ValueError("Tokens.cat needs at least one Tokens")
-        length = max(p.feats.shape[1] for p in parts)
-        feats, masks = [], []
-        for p in parts:
-            pad = length - p.feats.shape[1]
-            feats.append(torch.nn.functional.pad(p.feats, (0, 0, 0, pad)))
-            masks.append(torch.nn.functional.pad(p.mask, (0, pad), value=False))
-        return Tokens(torch.cat(feats), torch.cat(masks), torch.cat([p.pooled for p in parts]))
-
-    def zero_padding(self) -> Tokens:
-        """The same tokens with padded features set to exactly zero (NaN or junk in padding is dropped)."""
-        feats = torch.where(self.mask.unsqueeze(-1), self.feats, self.feats.new_zeros(()))
-        return Tokens(feats, self.mask, self.pooled)
-
-    def check_values(self, name: str = "tokens") -> None:
-        """Raise ``ValueError`` for a row without real tokens or NaN/Inf in real tokens or pooled.
-
-        This reads the tensors back to the host (one device sync); training loops that build
-        their own tokens may skip it with ``check=False`` on the aligner call.
-        """
-        empty = ~self.mask.any(1)
-        if bool(empty.any()):
-            rows = torch.nonzero(empty).flatten()[:5].tolist()
-            raise ValueError(f"{name}: item(s) {rows} have no real token (mask is all False)")
-        step = 1024  # in slices, so that checking adds no memory proportional to the collection
-        bad_tok = torch.cat(
-            [(~torch.isfinite(self.feats[i : i + step])).any(-1) for i in range(0, len(self), step)]
-        ) & self.mask
-        if bool(bad_tok.any()):
-            i, s = torch.nonzero(bad_tok)[0].tolist()
-            raise ValueError(f"{name}: feats has NaN or Inf at item {i}, real token {s}")
-        bad_pool = (~torch.isfinite(self.pooled)).any(-1)
-        if bool(bad_pool.any()):
-            i = int(torch.nonzero(bad_pool)[0])
-            raise ValueError(f"{name}: pooled has NaN or Inf at item {i}")
+    vis: Tokens
+    txt: Tokens
+    vis_cols: Tokens
+    txt_cols: Tokens
+    targets_v2t: Tensor
+    targets_t2v: Tensor
+    logit_scale: Tensor
 
 
-@dataclass(frozen=True)
-class Scores:
-    """Fine-grained scores of all pairs, both [N_visual, N_text].
+@runtime_checkable
+class TrainingLosses(Protocol):
+    """An aligner with losses of its own (the set methods): training adds each weighted term to
+    the contrastive loss. Token plans do not implement it."""
 
-    ``v2t`` is s^V of the paper (eq 8; ranks texts for a visual query, row-wise) and ``t2v`` is
-    s^T (eq 9; ranks visual items for a text query, column-wise).
-    """
-
-    v2t: Tensor
-    t2v: Tensor
-
-    def direction(self, which: str) -> Tensor:
-        """``"v2t"``, ``"t2v"`` or ``"mean"`` (average of both)."""
-        if which == "v2t":
-            return self.v2t
-        if which == "t2v":
-            return self.t2v
-        if which == "mean":
-            return 0.5 * (self.v2t + self.t2v)
-        raise ValueError(f"direction must be 'v2t', 't2v' or 'mean', got {which!r}")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The explanation of one match, over real tokens only ([l1, l2] each).
-
-    Attributes:
-        c: token similarities mu_s . omega_t (eq 7).
-        v2t: weights T^V (eq 8); ``(c * v2t).sum()`` is the visual-to-text score.
-        t2v: weights T^T (eq 9); ``(c * t2v).sum()`` is the text-to-visual score.
-        d: [l1] visual token weights mu_s . omega_bar (eq 14).
-        e: [l2] text token weights mu_bar . omega_t (eq 14).
-    """
-
-    c: Tensor
-    v2t: Tensor
-    t2v: Tensor
-    d: Tensor
-    e: Tensor
-
-    @property
-    def score_v2t(self) -> Tensor:
-        return (self.c * self.v2t).sum()
-
-    @property
-    def score_t2v(self) -> Tensor:
-        return (self.c * self.t2v).sum()
-
-
-# ----------------------------------------------------------------------------------------------
-# Block helpers: every tensor below is in the [n, L1, m, L2] layout or broadcastable to it.
-
-
-def token_sim(v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> Tensor:
-    """c[i, s, j, t] = mu_is . omega_jt (eq 7) as [n, L1, m, L2] in the working dtype, one matrix
-    multiply. With a no-grad ``ctx`` the result lives in a reused scratch buffer."""
-    n, l1, dim = v.feats.shape
-    return _sim(v.feats.reshape(n * l1, dim), t, ctx, "c").view(n, l1, len(t), t.feats.shape[1])
-
-
-def token_sim_and_e(v: Tokens, t: Tokens, ctx: BlockContext) -> tuple[Tensor, Tensor]:
-    """``token_sim`` and e[i, j, t] = mu_bar_i . omega_jt (eq 14) from ONE matrix multiply: each
-    visual item's global feature rides along as an extra token row, which is cheaper than a
-    separate, skinny [n, D] x [D, m*L2] multiply. Returns c [n, L1, m, L2] and e [n, 1, m, L2]."""
-    n, l1, dim = v.feats.shape
-    aug = ctx.per_visual_block(v, "feats+pooled", lambda: torch.cat([v.feats, v.pooled[:, None]], 1))
-    full = _sim(aug.reshape(n * (l1 + 1), dim), t, ctx, "c+e").view(n, l1 + 1, len(t), t.feats.shape[1])
-    return full[:, :l1], full[:, l1:]
-
-
-@functools.cache
-def half_matmul_is_slow(dtype: torch.dtype) -> bool:
-    """Whether this CPU multiplies ``dtype`` (bf16 / fp16) matrices slower than fp32 ones.
-
-    CPUs without native bf16 units emulate it (on the 2-core AVX2 benchmark machine a bf16
-    multiply ran at about 1/8 of fp32), while CPUs with AVX512-BF16 or AMX are faster in bf16.
-    Measured once per process on a small multiply (a few milliseconds).
-    """
-    a = torch.randn(256, 512)
-    b = torch.randn(512, 512)
-
-    def best(x: Tensor, y: Tensor) -> float:
-        x @ y
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            x @ y
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    return best(a.to(dtype), b.to(dtype)) > best(a, b)
-
-
-def _sim(a: Tensor, t: Tokens, ctx: BlockContext | None, name: str) -> Tensor:
-    m, l2, dim = t.feats.shape
-    b = t.feats.reshape(m * l2, dim)
-    wd = work_dtype(a.dtype)
-    if wd != a.dtype and a.device.type == "cpu" and half_matmul_is_slow(a.dtype):
-        # Same bf16 / fp16 values, multiplied in fp32: exact products, and faster on this CPU.
-        a, b = a.to(wd), b.to(wd)
-    if ctx is None:
-        return (a @ b.T).to(wd)
-    c = torch.mm(a, b.T, out=ctx.out(name + "_in", (a.shape[0], m * l2), a.dtype))
-    if wd != a.dtype:
-        c = c.to(wd) if not ctx.reuse else ctx.scratch(name, (a.shape[0], m * l2), wd).copy_(c)
-    return c
-
-
-def global_weights(v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
-    """Eq 14 for every pair: d[i, s, j] = mu_is . omega_bar_j as [n, L1, m, 1] and
-    e[i, j, t] = mu_bar_i . omega_jt as [n, 1, m, L2]. Zero at padding when padding is zeroed."""
-    n, m, l2, dim = len(v), len(t), t.feats.shape[1], t.dim
-    e = (v.pooled @ t.feats.reshape(m * l2, dim).T).view(n, 1, m, l2)
-    return visual_weights(v, t), e
-
-
-def visual_weights(v: Tokens, t: Tokens) -> Tensor:
-    """d[i, s, j] = mu_is . omega_bar_j (eq 14) as [n, L1, m, 1]."""
-    n, l1, dim = v.feats.shape
-    return (v.feats.reshape(n * l1, dim) @ t.pooled.T).view(n, l1, len(t), 1)
-
-
-def mask_bias(v: Tokens, t: Tokens, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Additive masks, 0 at real tokens and -inf at padding: visual [n, L1, 1, 1], text [1, 1, m, L2]."""
-    ninf = torch.tensor(float("-inf"), dtype=dtype, device=v.device)
-    zero = torch.zeros((), dtype=dtype, device=v.device)
-    bv = torch.where(v.mask, zero, ninf)[:, :, None, None]
-    bt = torch.where(t.mask, zero, ninf)[None, None, :, :]
-    return bv, bt
-
-
-def real_lengths(v: Tokens, t: Tokens, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """l1 as [n, 1] and l2 as [1, m], in ``dtype``."""
-    return v.mask.sum(1).to(dtype)[:, None], t.mask.sum(1).to(dtype)[None, :]
-
-
-def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Softmax, transport and reductions run in float32 for half-precision inputs."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-class BlockContext:
-    """What the blocks of one ``pairwise`` call share: reusable scratch buffers (only when no
-    gradient is recorded; autograd needs every intermediate) and statistics of the whole
-    collections ``vis`` and ``txt``, computed once: whether either side has padding, and the
-    largest token / global feature norms, which bound every softmax exponent so that a plan
-    can skip the max-shift safely."""
-
-    def __init__(self, vis: Tokens, txt: Tokens, needs_grad: bool | None = None) -> None:
-        self.vis, self.txt = vis, txt
-        if needs_grad is None:
-            needs_grad = torch.is_grad_enabled() and any(
-                x.requires_grad for x in (vis.feats, vis.pooled, txt.feats, txt.pooled)
-            )
-        self.reuse = not needs_grad
-        self._bufs: dict[str, Tensor] = {}
-        self._norms: tuple[float, float, float, float] | None = None
-        self._memo_key: tuple | None = None
-        self._memo = None
-        self.vis_padded = not bool(vis.mask.all())
-        self.txt_padded = not bool(txt.mask.all())
-
-    def scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        """An uninitialised [shape] tensor; the same memory is handed out again for ``name``."""
-        numel = math.prod(shape)
-        if not self.reuse:
-            return torch.empty(shape, dtype=dtype, device=self.vis.device)
-        buf = self._bufs.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            buf = self._bufs[name] = torch.empty(numel, dtype=dtype, device=self.vis.device)
-        return buf[:numel].view(shape)
-
-    def per_visual_block(self, v: Tokens, name: str, make):
-        """``make()`` computed once per visual block (the same ``v`` meets every text block)."""
-        # Keep ``v`` itself, not its id: an id can be reused once its object is freed.
-        if self._memo_key is None or self._memo_key[0] != name or self._memo_key[1] is not v:
-            self._memo_key, self._memo = (name, v), make()
-        return self._memo
-
-    def out(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor | None:
-        """A scratch buffer for an ``out=`` argument, or ``None`` (a fresh tensor) under autograd."""
-        return self.scratch(name, shape, dtype) if self.reuse else None
-
-    @property
-    def norms(self) -> tuple[float, float, float, float]:
-        """Largest norms of visual tokens, visual globals, text tokens, text globals."""
-        if self._norms is None:
-            def norm(x: Tensor) -> Tensor:  # accumulated in fp32 without an fp32 copy of x
-                return torch.linalg.vector_norm(x, dim=-1, dtype=work_dtype(x.dtype)).float()
-
-            def token_max(tok: Tokens) -> Tensor:  # over real tokens only: padding may hold junk
-                return torch.where(tok.mask, norm(tok.feats), 0.0).amax()
-
-            stats = torch.stack(
-                [token_max(self.vis), norm(self.vis.pooled).amax(), token_max(self.txt), norm(self.txt.pooled).amax()]
-            )
-            self._norms = tuple(stats.tolist())
-        return self._norms
-
-    def exp2_is_safe(self, bound: float, length: int, dtype: torch.dtype) -> bool:
-        """Whether 2**x cannot overflow or vanish for |x| <= ``bound`` summed over ``length``
-        terms weighted by |c| <= (token norm product), so no max-shift is needed."""
-        if not math.isfinite(bound):
-            return False
-        limit = 60.0 if dtype == torch.float32 else 500.0
-        nv, _, nt, _ = self.norms
-        return bound <= limit and bound + math.log2(length * nv * nt + 1.0) <= 2 * limit
-
-
-# ----------------------------------------------------------------------------------------------
+    def training_losses(self, batch: LossInputs) -> dict[str, tuple[float, Tensor]]:
+        """name -> (weight, value) for a training batch."""
+        ...
 
 
 class Aligner(nn.Module):
@@ -476,11 +162,6 @@ class Aligner(nn.Module):
         sv, st = v.mask[0], t.mask[0]
         pick = lambda x: x[0, :, 0, :][sv][:, st]
         return Plan(c=pick(c), v2t=pick(tv), t2v=pick(tt), d=d[0, :, 0, 0][sv].to(wd), e=e[0, 0, 0, :][st].to(wd))
-
-    def auxiliary_losses(self, vis: Tokens, txt: Tokens, vis_cols: Tokens, txt_cols: Tokens, targets_v2t: Tensor,
-                         targets_t2v: Tensor, logit_scale: Tensor) -> dict[str, tuple[float, Tensor]]:
-        """Extra training losses of this method for a batch, name -> (weight, value); none here."""
-        return {}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _check_pair(self, vis: Tokens, txt: Tokens, check: bool) -> None:

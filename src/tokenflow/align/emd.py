@@ -18,7 +18,9 @@ from torch import Tensor
 
 from ._ops import normalise_mass
 from ._ot import per_pair_plans
-from .base import Aligner, Tokens, global_weights
+from ..tokens import Tokens
+from .base import Aligner
+from .block import global_weights
 from .registry import register_aligner
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Aligner, BlockContext, Tokens, work_dtype
+from ..tokens import Tokens
+from .base import Aligner
+from .block import BlockContext, work_dtype
 from .registry import register_aligner
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Aligner, BlockContext, Tokens, mask_bias, real_lengths, token_sim
+from ..tokens import Tokens
+from .base import Aligner
+from .block import BlockContext, mask_bias, real_lengths, token_sim
 from .registry import register_aligner
 
 

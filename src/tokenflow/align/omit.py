@@ -42,7 +42,8 @@ from torch import Tensor
 
 from ._ops import safe_log
 from ._ot import check_entropic, dummy_point_plan, log_sinkhorn, per_pair_plans
-from .base import Aligner, Tokens
+from ..tokens import Tokens
+from .base import Aligner
 from .partial_ot import uniform_marginals
 from .registry import register_aligner
 

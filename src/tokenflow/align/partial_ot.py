@@ -20,7 +20,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from ._ot import check_entropic, dummy_point_plan
-from .base import Aligner, Tokens
+from ..tokens import Tokens
+from .base import Aligner
 from .emd import transport_marginals
 from .registry import register_aligner
 

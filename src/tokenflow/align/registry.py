@@ -1,14 +1,37 @@
-"""Name -> aligner registry (the ``register_model`` pattern of timm)."""
+"""Name -> aligner registry (the ``register_model`` pattern of timm).
+
+The built-in plans are listed by name with the module that defines them, and a module is
+imported only when one of its names is asked for: ``get_aligner("max-avg")`` loads neither
+POT nor scipy, which only the transport plans need.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import TypeVar
 
 from .base import Aligner
 
-__all__ = ["aligner_for", "get_aligner", "is_token_plan", "list_aligners", "register_aligner"]
+__all__ = ["aligner_for", "get_aligner", "get_aligner_class", "is_token_plan", "list_aligners", "register_aligner"]
+
+#: Built-in names and the module (under ``tokenflow.align``) that registers each.
+BUILTIN: dict[str, str] = {
+    "assignment": "assignment",
+    "dive": "sets",
+    "emd": "emd",
+    "learnable": "learnable",
+    "max-avg": "max_avg",
+    "max-sum": "max_sum",
+    "mpa": "sets",
+    "omit": "omit",
+    "partial-ot": "partial_ot",
+    "scan": "scan",
+    "sinkhorn": "sinkhorn",
+    "tokenflow": "tokenflow",
+    "uniform": "uniform",
+}
 
 _REGISTRY: dict[str, type[Aligner]] = {}
 A = TypeVar("A", bound=type[Aligner])
@@ -20,6 +43,8 @@ def register_aligner(name: str) -> Callable[[A], A]:
     def deco(cls: A) -> A:
         if name in _REGISTRY:
             raise ValueError(f"aligner {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        if name in BUILTIN and not cls.__module__.startswith(f"{__package__}."):
+            raise ValueError(f"aligner {name!r} is a built-in name; register yours under another")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -28,15 +53,28 @@ def register_aligner(name: str) -> Callable[[A], A]:
 
 
 def list_aligners() -> list[str]:
-    """Names accepted by :func:`get_aligner`, sorted."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`get_aligner`, sorted (built-in and registered ones)."""
+    return sorted(set(BUILTIN) | set(_REGISTRY))
+
+
+def get_aligner_class(name: str) -> type[Aligner]:
+    """The class registered as ``name`` (importing its module on first use).
+
+    Raises ``ValueError`` naming the valid choices for an unknown name.
+    """
+    if name not in _REGISTRY and name in BUILTIN:
+        importlib.import_module(f"{__package__}.{BUILTIN[name]}")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown aligner {name!r}; choose one of {', '.join(list_aligners())}")
+    return _REGISTRY[name]
 
 
 def is_token_plan(name: str) -> bool:
     """Whether ``name`` is a registered aligner that weights token pairs (it has a patch-word plan
     to explain); False for set methods and unknown names."""
-    cls = _REGISTRY.get(name)
-    return cls is not None and bool(cls.token_plan)
+    if name not in BUILTIN and name not in _REGISTRY:
+        return False
+    return bool(get_aligner_class(name).token_plan)
 
 
 def get_aligner(name: str, **hyper) -> Aligner:
@@ -44,9 +82,7 @@ def get_aligner(name: str, **hyper) -> Aligner:
 
     Raises ``ValueError`` naming the valid choices for an unknown name or hyperparameter.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown aligner {name!r}; choose one of {', '.join(list_aligners())}")
-    cls = _REGISTRY[name]
+    cls = get_aligner_class(name)
     params = inspect.signature(cls.__init__).parameters
     valid = [p for p in params if p != "self"]
     unknown = sorted(set(hyper) - set(valid))
@@ -59,7 +95,7 @@ def aligner_for(name: str, hparams: dict | None = None, dim: int | None = None) 
     """:func:`get_aligner` for a backbone of embedding size ``dim``: aligners with learned
     heads over the features (``mpa``, ``dive``) get ``dim`` unless ``hparams`` sets it."""
     hparams = dict(hparams or {})
-    cls = _REGISTRY.get(name)
-    if cls is not None and dim is not None and "dim" in inspect.signature(cls.__init__).parameters:
+    cls = get_aligner_class(name)
+    if dim is not None and "dim" in inspect.signature(cls.__init__).parameters:
         hparams.setdefault("dim", int(dim))
     return get_aligner(name, **hparams)

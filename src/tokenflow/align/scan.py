@@ -14,7 +14,9 @@ import math
 from torch import Tensor
 
 from ._ops import LOG2E, softmax_dot
-from .base import Aligner, BlockContext, Tokens, mask_bias, real_lengths, token_sim
+from ..tokens import Tokens
+from .base import Aligner
+from .block import BlockContext, mask_bias, real_lengths, token_sim
 from .registry import register_aligner
 
 

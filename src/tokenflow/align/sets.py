@@ -36,7 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .assignment import Assignment
-from .base import Aligner, Plan, Scores, Tokens, work_dtype
+from ..losses.set_losses import global_discriminative_loss, intra_set_divergence
+from ..tokens import Tokens
+from .base import Aligner, LossInputs
+from .block import work_dtype
+from .results import Plan, Scores
 from .registry import register_aligner
 
 __all__ = ["DivE", "MaximalPairAssignment", "SetAligner", "SetHead"]
@@ -138,23 +142,18 @@ class SetAligner(Aligner):
     def plans(self, c: Tensor, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{self.name} scores sets of learned embeddings; use plan() for the set-element plan")
 
-    def auxiliary_losses(self, vis: Tokens, txt: Tokens, vis_cols: Tokens, txt_cols: Tokens, targets_v2t: Tensor,
-                         targets_t2v: Tensor, logit_scale: Tensor) -> dict[str, tuple[float, Tensor]]:
-        """The set losses of a training batch: name -> (weight, value).
-
-        ``vis``/``txt`` are this process's items, ``*_cols`` the contrasted columns (their
-        global features are used), targets as for the main loss.
-        """
-        from ..losses.set_losses import global_discriminative_loss, intra_set_divergence
-
+    def training_losses(self, batch: LossInputs) -> dict[str, tuple[float, Tensor]]:
+        """The set losses of a training batch (the :class:`TrainingLosses` protocol): name ->
+        (weight, value), with the main loss's targets and logit scale."""
         out: dict[str, tuple[float, Tensor]] = {}
         if not (self.gd_weight or self.isd_weight):
             return out
-        sv, st = self.sets(vis, txt)
+        sv, st = self.sets(batch.vis, batch.txt)
         if self.gd_weight:
             wd = work_dtype(sv.dtype)
-            gd = global_discriminative_loss(sv.feats.to(wd), st.feats.to(wd), vis_cols.pooled.to(wd),
-                                            txt_cols.pooled.to(wd), logit_scale, targets_v2t, targets_t2v)
+            gd = global_discriminative_loss(sv.feats.to(wd), st.feats.to(wd), batch.vis_cols.pooled.to(wd),
+                                            batch.txt_cols.pooled.to(wd), batch.logit_scale, batch.targets_v2t,
+                                            batch.targets_t2v)
             out["set_gd"] = (self.gd_weight, gd)
         if self.isd_weight:
             m = self.isd_margin

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from ._ops import safe_log
 from ._ot import check_entropic, log_sinkhorn
-from .base import Aligner, Tokens
+from ..tokens import Tokens
+from .base import Aligner
 from .emd import transport_marginals
 from .registry import register_aligner
 

@@ -17,17 +17,10 @@ import math
 import torch
 from torch import Tensor
 
+from ..tokens import Tokens
 from ._ops import LOG2E, softmax_dot
-from .base import (
-    Aligner,
-    BlockContext,
-    Tokens,
-    global_weights,
-    mask_bias,
-    real_lengths,
-    token_sim_and_e,
-    visual_weights,
-)
+from .base import Aligner
+from .block import BlockContext, global_weights, mask_bias, real_lengths, token_sim_and_e, visual_weights
 from .registry import register_aligner
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Aligner, BlockContext, Tokens, real_lengths, work_dtype
+from ..tokens import Tokens
+from .base import Aligner
+from .block import BlockContext, real_lengths, work_dtype
 from .registry import register_aligner
 
 

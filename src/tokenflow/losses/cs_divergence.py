@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..align import Tokens
+from ..tokens import Tokens
 
 __all__ = ["cs_divergence", "cs_divergence_tokens", "median_bandwidth"]
 

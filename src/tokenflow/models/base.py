@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..align import Tokens
+from ..tokens import Tokens
 
 __all__ = ["DualEncoder", "VideoTokens"]
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..align import Tokens
+from ..tokens import Tokens
 
 __all__ = ["DistInfo", "all_gather_grad", "all_gather_tokens", "gather_ids", "gather_sizes", "init_distributed"]
 

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..align import Aligner, Tokens
+from ..align import Aligner
+from ..align.base import LossInputs, TrainingLosses
 from ..losses import FeatureQueue, contrastive_loss, cs_divergence, cs_divergence_tokens, distill_targets, id_targets
 from ..models.base import VideoTokens
 from ..models.retrieval import RetrievalModel
+from ..tokens import Tokens
 from .config import CSConfig
 from .distributed import DistInfo, all_gather_tokens, gather_ids, gather_sizes
 
@@ -162,7 +164,11 @@ class Objective(nn.Module):
             loss = loss + m.w_fine * loss_f
             stats["loss_fine"] = float(loss_f.detach())
             # Method-specific terms (the set losses of mpa/dive), with the hard labels.
-            extra = m.aligner.auxiliary_losses(vis, txt, vis_cols, txt_cols, labels_v2t, labels_t2v, scale)
+            if isinstance(m.aligner, TrainingLosses):
+                extra = m.aligner.training_losses(LossInputs(vis, txt, vis_cols, txt_cols, labels_v2t, labels_t2v,
+                                                             scale))
+            else:
+                extra = {}
             for name, (weight, value) in extra.items():
                 loss = loss + weight * value
                 stats[f"loss_{name}"] = float(value.detach())
