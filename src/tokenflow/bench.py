@@ -19,18 +19,15 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 
 import torch
 
-from . import __version__
 from .align import Tokens, aligner_for, list_aligners
 from .align.block import work_dtype
-from .utils import write_text_atomic
+from .utils import machine_info, write_text_atomic
 
 FAST_PLANS = ("uniform", "learnable", "scan", "max-avg", "max-sum", "tokenflow")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -209,31 +206,11 @@ def bench_one(name: str, cfg: BenchConfig, l1: int, dtype_name: str, gen: torch.
     return row
 
 
-def machine() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "tokenflow": __version__,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def run(cfg: BenchConfig, progress=print, on_row=None) -> dict:
     """Benchmark every (l1, dtype, plan); ``on_row(report)`` sees the report after each row."""
     gen = torch.Generator().manual_seed(cfg.seed)
     rows: list[dict] = []
-    report = {"config": asdict(cfg), "machine": machine(), "rows": rows}
+    report = {"config": asdict(cfg), "machine": machine_info(), "rows": rows}
     for l1 in cfg.l1:
         for dtype_name in cfg.dtypes:
             for name in cfg.aligners:

@@ -20,6 +20,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .._extras import require
+from .errors import MediaError
+from .video import read_video_frames
+
 __all__ = [
     "VIDEO_EXTENSIONS",
     "MediaDataset",
@@ -34,14 +38,6 @@ __all__ = [
 OnError = Literal["fail", "skip"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
-
-
-class MediaError(RuntimeError):
-    """A missing or unreadable image or video: ``path`` and ``reason``."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
 
 
 @dataclass(frozen=True)
@@ -125,6 +121,7 @@ def read_json(path: Path, what: str):
 
 def load_image(path: str | Path):
     """Open an image fully (so truncated files fail here, not later) as RGB; MediaError if not."""
+    require("PIL", "train", "reading images")
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -173,8 +170,6 @@ class MediaDataset(torch.utils.data.Dataset):
         try:
             if self.split.modality == "image":
                 return i, self.preprocess(load_image(path)), None, None
-            from .video import read_video_frames
-
             frames = read_video_frames(path, self.num_frames)
             x = torch.stack([self.preprocess(f) for f in frames])
             out = torch.zeros(self.num_frames, *x.shape[1:], dtype=x.dtype)

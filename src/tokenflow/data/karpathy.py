@@ -73,10 +73,20 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "t
                           protocol={"captions_per_image": captions_per_image})
 
 
+def fold_indices(split: RetrievalSplit, fold_size: int = 1000) -> list[tuple[list[int], list[int]]]:
+    """COCO's 1K protocol as indices: consecutive folds of ``fold_size`` items, each as (its
+    items, the texts of those items), in split order."""
+    n = len(split)
+    if fold_size < 1 or n % fold_size:
+        raise ValueError(f"{split.name}: {n} items do not split into folds of {fold_size}")
+    folds = []
+    for a in range(0, n, fold_size):
+        items = list(range(a, a + fold_size))
+        folds.append((items, [k for k, i in enumerate(split.text_item) if a <= i < a + fold_size]))
+    return folds
+
+
 def coco_1k_folds(split: RetrievalSplit, fold_size: int = 1000) -> list[RetrievalSplit]:
     """COCO 1K protocol: consecutive folds of ``fold_size`` images (5 folds of the 5K test set)."""
-    n = len(split)
-    if n % fold_size:
-        raise ValueError(f"{split.name}: {n} images do not split into folds of {fold_size}")
-    return [split.subset(range(a, a + fold_size), name=f"{split.name}/1k-fold{a // fold_size}")
-            for a in range(0, n, fold_size)]
+    return [split.subset(items, name=f"{split.name}/1k-fold{f}")
+            for f, (items, _) in enumerate(fold_indices(split, fold_size))]

@@ -29,6 +29,7 @@ import json
 import random
 from pathlib import Path
 
+from .._extras import require
 from ..utils import atomic_path, write_text_atomic
 
 __all__ = ["SCENE_COLORS", "SCENE_SHAPES", "make_scenes", "render_scene", "scene_captions"]
@@ -62,6 +63,7 @@ def _draw(draw, color: str, shape: str, box: tuple[int, int, int, int]) -> None:
 def render_scene(objects: list[dict], size: int, background: int):
     """Draw ``objects`` (``color``, ``shape``, pixel ``box`` [x0, y0, x1, y1), exclusive end) on
     a grey canvas; returns a PIL image."""
+    require("PIL", "train", "drawing the scenes")
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (size, size), (background,) * 3)

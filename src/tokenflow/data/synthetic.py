@@ -26,6 +26,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._extras import require
 from ..utils import atomic_path, write_text_atomic
 
 __all__ = ["COLORS", "SHAPES", "make_synthetic"]
@@ -88,6 +89,7 @@ def image_captions(left: Obj, right: Obj) -> list[str]:
 
 
 def _render_image(left: Obj, right: Obj, size: int, rng: random.Random):
+    require("PIL", "train", "drawing the synthetic images")
     from PIL import Image, ImageDraw
 
     bg = tuple(int(v) for v in (rng.randint(90, 140),) * 3)
@@ -114,7 +116,8 @@ def video_captions(first: Obj, second: Obj, d1: str, d2: str) -> list[str]:
 
 def _render_video(path: Path, first: Obj, second: Obj, d1: str, d2: str, size: int, n_frames: int, fps: int,
                   rng: random.Random) -> None:
-    import av
+    av = require("av", "video", "writing the synthetic videos")
+    require("PIL", "train", "drawing the synthetic images")
     from PIL import Image, ImageDraw
 
     step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}

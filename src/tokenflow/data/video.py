@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import MediaError
+from .._extras import require
+from .errors import MediaError
 
 __all__ = ["count_frames", "read_video_frames", "uniform_frame_indices"]
 
@@ -20,7 +21,7 @@ def uniform_frame_indices(n_frames: int, num: int) -> list[int]:
 
 
 def _open(path: Path):
-    import av
+    av = require("av", "video", "reading videos")
 
     if not path.is_file():
         raise MediaError(path, "file not found")
@@ -37,7 +38,7 @@ def _open(path: Path):
 def _decode(path: Path, wanted) -> tuple[dict, int]:
     """Decode ``path`` from the start, keeping the frames whose index is in ``wanted`` (as PIL
     images); stops once all are kept. Returns the kept frames and how many frames were decoded."""
-    import av
+    av = require("av", "video", "reading videos")
 
     container = _open(path)
     try:

@@ -18,8 +18,10 @@ import torch
 from torch import Tensor
 
 from .. import __version__
+from .._extras import require
 from ..align import Aligner, Tokens
 from ..data.base import MediaDataset, OnError, RetrievalSplit, collate_media
+from ..data.karpathy import fold_indices
 from ..models.base import DualEncoder, VideoTokens
 from .metrics import retrieval_metrics
 
@@ -38,6 +40,7 @@ class Encoded:
 
 
 def _progress(total: int, desc: str, enabled: bool):
+    require("tqdm", "train", "progress bars")
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled, file=sys.stderr, leave=False)
@@ -135,15 +138,10 @@ def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | No
                     "total_s": round(time.perf_counter() - t0, 3)},
     }
     if folds:
-        n = len(enc.split)
-        if n % folds:
-            raise ValueError(f"{split.name}: {n} evaluated items do not split into folds of {folds}")
         per_fold = []
-        for a in range(0, n, folds):
-            cols = [k for k, i in enumerate(enc.split.text_item) if a <= i < a + folds]
-            p = pos[a : a + folds][:, cols]
-            per_fold.append({"t2v": retrieval_metrics(sim_t2v[a : a + folds][:, cols].T, p.T),
-                             "v2t": retrieval_metrics(sim_v2t[a : a + folds][:, cols], p)})
+        for items, texts in fold_indices(enc.split, folds):
+            p, v2t, t2v = pos[items][:, texts], sim_v2t[items][:, texts], sim_t2v[items][:, texts]
+            per_fold.append({"t2v": retrieval_metrics(t2v.T, p.T), "v2t": retrieval_metrics(v2t, p)})
         report[f"metrics_folds_{folds}"] = {
             d: {k: sum(f[d][k] for f in per_fold) / len(per_fold) for k in per_fold[0][d]} for d in ("t2v", "v2t")
         }

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from torch import Tensor
 
+from ..data.base import read_json
+
 __all__ = ["Pointing", "boxes_for", "object_words", "pointing", "read_boxes"]
 
 FORMAT = "tokenflow-boxes/1"
@@ -115,8 +117,6 @@ def pointing(flow: Tensor, c: Tensor, tokens: list[str], objects: list[dict], gr
 
 def read_boxes(path: str | Path) -> dict:
     """A boxes sidecar, checked; errors name the file and the field."""
-    from ..data.base import read_json
-
     path = Path(path)
     data = read_json(path, "boxes file")
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("items"), dict):

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._extras import require
 from .base import DualEncoder, eos_positions
 
 __all__ = ["HFCLIP"]
@@ -62,6 +63,7 @@ class HFCLIP(DualEncoder):
                                         "CLIPModel.save_pretrained plus its tokenizer and image processor")
         if not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json")):
             raise FileNotFoundError(f"{folder}: missing the tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+        require("transformers", "clip", "loading a CLIP folder")
         from transformers import CLIPModel, CLIPTokenizer
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 

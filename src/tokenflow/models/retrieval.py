@@ -15,8 +15,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .._extras import require
 from ..align import Aligner, Tokens, get_aligner
+from ..utils import atomic_path, write_text_atomic
 from .base import DualEncoder, VideoTokens
+from .loading import load_backbone
 
 __all__ = ["RetrievalModel", "read_head_config"]
 
@@ -68,9 +71,8 @@ class RetrievalModel(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the backbone folder plus ``tokenflow.json`` (and ``aligner.safetensors``)."""
+        require("safetensors", "train", "saving a model")
         from safetensors.torch import save_file
-
-        from ..utils import atomic_path, write_text_atomic
 
         folder = Path(folder)
         self.backbone.save_pretrained(folder)
@@ -85,9 +87,8 @@ class RetrievalModel(nn.Module):
     def from_pretrained(cls, folder: str | Path) -> RetrievalModel:
         """Load a folder written by :meth:`save_pretrained` (a bare backbone folder gives the
         ``tokenflow`` plan with unit weights)."""
+        require("safetensors", "train", "loading a model")
         from safetensors.torch import load_file
-
-        from . import load_backbone
 
         folder = Path(folder)
         backbone = load_backbone(folder)

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .._extras import require
+from ..utils import atomic_path
 from .base import DualEncoder, eos_positions
 from .transforms import clip_preprocess
 
@@ -159,9 +161,8 @@ class TinyCLIP(DualEncoder):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``vocab.json`` (atomically, each)."""
+        require("safetensors", "train", "saving a model")
         from safetensors.torch import save_file
-
-        from ..utils import atomic_path
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -175,6 +176,7 @@ class TinyCLIP(DualEncoder):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> TinyCLIP:
+        require("safetensors", "train", "loading a model")
         from safetensors.torch import load_file
 
         folder = Path(folder)

@@ -8,12 +8,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._extras import require
+
 __all__ = ["clip_preprocess"]
 
 
 def clip_preprocess(image, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Resize the shortest side to ``size`` (bicubic), centre-crop ``size`` x ``size``, scale to
     [0, 1] and normalise by ``mean`` / ``std``. Returns [3, size, size] float32."""
+    require("PIL", "train", "preprocessing images")
     from PIL import Image
 
     img = image.convert("RGB")

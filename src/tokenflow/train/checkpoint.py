@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._extras import require
 from ..losses import FeatureQueue
 from ..utils import atomic_path
 
@@ -67,6 +68,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
                     state: dict, teacher: nn.Module | None = None,
                     queues: tuple[FeatureQueue, FeatureQueue] | None = None) -> Path:
     """Write the full training state to ``path`` atomically."""
+    require("safetensors", "train", "saving a checkpoint")
     from safetensors.torch import save_file
 
     tensors: dict[str, Tensor] = {}
@@ -98,6 +100,7 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
                     teacher: nn.Module | None = None, queues: tuple[FeatureQueue, FeatureQueue] | None = None,
                     restore_rng: bool = True) -> dict:
     """Restore what :func:`save_checkpoint` wrote into the given objects; returns ``state``."""
+    require("safetensors", "train", "reading a checkpoint")
     from safetensors import safe_open
 
     path = Path(path)

@@ -20,9 +20,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .._extras import require
 from ..align import Aligner, Tokens, aligner_for
 from ..data.base import VIDEO_EXTENSIONS, load_image
+from ..data.video import read_video_frames
+from ..eval.pointing import pointing
 from ..models.retrieval import RetrievalModel
+from ..utils import atomic_path
 
 __all__ = ["Explanation", "explain", "render"]
 
@@ -51,8 +55,6 @@ class Explanation:
     def pointing(self, objects: list[dict]):
         """Pointing accuracy of this plan for the objects' boxes (original-image pixels; see
         :mod:`tokenflow.eval.pointing`)."""
-        from ..eval.pointing import pointing
-
         return pointing(self.flow, self.c, self.tokens, objects, self.grid, self.source_size)
 
     def top_pairs(self, k: int = 5, words_only: bool = True) -> list[dict]:
@@ -119,8 +121,6 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
     device = backbone.device
     media = Path(media)
     if media.suffix.lower() in VIDEO_EXTENSIONS:
-        from ..data.video import read_video_frames
-
         frames = read_video_frames(media, num_frames)
         mid = len(frames) // 2 - 1 if len(frames) > 1 else 0  # 6th of 12, as in the paper
         pixels = torch.stack([backbone.preprocess(f) for f in frames]).unsqueeze(0).to(device)
@@ -150,13 +150,11 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
 
 def render(expl: Explanation, path: str | Path, *, top: int = 4) -> Path:
     """Draw ``expl`` as a PNG at ``path`` (written atomically) in the manner of the paper's figure 4."""
-    import matplotlib
+    matplotlib = require("matplotlib", "viz", "drawing explanation figures")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import ConnectionPatch
-
-    from ..utils import atomic_path
 
     gh, gw = expl.grid
     fig = plt.figure(figsize=(7.5, 7.2), dpi=110)
