@@ -8,7 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._extras import MissingExtra
+from ._version import __version__
+from .data.errors import MediaError
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -170,14 +172,7 @@ def _explain(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tokenflow", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"tokenflow {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    from . import bench
-
-    bench.add_parser(sub)
-
+def _add_make_data(sub) -> None:
     p = sub.add_parser("make-data", help="write the synthetic benchmark (Karpathy JSON + images, MSR-VTT + mp4)")
     p.add_argument("out", type=Path, help="output folder (images/ and videos/ are created in it)")
     p.add_argument("--images", type=_sizes, default=(1000, 100, 100), help="train,val,test images (even counts)")
@@ -190,11 +185,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="also write N unpaired items and N unpaired captions per benchmark (for cs.unpaired_*)")
     p.set_defaults(func=_make_data)
 
+
+def _add_convert_captions(sub) -> None:
     p = sub.add_parser("convert-captions", help="turn MSVD's raw-captions.pkl into JSON without running code")
     p.add_argument("pickle", type=Path)
     p.add_argument("--out", type=Path, default=None, help="default: next to the pickle, .json")
     p.set_defaults(func=_convert)
 
+
+def _add_evaluate(sub) -> None:
     from .align import list_aligners
     from .data import DATASETS
 
@@ -227,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
 
+
+def _add_demo(sub) -> None:
     from .demo import METHODS, QUICK_METHODS, TASKS
 
     p = sub.add_parser("demo", help="compare plans on the synthetic benchmark (nothing to download)")
@@ -244,11 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.set_defaults(func=_demo)
 
+
+def _add_ablate(sub) -> None:
+    from .demo import METHODS
+
     p = sub.add_parser("ablate", help="train and test one config once per plan; one table")
     p.add_argument("--config", required=True, type=Path)
     p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_ablate)
+
+
+def _add_explain(sub) -> None:
+    from .align import list_aligners
 
     p = sub.add_parser("explain", help="figure 4: patch and word weights and the strongest flows of one match")
     p.add_argument("--model", required=True, type=Path, help="a trained model folder (run.out/best)")
@@ -265,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     p.set_defaults(func=_explain)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a backbone with a plan (also under torchrun)",
                        description="Train as the YAML config says; overrides such as optim.lr=1e-6 "
                                    "run.out=runs/x replace any field.")
@@ -273,14 +284,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config keys, value read as YAML")
     p.set_defaults(func=_train)
 
-    args = parser.parse_args(argv)
-    args.argv = argv
-    from .data.base import MediaError
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tokenflow`` parser with every subcommand."""
+    from . import bench
+
+    parser = argparse.ArgumentParser(prog="tokenflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tokenflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench.add_parser(sub)
+    for add in (_add_make_data, _add_convert_captions, _add_evaluate, _add_demo, _add_ablate, _add_explain,
+                _add_train):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError, MediaError) as e:
-        # Bad input (a config, a path, a file that does not decode): the message names it.
+    except (FileNotFoundError, FileExistsError, ValueError, MediaError, MissingExtra) as e:
+        # Bad input (a config, a path, a file that does not decode) or a missing extra: the message names it.
         print(f"tokenflow {args.command}: {e}", file=sys.stderr)
         return 2
 
