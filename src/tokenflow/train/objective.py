@@ -120,6 +120,29 @@ class Objective(nn.Module):
             out["cs_tokens"] = (cs.token_weight, cs_divergence_tokens(vt, tt, cs.sigma))
         return out
 
+    def _distill_targets(self, batch: Batch, teacher: RetrievalModel, info: DistInfo, sizes: list[int],
+                         queues: tuple[FeatureQueue, FeatureQueue] | None, ids_all: Tensor,
+                         labels: tuple[Tensor, Tensor], scale: Tensor) -> tuple[dict, tuple]:
+        """The EMA teacher's soft targets for the global and fine losses (ALBEF-style
+        distillation), and its gathered features to enqueue after the backward pass."""
+        labels_v2t, labels_t2v = labels
+        qv, qt = queues if queues is not None else (None, None)
+        with torch.no_grad():
+            tvis = teacher.encode_visual(batch.pixels, batch.frame_mask, self.video_tokens)
+            ttxt = teacher.encode_text(batch.ids, batch.text_mask)
+            tvis_all = all_gather_tokens(tvis, info, sizes, grad=False)
+            ttxt_all = all_gather_tokens(ttxt, info, sizes, grad=False)
+            tg_v2t, tg_t2v, tf_v2t, tf_t2v = _scores(teacher.aligner, tvis, ttxt, _with_queue(tvis_all, qv),
+                                                     _with_queue(ttxt_all, qt), not info.enabled)
+            s = scale.detach()
+            targets = {
+                "g": (distill_targets(tg_v2t, labels_v2t, s, self.alpha, dim=1),
+                      distill_targets(tg_t2v, labels_t2v, s, self.alpha, dim=0)),
+                "f": (distill_targets(tf_v2t, labels_v2t, s, self.alpha, dim=1),
+                      distill_targets(tf_t2v, labels_t2v, s, self.alpha, dim=0)),
+            }
+        return targets, (tvis_all, ttxt_all, ids_all)
+
     def forward(self, batch: Batch, info: DistInfo = DistInfo(), teacher: RetrievalModel | None = None,
                 queues: tuple[FeatureQueue, FeatureQueue] | None = None) -> StepOutput:
         m = self.model
@@ -140,21 +163,8 @@ class Objective(nn.Module):
         targets = {"g": (labels_v2t, labels_t2v), "f": (labels_v2t, labels_t2v)}
         enqueue = None
         if teacher is not None:
-            with torch.no_grad():
-                tvis = teacher.encode_visual(batch.pixels, batch.frame_mask, self.video_tokens)
-                ttxt = teacher.encode_text(batch.ids, batch.text_mask)
-                tvis_all = all_gather_tokens(tvis, info, sizes, grad=False)
-                ttxt_all = all_gather_tokens(ttxt, info, sizes, grad=False)
-                tg_v2t, tg_t2v, tf_v2t, tf_t2v = _scores(teacher.aligner, tvis, ttxt, _with_queue(tvis_all, qv),
-                                                         _with_queue(ttxt_all, qt), not info.enabled)
-                s = scale.detach()
-                targets = {
-                    "g": (distill_targets(tg_v2t, labels_v2t, s, self.alpha, dim=1),
-                          distill_targets(tg_t2v, labels_t2v, s, self.alpha, dim=0)),
-                    "f": (distill_targets(tf_v2t, labels_v2t, s, self.alpha, dim=1),
-                          distill_targets(tf_t2v, labels_t2v, s, self.alpha, dim=0)),
-                }
-                enqueue = (tvis_all, ttxt_all, ids_all)
+            targets, enqueue = self._distill_targets(batch, teacher, info, sizes, queues, ids_all,
+                                                     (labels_v2t, labels_t2v), scale)
 
         loss_g = contrastive_loss(g_v2t, g_t2v, scale, *targets["g"])
         loss = m.w_global * loss_g
