@@ -196,8 +196,8 @@ def test_features_beyond_the_core_name_their_extra(tmp_path):
         def clip():
             from tokenflow.models.hf_clip import HFCLIP
             folder = Path({str(tmp_path)!r})
-            (folder / "config.json").write_text("{{}}")
-            (folder / "tokenizer.json").write_text("{{}}")
+            for name in ("config.json", "preprocessor_config.json", "tokenizer.json"):
+                (folder / name).write_text("{{}}")
             HFCLIP.from_pretrained(folder)
 
         for fn, extra in ((train, "train"), (video, "video"), (image, "train"), (clip, "clip")):
@@ -240,3 +240,14 @@ def test_the_extras_match_pyproject():
             assert dist.get(m, m) in names, f"[{extra}] lacks the distribution of {m}"
     core = {req.split(">")[0].lower() for req in project["dependencies"]}
     assert core == {"torch", "numpy", "scipy", "pot"}
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{module_name(path)}.{node.name}: {lines} lines")
+    assert not long, "\n".join(long)

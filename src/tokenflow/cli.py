@@ -127,7 +127,7 @@ def _demo(args) -> int:
 
 
 def _ablate(args) -> int:
-    from .demo import run_ablation
+    from .train.ablate import run_ablation
 
     # `--methods a b key=value` : argparse gives the overrides to --methods; move them back.
     def is_override(item: str) -> bool:  # "optim.lr=1e-5", not "omit:mass=0.8"

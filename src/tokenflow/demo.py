@@ -14,7 +14,9 @@ sides or sizes are swapped between twins; :mod:`tokenflow.data.synthetic`). On `
 demo also scores explanations: the pointing accuracy of each token plan against the objects'
 boxes (:mod:`tokenflow.eval.pointing`).
 
-``ablate`` runs the one-stage comparison for any training config (a real dataset and backbone).
+``ablate`` runs the one-stage comparison for any training config (a real dataset and backbone);
+it lives next to training, in :mod:`tokenflow.train.ablate`, with the methods' parsing and
+:func:`~tokenflow.train.ablate.run_methods`, which the demo's fine-tunes go through too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -31,13 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
 from . import __version__
-from .utils import write_text_atomic
+from .utils import machine, write_text_atomic
 
-__all__ = ["ALL_METHODS", "METHODS", "QUICK_METHODS", "TASKS", "format_markdown", "format_seed_table",
-           "run_ablation", "run_demo"]
+__all__ = ["ALL_METHODS", "METHODS", "QUICK_METHODS", "TASKS", "format_seed_table", "run_demo"]
 
 #: Every method the demo knows: "global" is the global similarity alone; the others add a plan,
 #: except "cs-aligner", which adds the Cauchy-Schwarz divergence term to the global loss.
@@ -71,127 +70,6 @@ def _preset(quick: bool, videos: bool) -> dict:
 SCENES = {"objects": 4, "named": 2}  # objects per image, objects named per caption
 
 
-def machine() -> str:
-    """A one-line description of this machine for result tables."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{os.cpu_count()}-core {cpu}{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-#: Methods that are not a plan name: a plan (or none) plus settings of the training config.
-RECIPES: dict[str, dict] = {
-    # CS-Aligner (seed 004): CLIP's global InfoNCE plus the Cauchy-Schwarz divergence term.
-    # Weight 0.1: a better validation rsum than 0.3 on the quick synthetic demo; 1.0 stalls InfoNCE.
-    "cs-aligner": {"aligner": None, "cs": {"weight": 0.1}},
-}
-
-
-def parse_method(spec: str) -> tuple[str, dict]:
-    """``NAME`` or ``NAME:key=value,key=value`` (values read as YAML) -> (name, hyperparameters)."""
-    name, _, rest = spec.partition(":")
-    hp = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"method {spec!r}: expected NAME:key=value,... (got {item!r})")
-        hp[key.strip()] = yaml.safe_load(value)
-    return name.strip(), hp
-
-
-def _check_methods(methods: Sequence[str]) -> list[str]:
-    from .align import list_aligners
-
-    known = {"global", *RECIPES, *list_aligners()}
-    bad = [m for m in methods if parse_method(m)[0] not in known]
-    if bad:
-        raise ValueError(f"unknown method(s) {bad}; choose from global, {', '.join(RECIPES)}, "
-                         f"{', '.join(list_aligners())} (a plan may take NAME:key=value,...)")
-    if not methods:
-        raise ValueError("no methods given")
-    return list(dict.fromkeys(methods))
-
-
-def _method_config(base: dict, method: str, recipe_settings: dict | None = None) -> dict:
-    """The config of one row: ``base`` with the method's plan, hyperparameters and recipe."""
-    data = yaml.safe_load(yaml.safe_dump(base))
-    name, hp = parse_method(method)
-    if name in RECIPES:
-        recipe = RECIPES[name]
-        data["model"]["aligner"] = recipe["aligner"]
-        cs = {**recipe.get("cs", {}), **(recipe_settings or {}).get(name, {}).get("cs", {})}
-        if cs:
-            given = data.setdefault("cs", {})
-            if given.get("weight"):  # the config's own weight wins
-                cs.pop("weight", None)
-            given.update(cs)
-        data.setdefault("cs", {}).update(hp)  # cs-aligner:weight=0.5,token_weight=0.1
-        hp = {}
-    else:
-        data["model"]["aligner"] = None if name == "global" else name
-    data["model"]["hparams"] = hp
-    return data
-
-
-def _folder_name(method: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in method)
-
-
-def run_methods(base: dict, methods: Sequence[str], runs: Path, *, log=print,
-                recipe_settings: dict | None = None) -> list[dict]:
-    """Train and test ``base`` (a config dict) once per method; one result row per method.
-
-    A method is ``global``, a recipe of :data:`RECIPES` (``cs-aligner``), or a plan name with
-    optional hyperparameters, ``omit:marginals=l2g,mass=0.8``. ``recipe_settings`` adds settings
-    to a recipe (the demo's unpaired data for ``cs-aligner``).
-    """
-    from .train import load_config, train
-
-    rows = []
-    for method in _check_methods(methods):
-        data = _method_config(base, method, recipe_settings)
-        data["run"]["out"] = str(runs / _folder_name(method))
-        cfg = load_config(None, data=data)
-        if not cfg.data.test_split:
-            raise ValueError("the config has no data.test_split to compare the methods on")
-        t0 = time.perf_counter()
-        summary = train(cfg)
-        seconds = time.perf_counter() - t0
-        test = json.loads((runs / _folder_name(method) / "test.json").read_text())
-        row = {"method": method, "t2v": test["metrics"]["t2v"], "v2t": test["metrics"]["v2t"],
-               "train_s": round(seconds, 1), "score_s": test["timings"]["score_s"],
-               "best_step": summary["best_step"], "steps": summary["steps"],
-               "hparams": (test.get("aligner") or {}).get("hparams", {}),
-               "test_items": test["evaluated"]["items"], "test_texts": test["evaluated"]["texts"],
-               "texts_with_several_positives": test["split"].get("texts_with_several_positives", 0)}
-        for k, v in test.items():
-            if k.startswith("metrics_folds_"):
-                row[k] = v
-        rows.append(row)
-        log(f"{method:<10} t2v R@1 {row['t2v']['R@1']:5.1f}  v2t R@1 {row['v2t']['R@1']:5.1f}  "
-            f"train {row['train_s']:6.1f}s  score {row['score_s']:.2f}s")
-    return rows
-
-
-def format_markdown(rows: Sequence[dict], title: str = "") -> str:
-    """The rows in the shape of the paper's tables 5/6: R@1, R@5, R@10, MdR, MnR each way."""
-    keys = ("R@1", "R@5", "R@10", "MdR", "MnR")
-    head = ("| method | " + " | ".join(f"t2v {k}" for k in keys) + " | " + " | ".join(f"v2t {k}" for k in keys)
-            + " | train s | score s |")
-    sep = "|" + "---|" * (2 + 2 * len(keys) + 1)
-    lines = [f"{title}\n" if title else "", head, sep]
-    for r in rows:
-        cells = [f"{r[d][k]:.1f}" for d in ("t2v", "v2t") for k in keys]
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['train_s']:.0f} | {r['score_s']:.2f} |")
-    return "\n".join(x for x in lines if x) + "\n"
-
-
 def _prepare_out(out: Path) -> None:
     """Refuse a folder that is not the demo's; clear what an earlier demo left there."""
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
@@ -202,11 +80,6 @@ def _prepare_out(out: Path) -> None:
         old.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by tokenflow demo; its subfolders are replaced on every run\n")
-
-
-def _write_results(out: Path, rows: list[dict], meta: dict, title: str) -> None:
-    write_text_atomic(out / "results.json", json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    write_text_atomic(out / "results.md", format_markdown(rows, title))
 
 
 # -- the two-stage protocol, one (task, seed) at a time ------------------------------------------
@@ -293,6 +166,7 @@ def _run_group(task: str, seed: int, out: str, quick: bool, videos: bool, method
     """Data, pretraining and every method's fine-tune for one (task, seed); one row per method."""
     from .align.registry import is_token_plan
     from .train import load_config, train
+    from .train.ablate import folder_name, parse_method, run_methods
 
     if threads:
         torch.set_num_threads(threads)
@@ -316,7 +190,7 @@ def _run_group(task: str, seed: int, out: str, quick: bool, videos: bool, method
     for row in rows:
         row.update({"task": task, "seed": seed, "pretrained_from": str(pre_dir), "pretrained_sha256": digest})
         if task == "scenes" and is_token_plan(parse_method(row["method"])[0]):
-            row["pointing"] = _pointing_of(runs / _folder_name(row["method"]) / "best", where, where["dataset"])
+            row["pointing"] = _pointing_of(runs / folder_name(row["method"]) / "best", where, where["dataset"])
             print(f"{tag} {row['method']:<10} pointing {row['pointing']['accuracy']:5.1f} % (chance "
                   f"{row['pointing']['chance']:.1f} %)", flush=True)
     if _digest(pre_dir) != digest:
@@ -373,6 +247,7 @@ def _figures(out: Path, summary: list[dict], videos: bool, n: int, log) -> list[
     from .data import load_split
     from .eval.pointing import boxes_for, read_boxes
     from .models.retrieval import RetrievalModel
+    from .train.ablate import folder_name
     from .viz import explain, render
 
     scored = [s for s in summary if s["task"] == "scenes" and "pointing" in s]
@@ -381,7 +256,7 @@ def _figures(out: Path, summary: list[dict], videos: bool, n: int, log) -> list[
     best = max(scored, key=lambda s: s["pointing"][0])
     seed = min(best["seeds"])
     where = out / "data" / "scenes" / f"seed-{seed}"
-    model = RetrievalModel.from_pretrained(out / "runs" / "scenes" / f"seed-{seed}" / _folder_name(best["method"])
+    model = RetrievalModel.from_pretrained(out / "runs" / "scenes" / f"seed-{seed}" / folder_name(best["method"])
                                            / "best")
     test = load_split("flickr30k", where, "test")
     boxes = read_boxes(where / "boxes.json")
@@ -390,10 +265,60 @@ def _figures(out: Path, summary: list[dict], videos: bool, n: int, log) -> list[
         k = test.text_item.index(i)
         expl = explain(model, test.item_paths[i], test.texts[k])
         pt = expl.pointing(boxes_for(boxes, test.item_paths[i]))
-        path = render(expl, out / f"explain-{_folder_name(best['method'])}-{i}.png")
+        path = render(expl, out / f"explain-{folder_name(best['method'])}-{i}.png")
         figures.append(str(path))
         log(f"figure {path.name}: \"{test.texts[k]}\", {pt.hits}/{pt.total} object words point into their box")
     return figures
+
+
+def _check_tasks(tasks: Sequence[str], seeds: int, videos: bool, log) -> list[str]:
+    tasks = list(dict.fromkeys(tasks))
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise ValueError(f"unknown task(s) {bad or tasks}; choose from {', '.join(TASKS)}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    if videos and "scenes" in tasks:
+        tasks = [t for t in tasks if t != "scenes"] or ["bindings"]
+        log("tokenflow demo: --videos runs the bindings task only (scenes has no video form yet)")
+    return tasks
+
+
+def _run_groups(groups: list[tuple[str, int]], out: Path, quick: bool, videos: bool, methods: list[str],
+                workers: int, jobs: int, threads: int | None) -> list[dict]:
+    """Every (task, seed) group's rows: in this process (``jobs == 1``) or in spawned processes."""
+    rows: list[dict] = []
+    if jobs == 1:
+        for t, s in groups:
+            rows += _run_group(t, s, str(out), quick, videos, methods, workers)
+        return rows
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_group, t, s, str(out), quick, videos, methods, workers, threads)
+                   for t, s in groups]
+        for f in futures:
+            rows += f.result()
+    return rows
+
+
+def _results_markdown(meta: dict, rows: list[dict], summary: list[dict]) -> str:
+    seeds, videos = meta["seeds"], meta["videos"]
+    md = [f"# tokenflow demo: {meta['date']}, {meta['machine']}", "",
+          f"Mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); every seed has its own data, "
+          "pretraining and fine-tunes. `global` is the global-only fine-tune (the baseline).", ""]
+    for t in meta["tasks"]:
+        first = next(r for r in rows if r["task"] == t)
+        several = _mean_std([r["texts_with_several_positives"] for r in rows if r["task"] == t
+                             and r["method"] == first["method"]])[0]
+        title = (f"## {t}: test split, {first['test_items']} {'videos' if videos else 'images'}, "
+                 f"{first['test_texts']} captions")
+        if t == "scenes":
+            title += (f"; {several:.0f} captions on average are true of more than one test image (all count as "
+                      "correct); pointing: object words whose strongest patch lies in their object's box (t2v plan)")
+        md += [format_seed_table(summary, t, title), ""]
+    return "\n".join(md)
 
 
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool = False,
@@ -408,16 +333,10 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
             the CPU threads (default: as many as the machine has cores, at most the groups); 1
             runs everything in this process.
     """
-    methods = _check_methods(list(methods or (QUICK_METHODS if quick else METHODS)))
-    tasks = list(dict.fromkeys(tasks))
-    bad = [t for t in tasks if t not in TASKS]
-    if bad or not tasks:
-        raise ValueError(f"unknown task(s) {bad or tasks}; choose from {', '.join(TASKS)}")
-    if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}")
-    if videos and "scenes" in tasks:
-        tasks = [t for t in tasks if t != "scenes"] or ["bindings"]
-        log("tokenflow demo: --videos runs the bindings task only (scenes has no video form yet)")
+    from .train.ablate import check_methods
+
+    methods = check_methods(list(methods or (QUICK_METHODS if quick else METHODS)))
+    tasks = _check_tasks(tasks, seeds, videos, log)
     out = Path(out)
     _prepare_out(out)
     p = _preset(quick, videos)
@@ -430,19 +349,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
         f"{p['pretrain'][0]} {'videos' if videos else 'images'} x {p['pretrain_epochs']} epochs (global loss), then "
         f"fine-tune {p['sizes'][0]} x {p['epochs']} epochs per method ({', '.join(methods)}); {jobs} job(s) on "
         f"{machine()}")
-    rows: list[dict] = []
-    if jobs == 1:
-        for t, s in groups:
-            rows += _run_group(t, s, str(out), quick, videos, methods, workers)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_group, t, s, str(out), quick, videos, methods, workers, threads)
-                       for t, s in groups]
-            for f in futures:
-                rows += f.result()
+    rows = _run_groups(groups, out, quick, videos, methods, workers, jobs, threads)
     order = {m: i for i, m in enumerate(methods)}
     rows.sort(key=lambda r: (tasks.index(r["task"]), order[r["method"]], r["seed"]))
     summary = summarise(rows)
@@ -457,20 +364,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
                         "budget; checkpoint chosen on val (rsum), test evaluated once",
             "command": ["tokenflow", *sys.argv[1:]], "figures": figures,
             "seconds": round(time.perf_counter() - t0, 1)}
-    md = [f"# tokenflow demo: {date}, {meta['machine']}", "",
-          f"Mean ± std over {seeds} seed(s) ({', '.join(map(str, meta['seeds']))}); every seed has its own data, "
-          "pretraining and fine-tunes. `global` is the global-only fine-tune (the baseline).", ""]
-    for t in tasks:
-        first = next(r for r in rows if r["task"] == t)
-        several = _mean_std([r["texts_with_several_positives"] for r in rows if r["task"] == t
-                             and r["method"] == first["method"]])[0]
-        title = (f"## {t}: test split, {first['test_items']} {'videos' if videos else 'images'}, "
-                 f"{first['test_texts']} captions")
-        if t == "scenes":
-            title += (f"; {several:.0f} captions on average are true of more than one test image (all count as "
-                      "correct); pointing: object words whose strongest patch lies in their object's box (t2v plan)")
-        md += [format_seed_table(summary, t, title), ""]
-    text = "\n".join(md)
+    text = _results_markdown(meta, rows, summary)
     write_text_atomic(out / "results.json", json.dumps({**meta, "summary": summary, "rows": rows}, indent=2) + "\n")
     write_text_atomic(out / "results.md", text)
     log("")
@@ -478,23 +372,3 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
     log(f"results: {out / 'results.md'}, {out / 'results.json'}; figures: {', '.join(figures) or 'none'}; "
         f"{meta['seconds']:.0f} s in all")
     return {**meta, "summary": summary, "rows": rows}
-
-
-def run_ablation(config: str | Path, methods: Sequence[str], overrides: Sequence[str] = (), *,
-                 log=print) -> dict:
-    """``demo`` for any training config: one run per method under ``run.out``/METHOD."""
-    from .train import load_config
-
-    cfg = load_config(config, overrides)
-    base = yaml.safe_load(cfg.to_yaml())
-    out = cfg.run.out
-    rows = run_methods(base, methods, out, log=log)
-    meta = {"tokenflow_version": __version__, "date": _dt.date.today().isoformat(), "machine": machine(),
-            "config": str(config), "overrides": list(overrides), "dataset": cfg.data.dataset,
-            "backbone": cfg.model.backbone, "selection": f"best validation {cfg.run.select}; test evaluated once"}
-    title = (f"{cfg.data.dataset} {cfg.data.test_split}, backbone {cfg.model.backbone}; "
-             f"{meta['date']}, {meta['machine']}")
-    _write_results(out, rows, meta, title)
-    log("")
-    log(format_markdown(rows, title))
-    return {**meta, "rows": rows}

@@ -25,7 +25,8 @@ from ..data.karpathy import fold_indices
 from ..models.base import DualEncoder, VideoTokens
 from .metrics import retrieval_metrics
 
-__all__ = ["Encoded", "encode_split", "evaluate", "format_table", "protocol_folds", "similarity"]
+__all__ = ["Encoded", "encode_items", "encode_split", "encode_texts", "evaluate", "format_table",
+           "protocol_folds", "retrieval_report", "similarity"]
 
 
 @dataclass
@@ -56,13 +57,36 @@ def encode_split(backbone: DualEncoder, split: RetrievalSplit, *, batch_size: in
     in ``Encoded.skipped`` (path and reason); with ``"fail"`` the first one raises.
     """
     t0 = time.perf_counter()
+    vis, kept, skipped = encode_items(backbone, split, batch_size=batch_size, num_frames=num_frames,
+                                      video_tokens=video_tokens, on_error=on_error, workers=workers,
+                                      progress=progress)
+    if vis is None:
+        raise RuntimeError(f"{split.name}: no readable {split.modality} (all {len(split)} skipped)")
+    if skipped:
+        split = split.subset(kept)
+    txt = encode_texts(backbone, split.texts, batch_size=batch_size, progress=progress)
+    return Encoded(split, vis, txt, skipped, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def encode_items(backbone: DualEncoder, split: RetrievalSplit, items: Sequence[int] | None = None, *,
+                 batch_size: int = 64, num_frames: int = 12, video_tokens: VideoTokens = "frames",
+                 on_error: OnError = "fail", workers: int = 0,
+                 progress: bool = False) -> tuple[Tokens | None, list[int], list[dict]]:
+    """Encode the visual items ``items`` of ``split`` (default: all), features kept on the CPU.
+
+    Returns the tokens of the readable items (``None`` when there are none), their indices in
+    ``split`` and the skipped files (path and reason; only with ``on_error="skip"``).
+    """
     was_training = backbone.training
     backbone.eval()
     device = backbone.device
     ds = MediaDataset(split, backbone.preprocess, num_frames=num_frames, on_error=on_error)
+    if items is not None:
+        ds = torch.utils.data.Subset(ds, list(items))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_media)
     parts, kept, skipped = [], [], []
-    with _progress(len(split), f"encode {split.modality}s", progress) as bar:
+    with _progress(len(ds), f"encode {split.modality}s", progress) as bar:
         for idx, pixels, fmask, bad in loader:
             skipped += [{"path": path, "reason": reason} for _, path, reason in bad]
             if idx:
@@ -72,18 +96,23 @@ def encode_split(backbone: DualEncoder, split: RetrievalSplit, *, batch_size: in
                 parts.append(tok.to("cpu"))
                 kept += idx
             bar.update(len(idx) + len(bad))
-    if not kept:
-        raise RuntimeError(f"{split.name}: no readable {split.modality} (all {len(split)} skipped)")
-    if skipped:
-        split = split.subset(kept)
-    texts = []
-    with _progress(len(split.texts), "encode texts", progress) as bar:
-        for a in range(0, len(split.texts), batch_size):
-            texts.append(backbone.encode_text_strings(split.texts[a : a + batch_size]).to("cpu"))
-            bar.update(len(texts[-1]))
-    if was_training:
-        backbone.train()
-    return Encoded(split, Tokens.cat(parts), Tokens.cat(texts), skipped, time.perf_counter() - t0)
+    backbone.train(was_training)
+    return (Tokens.cat(parts) if parts else None), kept, skipped
+
+
+@torch.no_grad()
+def encode_texts(backbone: DualEncoder, texts: Sequence[str], *, batch_size: int = 64,
+                 progress: bool = False) -> Tokens:
+    """Encode ``texts`` (at least one) in batches of ``batch_size``, features kept on the CPU."""
+    was_training = backbone.training
+    backbone.eval()
+    parts = []
+    with _progress(len(texts), "encode texts", progress) as bar:
+        for a in range(0, len(texts), batch_size):
+            parts.append(backbone.encode_text_strings(list(texts[a : a + batch_size])).to("cpu"))
+            bar.update(len(parts[-1]))
+    backbone.train(was_training)
+    return Tokens.cat(parts)
 
 
 @torch.no_grad()
@@ -119,13 +148,27 @@ def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | No
     sim_v2t, sim_t2v = similarity(enc.vis, enc.txt, aligner, w_global=w_global, w_fine=w_fine, chunk=chunk,
                                   device=backbone.device)
     t2 = time.perf_counter()
-    pos = enc.split.positives()
+    timings = {"encode_s": round(enc.seconds, 3), "score_s": round(t2 - t1, 3),
+               "total_s": round(time.perf_counter() - t0, 3)}
+    return retrieval_report(backbone, split, aligner, enc.split, sim_v2t, sim_t2v, w_global=w_global,
+                            w_fine=w_fine, batch_size=batch_size, num_frames=num_frames, video_tokens=video_tokens,
+                            on_error=on_error, folds=folds, skipped=enc.skipped, timings=timings)
+
+
+def retrieval_report(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | None,
+                     evaluated: RetrievalSplit, sim_v2t: Tensor, sim_t2v: Tensor, *, w_global: float = 1.0,
+                     w_fine: float = 1.0, batch_size: int = 64, num_frames: int = 12,
+                     video_tokens: VideoTokens = "frames", on_error: OnError = "fail", folds: int | None = None,
+                     skipped: Sequence[dict] = (), timings: dict | None = None) -> dict:
+    """The report of :func:`evaluate` from similarities already computed: ``sim_v2t`` and
+    ``sim_t2v`` [N_visual, N_text] over ``evaluated`` (``split`` without its ``skipped`` items)."""
+    pos = evaluated.positives()
     metrics = {"t2v": retrieval_metrics(sim_t2v.T, pos.T), "v2t": retrieval_metrics(sim_v2t, pos)}
     report = {
         "tokenflow_version": __version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "split": split.summary(),
-        "evaluated": {"items": len(enc.split), "texts": len(enc.split.texts)},
+        "evaluated": {"items": len(evaluated), "texts": len(evaluated.texts)},
         "backbone": backbone.config_dict(),
         "aligner": None if aligner is None else {"name": getattr(aligner, "name", type(aligner).__name__),
                                                  "hparams": aligner.hparams()},
@@ -133,13 +176,12 @@ def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | No
         "settings": {"num_frames": num_frames, "video_tokens": video_tokens, "on_error": on_error,
                      "batch_size": batch_size},
         "metrics": metrics,
-        "skipped": {"count": len(enc.skipped), "files": enc.skipped},
-        "timings": {"encode_s": round(enc.seconds, 3), "score_s": round(t2 - t1, 3),
-                    "total_s": round(time.perf_counter() - t0, 3)},
+        "skipped": {"count": len(skipped), "files": list(skipped)},
+        "timings": timings or {},
     }
     if folds:
         per_fold = []
-        for items, texts in fold_indices(enc.split, folds):
+        for items, texts in fold_indices(evaluated, folds):
             p, v2t, t2v = pos[items][:, texts], sim_v2t[items][:, texts], sim_t2v[items][:, texts]
             per_fold.append({"t2v": retrieval_metrics(t2v.T, p.T), "v2t": retrieval_metrics(v2t, p)})
         report[f"metrics_folds_{folds}"] = {

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from ..tokens import Tokens
 
-__all__ = ["DistInfo", "all_gather_grad", "all_gather_tokens", "gather_ids", "gather_sizes", "init_distributed"]
+__all__ = ["DistInfo", "all_gather_grad", "all_gather_objects", "all_gather_rows", "all_gather_tokens",
+           "gather_ids", "gather_sizes", "init_distributed", "shard"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,23 @@ def all_gather_tokens(tok: Tokens, info: DistInfo, sizes: list[int], grad: bool 
 
 def gather_ids(ids: Tensor, info: DistInfo, sizes: list[int]) -> Tensor:
     return ids if not info.enabled else _all_gather_plain(ids, info, sizes)
+
+
+def all_gather_rows(x: Tensor, info: DistInfo, sizes: list[int]) -> Tensor:
+    """Concatenate every process's rows of ``x`` along dim 0, without gradients (``sizes``: every
+    process's number of rows, which may be 0)."""
+    return x if not info.enabled else _all_gather_plain(x, info, sizes)
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    """Every process's ``obj`` (picklable), in rank order."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard(n: int, info: DistInfo) -> range:
+    """This process's contiguous share of ``range(n)``; shares differ in length by one at most."""
+    return range(info.rank * n // info.world, (info.rank + 1) * n // info.world)
