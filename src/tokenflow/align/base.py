@@ -142,8 +142,12 @@ class Aligner(nn.Module):
                 rows_v2t.append(torch.cat([b[0] for b in cols], 1))
                 rows_t2v.append(torch.cat([b[1] for b in cols], 1))
         if out_v2t is not None:
-            return Scores(out_v2t, out_t2v)
-        return Scores(torch.cat(rows_v2t, 0), torch.cat(rows_t2v, 0))
+            return self.finish_scores(Scores(out_v2t, out_t2v), ctx)
+        return self.finish_scores(Scores(torch.cat(rows_v2t, 0), torch.cat(rows_t2v, 0)), ctx)
+
+    def finish_scores(self, scores: Scores, ctx: BlockContext) -> Scores:
+        """Hook after the blocks of a ``pairwise`` call (transport plans add their marginal error)."""
+        return scores
 
     def forward(self, vis: Tokens, txt: Tokens, *, chunk: int | None = None, check: bool = True) -> Scores:
         """``aligner(vis, txt)`` is :meth:`pairwise`."""

@@ -18,17 +18,17 @@ __all__ = ["aligner_for", "get_aligner", "get_aligner_class", "is_token_plan", "
 
 #: Built-in names and the module (under ``tokenflow.align``) that registers each.
 BUILTIN: dict[str, str] = {
-    "assignment": "assignment",
+    "assignment": "transport",
     "dive": "sets",
-    "emd": "emd",
+    "emd": "transport",
     "learnable": "learnable",
     "max-avg": "max_avg",
     "max-sum": "max_sum",
     "mpa": "sets",
-    "omit": "omit",
-    "partial-ot": "partial_ot",
+    "omit": "transport",
+    "partial-ot": "transport",
     "scan": "scan",
-    "sinkhorn": "sinkhorn",
+    "sinkhorn": "transport",
     "tokenflow": "tokenflow",
     "uniform": "uniform",
 }

@@ -19,6 +19,8 @@ class Scores:
 
     v2t: Tensor
     t2v: Tensor
+    #: Transport plans: the largest marginal error of any pair of the call (else None).
+    marginal_error: float | None = None
 
     def direction(self, which: str) -> Tensor:
         """``"v2t"``, ``"t2v"`` or ``"mean"`` (average of both)."""
@@ -41,6 +43,8 @@ class Plan:
         t2v: weights T^T (eq 9); ``(c * t2v).sum()`` is the text-to-visual score.
         d: [l1] visual token weights mu_s . omega_bar (eq 14).
         e: [l2] text token weights mu_bar . omega_t (eq 14).
+        iterations: Sinkhorn iterations the plan took (transport plans; else None).
+        marginal_error: its marginal error, sum_s |T 1 - a|_s (transport plans; else None).
     """
 
     c: Tensor
@@ -48,6 +52,8 @@ class Plan:
     t2v: Tensor
     d: Tensor
     e: Tensor
+    iterations: int | None = None
+    marginal_error: float | None = None
 
     @property
     def score_v2t(self) -> Tensor:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .assignment import Assignment
+from .transport import Assignment
 from ..losses.set_losses import global_discriminative_loss, intra_set_divergence
 from ..tokens import Tokens
 from .base import Aligner, LossInputs
