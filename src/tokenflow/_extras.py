@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from .errors import UserError
+
 __all__ = ["EXTRAS", "EXTRA_MODULES", "MissingExtra", "require", "require_extra"]
 
 #: Extra -> what it adds (kept in step with pyproject.toml by tests/test_layers.py).
@@ -31,7 +33,7 @@ EXTRA_MODULES = {
 }
 
 
-class MissingExtra(ImportError):
+class MissingExtra(UserError, ImportError):
     """A feature was used without the optional dependency it needs; the message names the extra."""
 
 

@@ -1,16 +1,20 @@
 """The ``tokenflow`` command: ``demo``, ``make-data``, ``train``, ``ablate``, ``evaluate``, ``explain``,
-``convert-captions``, ``bench``."""
+``convert-captions``, ``bench``.
+
+Exit status: 0 done; 2 an error the user can fix (:class:`~tokenflow.errors.UserError`, a missing
+file, a bad value), printed as one message; 3 training diverged; 1 a bug, with its traceback.
+``--debug`` shows the traceback of every error."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
-from ._extras import MissingExtra
 from ._version import __version__
-from .data.errors import MediaError
+from .errors import Diverged, UserError
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -21,6 +25,16 @@ def _hparam(text: str) -> tuple[str, object]:
         return k, json.loads(v)
     except json.JSONDecodeError:
         return k, v
+
+
+def check_hparams(name: str, hparams: dict, source: str = "--hp") -> None:
+    """Refuse a numeric hyperparameter that is not a finite number of its kind (``lam=fast``,
+    ``lam=inf``) with a message naming it, before any work."""
+    from .models.retrieval import hparam_problems
+
+    problems = hparam_problems(name, hparams)
+    if problems:
+        raise UserError(f"{source}: " + "; ".join(problems))
 
 
 def _sizes(text: str) -> tuple[int, int, int]:
@@ -56,7 +70,7 @@ def _evaluate(args) -> int:
     from .eval.evaluate import evaluate, format_table, protocol_folds
     from .models import load_backbone
     from .models.retrieval import RetrievalModel, read_head_config
-    from .utils import write_text_atomic
+    from .utils import check_writable, write_text_atomic
 
     split = load_split(args.dataset, args.root, args.split, media=args.media)
     if args.positives:
@@ -64,10 +78,13 @@ def _evaluate(args) -> int:
 
         split = add_positives(split, args.positives, args.split)
     head = read_head_config(args.model)
+    if args.out:
+        check_writable(args.out.parent, "--out folder")
     if head is not None and args.aligner is None:  # a trained model folder: its plan, weights and plan parameters
         model = RetrievalModel.from_pretrained(args.model)
         backbone, aligner = model.backbone, model.aligner
         if args.hp:
+            check_hparams(head["aligner"], dict(args.hp))
             aligner = aligner_for(head["aligner"], {**head.get("hparams", {}), **dict(args.hp)},
                                   dim=backbone.embed_dim)
             if model.aligner is not None and aligner.state_dict().keys() == model.aligner.state_dict().keys():
@@ -76,6 +93,8 @@ def _evaluate(args) -> int:
     else:
         backbone = load_backbone(args.model)
         name = args.aligner or "tokenflow"
+        if name != "none":
+            check_hparams(name, dict(args.hp or []))
         aligner = None if name == "none" else aligner_for(name, dict(args.hp or []), dim=backbone.embed_dim)
         if aligner is not None and not aligner.token_plan:
             print(f"tokenflow evaluate: note: {name} has learned set heads and {args.model} holds none; they are "
@@ -107,8 +126,11 @@ def _train(args) -> int:
     from .train import load_config, train
 
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, resume=args.resume, argv=list(sys.argv[1:] if args.argv is None else args.argv))
-    if summary is not None and summary.get("best_step") is not None:
+    if args.force_config and not args.resume:
+        raise UserError("--force-config goes with --resume")
+    summary = train(cfg, resume=args.resume, argv=list(sys.argv[1:] if args.argv is None else args.argv),
+                    force_config=args.force_config)
+    if summary is not None and summary.get("best_step") is not None and not summary.get("already_finished"):
         print(json.dumps(summary, indent=2))
     return 0
 
@@ -198,9 +220,9 @@ def _add_evaluate(sub) -> None:
     from .data import DATASETS
 
     p = sub.add_parser("evaluate", help="retrieval metrics of a backbone + aligner on a dataset split")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset format of --root")
     p.add_argument("--root", required=True, type=Path, help="dataset folder in its standard layout")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split to score (default: test)")
     p.add_argument("--media", type=Path, default=None, help="image/video folder if not the default one")
     p.add_argument("--positives", type=Path, default=None,
                    help="sidecar of captions true of several items (tokenflow-positives JSON): all count as correct")
@@ -213,15 +235,16 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--w-fine", type=float, default=None,
                    help="weight of the fine-grained score (default: a trained model's, else 1)")
     p.add_argument("--frames", type=int, default=12, help="frames sampled per video")
-    p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames")
+    p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames",
+                   help="a video's tokens: one per frame, or every patch of every frame")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="missing/corrupt media: stop, or skip and count in the report")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="items or texts encoded at once")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.add_argument("--chunk", type=int, default=None, help="items per block in pairwise scoring")
     p.add_argument("--folds", type=int, default=None, help="also average metrics over folds of this many items "
                    "(automatic 1000 on COCO's 5K test)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--out", type=Path, default=None, help="JSON report (written atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
@@ -250,9 +273,12 @@ def _add_ablate(sub) -> None:
     from .demo import METHODS
 
     p = sub.add_parser("ablate", help="train and test one config once per plan; one table")
-    p.add_argument("--config", required=True, type=Path)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--config", required=True, type=Path, help="training YAML file (see configs/); run.out holds "
+                   "one run folder per method")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
+                   help=f"global (no plan), plan names, NAME:key=value,... or cs-aligner "
+                        f"(default: {' '.join(METHODS)})")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config keys, value read as YAML")
     p.set_defaults(func=_ablate)
 
 
@@ -280,7 +306,11 @@ def _add_train(sub) -> None:
                        description="Train as the YAML config says; overrides such as optim.lr=1e-6 "
                                    "run.out=runs/x replace any field.")
     p.add_argument("--config", required=True, type=Path, help="YAML file (see configs/)")
-    p.add_argument("--resume", action="store_true", help="continue the run in run.out from last.safetensors")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in run.out from last.safetensors; refused if the configuration "
+                        "changes a key that alters the result (the diff is printed)")
+    p.add_argument("--force-config", action="store_true",
+                   help="with --resume: accept the changed keys anyway (recorded in log.jsonl)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config keys, value read as YAML")
     p.set_defaults(func=_train)
 
@@ -291,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="tokenflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tokenflow {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     sub = parser.add_subparsers(dest="command", required=True)
     bench.add_parser(sub)
     for add in (_add_make_data, _add_convert_captions, _add_evaluate, _add_demo, _add_ablate, _add_explain,
@@ -304,10 +335,23 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError, MediaError, MissingExtra) as e:
+    except Diverged as e:
+        return _fail(args, e, 3)
+    except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as e:
         # Bad input (a config, a path, a file that does not decode) or a missing extra: the message names it.
-        print(f"tokenflow {args.command}: {e}", file=sys.stderr)
-        return 2
+        return _fail(args, e, 2)
+    except Exception as e:  # a bug: the traceback is what a report needs
+        traceback.print_exc()
+        print(f"tokenflow {args.command}: internal error ({type(e).__name__}); please report it with the "
+              "traceback above", file=sys.stderr)
+        return 1
+
+
+def _fail(args, e: BaseException, code: int) -> int:
+    if args.debug:
+        traceback.print_exception(e)
+    print(f"tokenflow {args.command}: {e}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

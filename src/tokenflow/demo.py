@@ -21,6 +21,7 @@ it lives next to training, in :mod:`tokenflow.train.ablate`, with the methods' p
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -28,13 +29,13 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .utils import machine, write_text_atomic
+from .utils import LOCK_FILE, check_writable, folder_lock, machine, remove_temporaries, write_text_atomic
 
 __all__ = ["ALL_METHODS", "METHODS", "QUICK_METHODS", "TASKS", "format_seed_table", "run_demo"]
 
@@ -70,16 +71,22 @@ def _preset(quick: bool, videos: bool) -> dict:
 SCENES = {"objects": 4, "named": 2}  # objects per image, objects named per caption
 
 
-def _prepare_out(out: Path) -> None:
-    """Refuse a folder that is not the demo's; clear what an earlier demo left there."""
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+@contextlib.contextmanager
+def _prepare_out(out: Path) -> Iterator[None]:
+    """Refuse a folder that is not the demo's or is not writable; hold its lock for the block
+    (a second demo into it stops at once); clear what an earlier demo left there."""
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (out / MARKER).exists():
         raise FileExistsError(f"{out} exists and was not written by tokenflow demo; choose another --out")
-    for sub in ("data", "runs"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    for old in out.glob("explain-*.png"):
-        old.unlink()
+    check_writable(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by tokenflow demo; its subfolders are replaced on every run\n")
+    with folder_lock(out):
+        for sub in ("data", "runs"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for old in out.glob("explain-*.png"):
+            old.unlink()
+        remove_temporaries(out)
+        (out / MARKER).write_text("written by tokenflow demo; its subfolders are replaced on every run\n")
+        yield
 
 
 # -- the two-stage protocol, one (task, seed) at a time ------------------------------------------
@@ -338,37 +345,38 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, videos: bool
     methods = check_methods(list(methods or (QUICK_METHODS if quick else METHODS)))
     tasks = _check_tasks(tasks, seeds, videos, log)
     out = Path(out)
-    _prepare_out(out)
-    p = _preset(quick, videos)
-    groups = [(t, s) for t in tasks for s in range(seed, seed + seeds)]
-    cores = os.cpu_count() or 1
-    jobs = max(1, min(jobs or cores, len(groups)))
-    threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
-    t0 = time.perf_counter()
-    log(f"tokenflow demo: {', '.join(tasks)} x seeds {seed}..{seed + seeds - 1}; per seed: pretrain "
-        f"{p['pretrain'][0]} {'videos' if videos else 'images'} x {p['pretrain_epochs']} epochs (global loss), then "
-        f"fine-tune {p['sizes'][0]} x {p['epochs']} epochs per method ({', '.join(methods)}); {jobs} job(s) on "
-        f"{machine()}")
-    rows = _run_groups(groups, out, quick, videos, methods, workers, jobs, threads)
-    order = {m: i for i, m in enumerate(methods)}
-    rows.sort(key=lambda r: (tasks.index(r["task"]), order[r["method"]], r["seed"]))
-    summary = summarise(rows)
-    figures = _figures(out, summary, videos, explain_pairs, log)
-    date = _dt.date.today().isoformat()
-    meta = {"tokenflow_version": __version__, "date": date, "machine": machine(), "tasks": tasks,
-            "seeds": list(range(seed, seed + seeds)), "quick": quick, "videos": videos, "methods": methods,
-            "budget": {**{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
-                       "scenes": SCENES},
-            "protocol": "per seed: pretrain the tiny dual encoder with the global loss on the pretraining split "
-                        "(checkpoint chosen on its val split), then fine-tune a copy per method with the same "
-                        "budget; checkpoint chosen on val (rsum), test evaluated once",
-            "command": ["tokenflow", *sys.argv[1:]], "figures": figures,
-            "seconds": round(time.perf_counter() - t0, 1)}
-    text = _results_markdown(meta, rows, summary)
-    write_text_atomic(out / "results.json", json.dumps({**meta, "summary": summary, "rows": rows}, indent=2) + "\n")
-    write_text_atomic(out / "results.md", text)
-    log("")
-    log(text)
-    log(f"results: {out / 'results.md'}, {out / 'results.json'}; figures: {', '.join(figures) or 'none'}; "
-        f"{meta['seconds']:.0f} s in all")
-    return {**meta, "summary": summary, "rows": rows}
+    with _prepare_out(out):
+        p = _preset(quick, videos)
+        groups = [(t, s) for t in tasks for s in range(seed, seed + seeds)]
+        cores = os.cpu_count() or 1
+        jobs = max(1, min(jobs or cores, len(groups)))
+        threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
+        t0 = time.perf_counter()
+        log(f"tokenflow demo: {', '.join(tasks)} x seeds {seed}..{seed + seeds - 1}; per seed: pretrain "
+            f"{p['pretrain'][0]} {'videos' if videos else 'images'} x {p['pretrain_epochs']} epochs (global loss), "
+            "then "
+            f"fine-tune {p['sizes'][0]} x {p['epochs']} epochs per method ({', '.join(methods)}); {jobs} job(s) on "
+            f"{machine()}")
+        rows = _run_groups(groups, out, quick, videos, methods, workers, jobs, threads)
+        order = {m: i for i, m in enumerate(methods)}
+        rows.sort(key=lambda r: (tasks.index(r["task"]), order[r["method"]], r["seed"]))
+        summary = summarise(rows)
+        figures = _figures(out, summary, videos, explain_pairs, log)
+        date = _dt.date.today().isoformat()
+        meta = {"tokenflow_version": __version__, "date": date, "machine": machine(), "tasks": tasks,
+                "seeds": list(range(seed, seed + seeds)), "quick": quick, "videos": videos, "methods": methods,
+                "budget": {**{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+                           "scenes": SCENES},
+                "protocol": "per seed: pretrain the tiny dual encoder with the global loss on the pretraining split "
+                            "(checkpoint chosen on its val split), then fine-tune a copy per method with the same "
+                            "budget; checkpoint chosen on val (rsum), test evaluated once",
+                "command": ["tokenflow", *sys.argv[1:]], "figures": figures,
+                "seconds": round(time.perf_counter() - t0, 1)}
+        text = _results_markdown(meta, rows, summary)
+        write_text_atomic(out / "results.json", json.dumps({**meta, "summary": summary, "rows": rows}, indent=2) + "\n")
+        write_text_atomic(out / "results.md", text)
+        log("")
+        log(text)
+        log(f"results: {out / 'results.md'}, {out / 'results.json'}; figures: {', '.join(figures) or 'none'}; "
+            f"{meta['seconds']:.0f} s in all")
+        return {**meta, "summary": summary, "rows": rows}

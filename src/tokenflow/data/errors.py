@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UserError
+
 __all__ = ["MediaError"]
 
 
-class MediaError(RuntimeError):
+class MediaError(UserError, RuntimeError):
     """A missing or unreadable image or video: ``path`` and ``reason``."""
 
     def __init__(self, path: str | Path, reason: str):

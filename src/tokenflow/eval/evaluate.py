@@ -22,6 +22,7 @@ from .._extras import require
 from ..align import Aligner, Tokens
 from ..data.base import MediaDataset, OnError, RetrievalSplit, collate_media
 from ..data.karpathy import fold_indices
+from ..errors import UserError
 from ..models.base import DualEncoder, VideoTokens
 from .metrics import retrieval_metrics
 
@@ -61,7 +62,8 @@ def encode_split(backbone: DualEncoder, split: RetrievalSplit, *, batch_size: in
                                       video_tokens=video_tokens, on_error=on_error, workers=workers,
                                       progress=progress)
     if vis is None:
-        raise RuntimeError(f"{split.name}: no readable {split.modality} (all {len(split)} skipped)")
+        raise UserError(f"{split.name}: none of its {len(split)} {split.modality}s could be read (all skipped); "
+                        f"first: {skipped[0]['path']}: {skipped[0]['reason']}")
     if skipped:
         split = split.subset(kept)
     txt = encode_texts(backbone, split.texts, batch_size=batch_size, progress=progress)

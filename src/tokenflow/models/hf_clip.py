@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .._extras import require
+from ..errors import FileError
 from .base import DualEncoder, eos_positions
 
 __all__ = ["HFCLIP"]
@@ -67,7 +68,10 @@ class HFCLIP(DualEncoder):
         from transformers import CLIPModel, CLIPTokenizer
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-        model = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval()
+        try:
+            model = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval()
+        except Exception as e:  # a truncated, corrupt or pickled weights file: name the folder, not a stack
+            raise FileError(f"{folder}: cannot read the CLIP weights ({type(e).__name__}: {e})") from None
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
         processor = CLIPImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
         return cls(model, tokenizer, processor, max_text_len=max_text_len, source=str(folder))

@@ -8,6 +8,7 @@ hyperparameters, the fusion weights and the logit scale) and, for plans with par
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -16,12 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from .._extras import require
-from ..align import Aligner, Tokens, get_aligner
-from ..utils import atomic_path, write_text_atomic
+from ..align import Aligner, Tokens, get_aligner, get_aligner_class
+from ..utils import atomic_path, read_safetensors, write_text_atomic
 from .base import DualEncoder, VideoTokens
 from .loading import load_backbone
 
-__all__ = ["RetrievalModel", "read_head_config"]
+__all__ = ["RetrievalModel", "hparam_problems", "read_head_config"]
 
 HEAD_FILE = "tokenflow.json"
 CLIP_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
@@ -87,17 +88,31 @@ class RetrievalModel(nn.Module):
     def from_pretrained(cls, folder: str | Path) -> RetrievalModel:
         """Load a folder written by :meth:`save_pretrained` (a bare backbone folder gives the
         ``tokenflow`` plan with unit weights)."""
-        require("safetensors", "train", "loading a model")
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         backbone = load_backbone(folder)
         head = read_head_config(folder) or {"aligner": "tokenflow", "hparams": {}}
         aligner = None if head["aligner"] is None else get_aligner(head["aligner"], **head.get("hparams", {}))
         if aligner is not None and (folder / "aligner.safetensors").is_file():
-            aligner.load_state_dict(load_file(str(folder / "aligner.safetensors")))
+            aligner.load_state_dict(read_safetensors(folder / "aligner.safetensors", "plan weights"))
         return cls(backbone, aligner, w_global=head.get("w_global", 1.0), w_fine=head.get("w_fine", 1.0),
                    logit_scale=head.get("logit_scale"), max_logit_scale=head.get("max_logit_scale", 100.0))
+
+
+def hparam_problems(name: str, hparams: dict) -> list[str]:
+    """What is wrong with ``hparams`` for the plan ``name``: each hyperparameter whose
+    constructor default is a number must be a finite number of that kind (an int where the
+    default is an int); empty when all is well. Unknown names are left to ``get_aligner``."""
+    params = inspect.signature(get_aligner_class(name).__init__).parameters
+    problems = []
+    for key, value in hparams.items():
+        default = params[key].default if key in params else None
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        kinds = (int,) if isinstance(default, int) else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            want = "an integer" if kinds == (int,) else "a finite number"
+            problems.append(f"{key}={value!r}: {name}'s {key} must be {want} (default {default!r})")
+    return problems
 
 
 def read_head_config(folder: str | Path) -> dict | None:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._extras import require
-from ..utils import atomic_path
+from ..utils import atomic_path, read_safetensors
 from .base import DualEncoder, eos_positions
 from .transforms import clip_preprocess
 
@@ -176,9 +176,6 @@ class TinyCLIP(DualEncoder):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> TinyCLIP:
-        require("safetensors", "train", "loading a model")
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         cfg_d = json.loads((folder / "config.json").read_text())
         cfg_d.pop("model_type", None)
@@ -187,5 +184,5 @@ class TinyCLIP(DualEncoder):
         except TypeError as e:
             raise ValueError(f"{folder / 'config.json'}: {e}") from None
         model = cls(cfg, WordTokenizer.load(folder / "vocab.json"))
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        model.load_state_dict(read_safetensors(folder / "model.safetensors", "a tiny model's weights"))
         return model.eval()

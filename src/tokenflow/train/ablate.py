@@ -18,7 +18,7 @@ import yaml
 
 from .. import __version__
 from ..align import list_aligners
-from ..utils import machine, write_text_atomic
+from ..utils import check_writable, folder_lock, machine, write_text_atomic
 from .config import load_config
 from .loop import train
 
@@ -142,14 +142,16 @@ def run_ablation(config: str | Path, methods: Sequence[str], overrides: Sequence
     cfg = load_config(config, overrides)
     base = yaml.safe_load(cfg.to_yaml())
     out = cfg.run.out
-    rows = run_methods(base, methods, out, log=log)
-    meta = {"tokenflow_version": __version__, "date": _dt.date.today().isoformat(), "machine": machine(),
-            "config": str(config), "overrides": list(overrides), "dataset": cfg.data.dataset,
-            "backbone": cfg.model.backbone, "selection": f"best validation {cfg.run.select}; test evaluated once"}
-    title = (f"{cfg.data.dataset} {cfg.data.test_split}, backbone {cfg.model.backbone}; "
-             f"{meta['date']}, {meta['machine']}")
-    _write_results(out, rows, meta, title)
-    log("")
-    log(format_markdown(rows, title))
+    check_writable(out, "run.out")
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):  # one ablation per folder; each method's run locks its own subfolder too
+        rows = run_methods(base, methods, out, log=log)
+        meta = {"tokenflow_version": __version__, "date": _dt.date.today().isoformat(), "machine": machine(),
+                "config": str(config), "overrides": list(overrides), "dataset": cfg.data.dataset,
+                "backbone": cfg.model.backbone,
+                "selection": f"best validation {cfg.run.select}; test evaluated once"}
+        title = (f"{cfg.data.dataset} {cfg.data.test_split}, backbone {cfg.model.backbone}; "
+                 f"{meta['date']}, {meta['machine']}")
+        _write_results(out, rows, meta, title)
     return {**meta, "rows": rows}
 

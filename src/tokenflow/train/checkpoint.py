@@ -2,7 +2,9 @@
 
 One file holds the student and teacher weights, the optimizer's tensors, the queues and the
 torch RNG states as tensors; the rest (step, epoch, best validation score, optimizer
-hyperparameters, Python and NumPy RNG states) sits in the file's string metadata as JSON.
+hyperparameters, Python and NumPy RNG states) sits in the file's string metadata as JSON, with the
+run's resolved configuration, the tokenflow version and the date (:func:`read_checkpoint_info`
+reads them without the tensors; ``--resume`` compares the configuration).
 The learning-rate schedule is a pure function of the step and the config, so the step is its
 whole state. Loading reads tensors and JSON only: nothing is unpickled.
 
@@ -12,6 +14,7 @@ during a save leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import random
 from pathlib import Path
@@ -21,10 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from .._extras import require
+from .._version import __version__
+from ..errors import FileError
 from ..losses import FeatureQueue
 from ..utils import atomic_path
 
-__all__ = ["FORMAT", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = ["FORMAT", "load_checkpoint", "read_checkpoint_info", "rng_state", "save_checkpoint", "set_rng_state"]
 
 FORMAT = "tokenflow-train-state/1"
 
@@ -66,8 +71,9 @@ def _cpu_tensors(prefix: str, state: dict[str, Tensor], seen: dict[int, str], ou
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict, teacher: nn.Module | None = None,
-                    queues: tuple[FeatureQueue, FeatureQueue] | None = None) -> Path:
-    """Write the full training state to ``path`` atomically."""
+                    queues: tuple[FeatureQueue, FeatureQueue] | None = None, config: dict | None = None) -> Path:
+    """Write the full training state to ``path`` atomically; ``config`` (the resolved training
+    configuration, JSON-able) is stored with the tokenflow version and the date."""
     require("safetensors", "train", "saving a checkpoint")
     from safetensors.torch import save_file
 
@@ -89,7 +95,10 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     rng_t, rng_meta = rng_state()
     tensors.update(rng_t)
     meta = {"format": FORMAT, "state": json.dumps(state), "optim.param_groups": json.dumps(opt["param_groups"]),
+            "tokenflow_version": __version__, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **rng_meta}
+    if config is not None:
+        meta["config"] = json.dumps(config)
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -111,9 +120,9 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from None
+        raise FileError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise FileError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     device = next(model.parameters()).device
 
     def part(prefix: str) -> dict[str, Tensor]:
@@ -137,6 +146,25 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     if restore_rng:
         set_rng_state(part(""), meta)
     return json.loads(meta["state"])
+
+
+def read_checkpoint_info(path: str | Path) -> dict:
+    """What a checkpoint says about its run, read without its tensors: ``state`` (step, best
+    score, ``finished``), ``config`` (the resolved configuration; ``None`` in checkpoints written
+    before tokenflow stored it), ``tokenflow_version`` and ``date``."""
+    require("safetensors", "train", "reading a checkpoint")
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise FileError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from None
+    if meta.get("format") != FORMAT:
+        raise FileError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return {"state": json.loads(meta["state"]), "config": json.loads(meta["config"]) if "config" in meta else None,
+            "tokenflow_version": meta.get("tokenflow_version"), "date": meta.get("date")}
 
 
 def _load_strict(module: nn.Module, state: dict[str, Tensor], path: Path, what: str) -> None:

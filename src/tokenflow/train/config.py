@@ -17,13 +17,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..errors import UserError
 from ..models.tiny import TinyConfig
 
 __all__ = ["CSConfig", "ConfigError", "DataConfig", "DistillConfig", "ModelConfig", "OptimConfig", "RunConfig",
            "TrainConfig", "load_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration: the message names the file and the key."""
 
 
@@ -74,6 +75,16 @@ class ModelConfig(_Strict):
         if v is not None and v not in list_aligners():
             raise ValueError(f"unknown aligner {v!r}; choose one of {', '.join(list_aligners())} or null")
         return v
+
+    @model_validator(mode="after")
+    def _finite_hparams(self) -> ModelConfig:
+        from ..models.retrieval import hparam_problems
+
+        if self.aligner is not None:
+            problems = hparam_problems(self.aligner, self.hparams)
+            if problems:
+                raise ValueError("model.hparams: " + "; ".join(problems))
+        return self
 
 
 class DistillConfig(_Strict):

@@ -16,11 +16,15 @@ from .trainer import Trainer, build_model, deterministic_algorithms, lr_at, para
 __all__ = ["build_model", "deterministic_algorithms", "lr_at", "param_groups", "train"]
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, argv: list[str] | None = None) -> dict:
-    """Run (or resume) the training that ``cfg`` describes; returns a summary dict."""
+def train(cfg: TrainConfig, *, resume: bool = False, argv: list[str] | None = None,
+          force_config: bool = False) -> dict:
+    """Run (or resume) the training that ``cfg`` describes; returns a summary dict.
+
+    ``force_config``: resume even where ``cfg`` changes keys that alter the result (the change
+    is recorded in ``log.jsonl``)."""
     info, device = init_distributed(cfg.run.device)
     try:
-        return Trainer(cfg, info, device, resume=resume, argv=argv).run()
+        return Trainer(cfg, info, device, resume=resume, argv=argv, force_config=force_config).run()
     finally:
         if info.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -4,7 +4,9 @@ Output folder (``run.out``)::
 
     config.yaml        the resolved configuration
     log.jsonl          one JSON object per logged step, validation run, skipped file
-    last.safetensors   the resume checkpoint (whole training state, replaced atomically)
+    last.safetensors   the resume checkpoint (whole training state, replaced atomically, with the
+                       resolved configuration, the tokenflow version and the date)
+    .tokenflow.lock    the folder's lock, held by the process that writes it (its pid inside)
     best/              the model with the best validation score (a folder that
                        ``tokenflow evaluate --model`` and ``load_backbone`` read)
     val_best.json      validation report of that model
@@ -14,6 +16,11 @@ The checkpoint is chosen on the validation split only; the test split is touched
 training, with the chosen checkpoint. Both evaluations are shared by every process
 (:func:`evaluate_sharded`), so that no process idles at a barrier for a whole evaluation (NCCL's
 collective timeout); rank 0 alone logs and writes files.
+
+``--resume`` refuses a configuration that would change the result (see
+:mod:`tokenflow.train.runfolder`) before anything in the folder is written, and a finished run
+says so and does nothing. A non-finite loss or gradient norm stops the run at that step with
+:class:`~tokenflow.errors.Diverged`; the last checkpoint and ``best/`` stay those of good steps.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -36,18 +42,23 @@ from torch import Tensor, nn
 from ..align import Aligner, aligner_for
 from ..data import load_split
 from ..data.base import OnError, RetrievalSplit, collate_media
+from ..errors import Diverged, UserError
 from ..eval.evaluate import encode_items, encode_texts, evaluate, protocol_folds, retrieval_report, similarity
 from ..losses import FeatureQueue, ema_update
 from ..models import TinyCLIP, WordTokenizer, load_backbone
 from ..models.base import DualEncoder, VideoTokens
 from ..models.retrieval import RetrievalModel
 from ..tokens import Tokens
-from ..utils import write_text_atomic
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..utils import check_writable, folder_lock, write_text_atomic
+from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import PairDataset, StepBatchSampler, UnpairedPool, epoch_order
 from .distributed import DistInfo, all_gather_objects, all_gather_rows, all_gather_tokens, gather_sizes, shard
 from .objective import Batch, Objective
+from .runfolder import config_changes, format_changes, read_log, recover_model_dir, remove_leftovers, save_model_dir
+
+#: Seconds between the plain progress lines written when stderr is not a terminal.
+PLAIN_PROGRESS_S = 30.0
 
 __all__ = ["Trainer", "build_model", "deterministic_algorithms", "evaluate_sharded", "lr_at", "param_groups"]
 
@@ -150,7 +161,8 @@ def evaluate_sharded(backbone: DualEncoder, split: RetrievalSplit, aligner: Alig
     parts = all_gather_objects((kept, skipped), info)
     kept_all, skipped_all = [i for k, _ in parts for i in k], [f for _, s in parts for f in s]
     if not kept_all:
-        raise RuntimeError(f"{split.name}: no readable {split.modality} (all {len(split)} skipped)")
+        raise UserError(f"{split.name}: none of its {len(split)} {split.modality}s could be read (all skipped); "
+                        f"first: {skipped_all[0]['path']}: {skipped_all[0]['reason']}")
     evaluated = split.subset(kept_all) if skipped_all else split
     txt = _texts_everywhere(backbone, evaluated.texts, info, batch_size)
     t1 = time.perf_counter()
@@ -226,10 +238,9 @@ class _Log:
             return
         if keep_until is None:  # a new run starts a new log
             path.unlink(missing_ok=True)
-        elif path.is_file():  # resuming: drop what the lost run logged after the checkpoint
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0)
-                    <= keep_until]
-            write_text_atomic(path, "".join(ln + "\n" for ln in kept))
+        elif path.is_file():  # resuming: drop what the lost run logged after the checkpoint, and its end
+            kept = [r for r in read_log(path) if r.get("step", 0) <= keep_until and r.get("kind") != "done"]
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -252,25 +263,18 @@ class _Log:
             self.tb.close()
 
 
-def _save_model_dir(model: RetrievalModel, folder: Path) -> None:
-    """Write a model folder next to ``folder`` and swap it in: readers see the old or the new one."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+_save_model_dir, _recover_model_dir = save_model_dir, recover_model_dir  # the swap with a journal: runfolder.py
 
 
-def _recover_model_dir(folder: Path) -> None:
-    """After a kill between the two renames of :func:`_save_model_dir`, put the old folder back."""
-    if folder.exists():
-        return
-    olds = sorted(folder.parent.glob(f".{folder.name}.old-*"))
-    if olds:
-        os.replace(olds[-1], folder)
+def _grad_norm(model: nn.Module) -> Tensor:
+    """The L2 norm of all gradients together (what ``clip_grad_norm_`` measures), without clipping."""
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
+def _finite(x: float) -> float | str:
+    """A number for JSON: non-finite ones as text (``"nan"``), which strict JSON readers accept."""
+    return x if math.isfinite(x) else str(x)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -283,11 +287,15 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, device: torch.device, *, resume: bool = False,
-                 argv: list[str] | None = None):
+                 argv: list[str] | None = None, force_config: bool = False):
         self.cfg, self.info, self.device, self.resume, self.argv = cfg, info, device, resume, argv
+        self.force_config = force_config
         self.out = cfg.run.out
         self.ckpt_path = self.out / "last.safetensors"
         self.log: _Log | None = None
+        self.changes: dict = {}  # configuration keys changed on --resume --force-config
+        self.config_json = json.loads(json.dumps(cfg.model_dump(mode="json")))
+        self.held = contextlib.ExitStack()  # the run folder's lock, from _prepare_out to the end of run()
 
     def run(self) -> dict:
         """Set up, train to the last step, test the chosen checkpoint; returns the summary.
@@ -295,8 +303,10 @@ class Trainer:
         ``run.deterministic`` holds for this run only: the process's previous settings come back
         when it ends, also on an error.
         """
-        with deterministic_algorithms(self.cfg.run.deterministic):
+        with deterministic_algorithms(self.cfg.run.deterministic), self.held:
             try:
+                if self._check_resume():
+                    return self._already_finished()
                 self.setup()
                 self.fit()
                 return self.finish()
@@ -314,17 +324,62 @@ class Trainer:
         self._restore()
         self._build_data()
 
-    def _prepare_out(self) -> None:
-        if not self.info.main:
-            return
+    def _check_resume(self) -> bool:
+        """Before anything is written: the run folder fits the request, and on ``--resume`` the
+        configuration changes nothing that alters the result (unless ``force_config``). Returns
+        whether the checkpoint's run is finished."""
         out, ckpt = self.out, self.ckpt_path
         if self.resume and not ckpt.is_file():
             raise ConfigError(f"--resume: {ckpt} not found (nothing to resume in {out})")
         if not self.resume and ckpt.is_file():
             raise ConfigError(f"run.out: {out} already holds a run ({ckpt.name}); pass --resume to continue "
                               "it or choose another run.out")
+        if not self.resume:
+            return False
+        saved = read_checkpoint_info(ckpt)
+        self.saved_state = saved["state"]
+        if saved["state"].get("finished") or self._done_logged(saved["state"]["step"]):
+            return True
+        if saved["config"] is None:
+            if self.info.main:
+                print(f"tokenflow train: warning: {ckpt} was written by a tokenflow that did not store the "
+                      "configuration; the resumed configuration cannot be checked against it", file=sys.stderr)
+            return False
+        self.changes = config_changes(saved["config"], self.config_json)
+        if self.changes and not self.force_config:
+            raise ConfigError(f"--resume: the configuration differs from the one {ckpt} was trained with "
+                              f"(tokenflow {saved['tokenflow_version']}, {saved['date']}):\n"
+                              f"{format_changes(self.changes)}\nthese keys change the result: set them back, "
+                              "start a new run.out, or pass --force-config to resume with them anyway")
+        return False
+
+    def _done_logged(self, step: int) -> bool:
+        """Whether ``log.jsonl`` records the end of the run at ``step`` (checkpoints written before
+        tokenflow marked finished runs, or a kill between that record and the mark)."""
+        log = self.out / "log.jsonl"
+        return log.is_file() and any(r.get("kind") == "done" and r.get("step") == step for r in read_log(log))
+
+    def _already_finished(self) -> dict:
+        """``--resume`` of a finished run: nothing is evaluated or written again."""
+        s = self.saved_state
+        if self.info.main:
+            print(f"tokenflow train: the run in {self.out} is finished (step {s['step']}); nothing to resume. "
+                  f"Its test report: {self.out / 'test.json'}", file=sys.stderr)
+        return {"already_finished": True, "steps": s["step"], "best_step": s["best_step"],
+                self.cfg.run.select: s["best"], "skipped_files": s.get("skipped", 0)}
+
+    def _prepare_out(self) -> None:
+        """Rank 0: the folder writable, locked for this process, cleared of a killed run's
+        temporary files (``best/`` recovered), and its ``config.yaml``."""
+        if not self.info.main:
+            return
+        out = self.out
+        check_writable(out, "run.out")
         out.mkdir(parents=True, exist_ok=True)
-        _recover_model_dir(out / "best")
+        self.held.enter_context(folder_lock(out))
+        if self.ckpt_path.is_file() != self.resume:  # another process started or ended a run meanwhile
+            self._check_resume()
+        remove_leftovers(out)
         write_text_atomic(out / "config.yaml", self.cfg.to_yaml())
 
     def _build_model(self) -> None:
@@ -333,6 +388,9 @@ class Trainer:
         self.train_split = load_split(d.dataset, d.root, d.train_split, media=d.media)
         self.val_split = _with_positives(load_split(d.dataset, d.root, d.val_split, media=d.media), d.positives,
                                          d.val_split)
+        # read now, so that a missing or empty test split stops the run before training, not after
+        self.test_split = None if not d.test_split else _with_positives(
+            load_split(d.dataset, d.root, d.test_split, media=d.media), d.positives, d.test_split)
         self.model = build_model(cfg, self.train_split).to(self.device)
         self.model.train()
         self.teacher: RetrievalModel | None = None
@@ -368,11 +426,20 @@ class Trainer:
         """The run's state and log: fresh, or the checkpoint's (weights, optimizer, teacher, queues, RNG)."""
         self.state = {"step": 0, "best": None, "best_step": None, "last_eval_step": None, "skipped": 0}
         if self.resume:
+            configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
             self.state = load_checkpoint(self.ckpt_path, model=self.model, optimizer=self.optimizer,
                                          teacher=self.teacher, queues=self.queues)
+            for g, hyper in zip(self.optimizer.param_groups, configured, strict=True):
+                g.update(hyper)  # the configuration's rates and decay (the same unless --force-config)
             if self.info.main:
                 print(f"resumed from {self.ckpt_path} at step {self.state['step']}", file=sys.stderr)
         self.log = _Log(self.out / "log.jsonl", self.info.main, self.state["step"] if self.resume else None)
+        if self.changes:
+            if self.info.main:
+                print(f"tokenflow train: --force-config: resuming with changed keys\n"
+                      f"{format_changes(self.changes)}", file=sys.stderr)
+            self.log.write({"kind": "config_override", "step": self.state["step"],
+                            "changes": {k: {"old": a, "new": b} for k, (a, b) in self.changes.items()}})
 
     def _build_data(self) -> None:
         """The training pairs, the unpaired pool of the CS term, the mixed-precision choice."""
@@ -394,9 +461,11 @@ class Trainer:
         from tqdm import tqdm
 
         show = self.cfg.run.progress and self.info.main and sys.stderr.isatty()
+        self.plain = self.cfg.run.progress and self.info.main and not show  # a log file, not a terminal
         self.bar = tqdm(total=self.total, initial=self.state["step"], desc="train", unit="step", disable=not show,
                         file=sys.stderr)
         self.t_start, self.seen, self.t_log = time.perf_counter(), 0, time.perf_counter()
+        self.t_plain, self.first_step = self.t_start, self.state["step"]
         while self.state["step"] < self.total:
             epoch, within = divmod(self.state["step"], self.steps_per_epoch)
             batches = iter(self._loader(epoch, within))
@@ -435,7 +504,10 @@ class Trainer:
             self.seen += len(batch.item_ids) * self.info.world
         stats = self._global_mean(stats)
         if o.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+        else:
+            norm = _grad_norm(self.model)
+        self._stop_if_diverged(stats["loss"], float(norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.clamp_logit_scale()
@@ -443,6 +515,20 @@ class Trainer:
             ema_update(self.teacher, self.model, self.cfg.distill.ema)
         state["step"] += 1
         return stats
+
+    def _stop_if_diverged(self, loss: float, grad_norm: float) -> None:
+        """A non-finite loss or gradient norm stops the run before the optimizer step, so that
+        nothing saved afterwards holds it; the log gets the reason (every process raises alike:
+        both numbers are global)."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        step, lr = self.state["step"] + 1, self.optimizer.param_groups[0]["lr"]
+        msg = (f"diverged at step {step} (loss {loss:.4g}, grad norm {grad_norm:.4g}, lr {lr:.3g}); "
+               f"{self.ckpt_path.name} and best/ keep the last good state. Lower optim.lr / optim.lr_new or set "
+               "optim.grad_clip, then start a new run.out (or --resume --force-config)")
+        self.log.write({"kind": "diverged", "step": step, "loss": _finite(loss), "grad_norm": _finite(grad_norm),
+                        "lr": lr, "message": msg})
+        raise Diverged(msg)
 
     def _micro_batch(self, loaded: tuple, micro: int) -> Batch:
         """A loader batch on the device, with its texts tokenized and the unpaired extras added;
@@ -476,8 +562,11 @@ class Trainer:
             batch.extra_ids, batch.extra_text_mask = xi.to(dev), xtm.to(dev)
 
     def _log_skipped(self, bad: list, **extra) -> None:
+        """Log every skip; ``state["skipped"]`` counts distinct files (a broken file is met every epoch)."""
         if bad:
-            self.state["skipped"] += len(bad)
+            seen = self.state.setdefault("skipped_paths", [])
+            seen.extend(sorted({p for _, p, _ in bad} - set(seen)))
+            self.state["skipped"] = len(seen)
             self.log.write({"kind": "skipped", "step": self.state["step"], **extra,
                             "files": [{"path": p, "reason": r} for _, p, r in bad]})
 
@@ -512,6 +601,8 @@ class Trainer:
         now = time.perf_counter()
         rate = self.seen / max(now - self.t_log, 1e-9)
         self.bar.set_postfix(loss=f"{stats['loss']:.3f}", pairs_per_s=f"{rate:.0f}")
+        if self.plain and (now - self.t_plain >= PLAIN_PROGRESS_S or step == total):
+            self._plain_progress(stats["loss"], now)
         if step % run.log_every == 0 or step == total:
             self.log.write({"kind": "train", "step": step, "epoch": epoch, **stats,
                             "logit_scale": float(self.model.scale().detach()),
@@ -523,11 +614,20 @@ class Trainer:
         if step % run.save_every == 0 or end_of_epoch or step == total:
             self.save_last()
 
+    def _plain_progress(self, loss: float, now: float) -> None:
+        """One line to stderr (a log file, not a terminal): step, loss, speed, time left."""
+        step, total = self.state["step"], self.total
+        per_step = (now - self.t_start) / max(1, step - self.first_step)
+        left = int(per_step * (total - step))
+        print(f"train: step {step}/{total}  loss {loss:.4f}  {per_step:.2f} s/step  ETA "
+              f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", file=sys.stderr, flush=True)
+        self.t_plain = now
+
     def save_last(self) -> None:
         """The resume checkpoint (rank 0): weights, optimizer, teacher, queues, state, RNG."""
         if self.info.main:
             save_checkpoint(self.ckpt_path, model=self.model, optimizer=self.optimizer, state=self.state,
-                            teacher=self.teacher, queues=self.queues)
+                            teacher=self.teacher, queues=self.queues, config=self.config_json)
 
     # -- evaluation ---------------------------------------------------------------------------
     def _eval_settings(self) -> dict:
@@ -565,11 +665,9 @@ class Trainer:
     def test(self) -> dict | None:
         """Score the chosen checkpoint once on ``data.test_split`` (every process its share); rank 0
         writes ``test.json`` and returns its metrics, the other processes ``None``."""
-        d = self.cfg.data
-        if not d.test_split:
+        d, split = self.cfg.data, self.test_split
+        if split is None:
             return None
-        split = _with_positives(load_split(d.dataset, d.root, d.test_split, media=d.media), d.positives,
-                                d.test_split)
         best = _load_everywhere(self.out / "best", self.info, self.device)
         report = evaluate_sharded(best.backbone, split, best.aligner, self.info, w_global=best.w_global,
                                   w_fine=best.w_fine, folds=protocol_folds(d.dataset, d.test_split, len(split)),
@@ -591,6 +689,8 @@ class Trainer:
         if metrics is not None:
             summary["test"] = metrics
         self.log.write({"kind": "done", "step": s["step"], **{k: v for k, v in summary.items() if k != "test"}})
+        s["finished"] = True  # a later --resume says so instead of testing again
+        self.save_last()
         if self.info.enabled:  # no process tears the group down while another still uses it
             torch.distributed.barrier()
         return summary

@@ -1,0 +1,135 @@
+"""The run folder's safety rules: what a resumed run may change, how ``best/`` is swapped, and
+what a killed process leaves behind.
+
+* :data:`SAFE_TO_CHANGE` is the one list of configuration keys that ``--resume`` lets change:
+  they cannot alter the weights, the log's numbers or the chosen checkpoint. Any other change
+  is refused with a diff (``key: old -> new``) unless ``--force-config`` is given.
+* ``best/`` is replaced through a journal: the complete new copy is written under a temporary
+  name, then a journal file naming it is written atomically, then the renames follow. After a
+  kill, :func:`recover_model_dir` finishes the swap when the journal exists (the copy it names is
+  complete) and otherwise drops the unfinished copy: which folder is whole never depends on names.
+* :func:`remove_leftovers` deletes the temporary files and folders of killed writers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import FileError
+from ..utils import remove_temporaries, write_text_atomic
+
+__all__ = ["SAFE_TO_CHANGE", "config_changes", "format_changes", "read_log", "recover_model_dir",
+           "remove_leftovers", "save_model_dir"]
+
+#: Keys a resumed run may change: logging and progress output, checkpoint cadence, data loader
+#: processes and the in-memory media cache (the batches are a function of the seed and the
+#: epoch), the evaluation batch size (items are encoded one by one: the batch only groups them),
+#: and the run folder itself (moved). Not here, because they change the result: the validation
+#: cadence (``run.eval_every``: it decides which checkpoint is chosen), ``run.max_steps`` (the
+#: learning-rate schedule), ``run.device`` and ``run.deterministic`` (the kernels), and every
+#: key of ``data``, ``model``, ``optim``, ``distill`` and ``cs`` not listed.
+SAFE_TO_CHANGE = frozenset({"run.out", "run.log_every", "run.progress", "run.save_every", "run.eval_batch_size",
+                            "data.workers", "data.cache"})
+
+_ABSENT = "(absent)"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v and key != "model.hparams":
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two resolved configurations (JSON form), as
+    ``{dotted.key: (old, new)}``, leaving out :data:`SAFE_TO_CHANGE`."""
+    a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
+    changed = {}
+    for key in sorted(set(a) | set(b)):
+        if key in SAFE_TO_CHANGE:
+            continue
+        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if va != vb:
+            changed[key] = (va, vb)
+    return changed
+
+
+def format_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """One line per key: ``  optim.lr: 0.001 -> 0.002``."""
+    return "\n".join(f"  {k}: {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
+
+
+# -- best/: a swap with a journal --------------------------------------------------------------
+def _journal(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.journal")
+
+
+def save_model_dir(model, folder: Path) -> None:
+    """Write a model folder next to ``folder`` and swap it in: readers see the old or the new
+    one, and :func:`recover_model_dir` completes or undoes a swap cut short by a kill."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)  # every file written atomically (fsynced) inside
+    write_text_atomic(_journal(folder), json.dumps({"complete": tmp.name, "old": old.name}) + "\n")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _journal(folder).unlink()
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_model_dir(folder: Path) -> None:
+    """After a kill inside :func:`save_model_dir`: finish the swap when the journal names a
+    complete copy, else keep ``folder`` as it is; then remove the leftover copies."""
+    journal = _journal(folder)
+    if journal.is_file():
+        try:
+            complete = folder.with_name(json.loads(journal.read_text())["complete"])
+        except (ValueError, KeyError):  # the journal is written atomically: only a foreign file gets here
+            raise FileError(f"{journal}: not a tokenflow swap journal; remove it by hand") from None
+        if complete.is_dir():
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(complete, folder)
+        journal.unlink()
+    elif not folder.exists():  # written by a tokenflow without the journal: the newest old copy
+        olds = sorted(folder.parent.glob(f".{folder.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if olds:
+            os.replace(olds[-1], folder)
+    remove_temporaries(folder.parent, (f".{folder.name}.tmp-*", f".{folder.name}.old-*"))
+
+
+def remove_leftovers(out: Path) -> list[Path]:
+    """Recover ``best/`` and delete killed writers' temporary files in ``out`` (under its lock)."""
+    recover_model_dir(out / "best")
+    return remove_temporaries(out)
+
+
+# -- log.jsonl ---------------------------------------------------------------------------------
+def read_log(path: Path) -> list[dict]:
+    """The records of ``log.jsonl``. A torn last line (a kill during a write) is dropped with a
+    warning naming the file; an unreadable line elsewhere raises :class:`FileError`."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    records = []
+    for i, ln in enumerate(lines):
+        try:
+            records.append(json.loads(ln))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise FileError(f"{path}: line {i + 1} is not JSON; the log is damaged") from None
+            print(f"tokenflow: warning: {path}: dropped a torn last line (the run was killed while writing "
+                  "it)", file=sys.stderr)
+    return records

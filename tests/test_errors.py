@@ -1,0 +1,157 @@
+"""User errors are one message and exit 2, divergence 3, bugs a traceback and exit 1; the
+messages name the file, folder or key at fault."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tokenflow.cli import main
+from tokenflow.data import load_split
+from tokenflow.errors import FileError, UserError
+from tokenflow.models import TinyCLIP, WordTokenizer
+from tokenflow.models.tiny import TinyConfig
+
+TINY = {"image_size": 16, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16}
+
+
+@pytest.fixture
+def model_dir(tmp_path, synth) -> Path:
+    split = load_split("flickr30k", synth / "images", "train")
+    TinyCLIP(TinyConfig(**TINY), WordTokenizer.build(split.texts)).save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+def _evaluate(root: Path, model: Path, *extra: str) -> int:
+    return main(["evaluate", "--dataset", "flickr30k", "--root", str(root), "--split", "val", "--model", str(model),
+                 "--quiet", *extra])
+
+
+def test_every_user_error_is_one_family():
+    from tokenflow._extras import MissingExtra
+    from tokenflow.data import MediaError
+    from tokenflow.train import ConfigError
+
+    for cls in (MissingExtra, MediaError, ConfigError, FileError):
+        assert issubclass(cls, UserError)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickled", "garbage"])
+def test_a_damaged_weights_file_is_named(tmp_path, synth, model_dir, capsys, damage):
+    weights = model_dir / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:200])
+    elif damage == "pickled":
+        torch.save({"w": torch.zeros(3)}, weights)
+    else:
+        weights.write_bytes(b"\x00" * 64)
+    assert _evaluate(synth / "images", model_dir) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: not a readable safetensors file" in err and "Traceback" not in err
+    image = load_split("flickr30k", synth / "images", "val").item_paths[0]
+    assert main(["explain", "--model", str(model_dir), "--media", str(image), "--caption", "a red square",
+                 "--out", str(tmp_path / "e.png")]) == 2
+    assert f"{weights}: not a readable safetensors file" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"dataset": "flickr30k", "root": str(synth / "images")},
+                                   "model": {"backbone": str(model_dir)}, "run": {"out": str(tmp_path / "run")}}))
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert f"{weights}: not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_is_named(tmp_path, synth, capsys):
+    from tests.train.test_train import _config
+
+    path = _config(tmp_path, synth / "images", "run", run={"max_steps": 1}, distill={"enabled": False})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.safetensors").write_bytes(b"\x80\x04pickle")
+    assert main(["train", "--config", str(path), "--resume"]) == 2
+    assert "last.safetensors: not a readable safetensors checkpoint" in capsys.readouterr().err
+
+
+def test_a_read_only_output_folder_stops_before_any_work(tmp_path, synth, model_dir, monkeypatch, capsys):
+    import tokenflow.utils as utils
+
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    real = utils.tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **k):  # a read-only folder (chmod does not stop root, who runs CI here)
+        if Path(dir).resolve() == locked.resolve():
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(utils.tempfile, "mkstemp", mkstemp)
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("tokenflow.eval.evaluate"), "evaluate",
+                        lambda *a, **k: pytest.fail("evaluated first"))
+    assert _evaluate(synth / "images", model_dir, "--out", str(locked / "r.json")) == 2
+    assert f"--out folder {locked} is not writable (Permission denied)" in capsys.readouterr().err
+    from tests.train.test_train import _config
+
+    path = _config(tmp_path, synth / "images", "run", run={"max_steps": 1, "out": str(locked / "run")})
+    assert main(["train", "--config", str(path)]) == 2
+    assert f"run.out {locked / 'run'} is not writable" in capsys.readouterr().err
+    assert not (locked / "run").exists()
+    assert main(["demo", "--quick", "--out", str(locked / "demo"), "--methods", "global"]) == 2
+    assert "is not writable" in capsys.readouterr().err and not (locked / "demo").exists()
+    (tmp_path / "file.txt").write_text("")
+    assert _evaluate(synth / "images", model_dir, "--out", str(tmp_path / "file.txt" / "r.json")) == 2
+    assert f"{tmp_path / 'file.txt'} is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("hp", "message"), [("lam=fast", "lam='fast'"), ("lam=Infinity", "lam=inf"),
+                                             ("lam=NaN", "lam=nan"), ("lam=true", "lam=True")])
+def test_a_hyperparameter_must_be_a_finite_number(synth, model_dir, capsys, hp, message):
+    assert _evaluate(synth / "images", model_dir, "--aligner", "tokenflow", "--hp", hp) == 2
+    err = capsys.readouterr().err
+    assert f"--hp: {message}: tokenflow's lam must be a finite number" in err and "Traceback" not in err
+
+
+def test_a_training_hyperparameter_must_be_a_finite_number(tmp_path, synth):
+    from tokenflow.train import ConfigError, load_config
+    from tokenflow.train.config import TrainConfig
+
+    data = {"data": {"dataset": "flickr30k", "root": str(synth / "images")},
+            "model": {"backbone": "tiny", "hparams": {"lam": ".inf"}}, "run": {"out": str(tmp_path / "r")}}
+    for value in (".inf", "fast", ".nan"):
+        with pytest.raises(ConfigError, match="model.hparams: lam="):
+            load_config(None, [f"model.hparams={{lam: {value}}}"], data=data)
+    assert isinstance(load_config(None, ["model.hparams={lam: 3}"], data=data), TrainConfig)
+
+
+def test_every_item_unreadable_with_skip_is_a_clear_message(tmp_path, synth, model_dir, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(synth / "images", root)
+    for p in load_split("flickr30k", root, "val").item_paths:
+        p.write_bytes(b"not a jpeg")
+    assert _evaluate(root, model_dir, "--on-error", "skip") == 2
+    err = capsys.readouterr().err
+    assert "none of its 4 images could be read (all skipped); first: " in err and "Traceback" not in err
+
+
+def test_a_bug_shows_its_traceback_and_exits_1_and_debug_shows_every_traceback(tmp_path, monkeypatch, capsys):
+    import tokenflow.cli as cli
+
+    def bug(args):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(cli, "_make_data", bug)
+    assert main(["make-data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'oops'" in err and "internal error" in err
+
+    def user(args):
+        raise FileError(f"{tmp_path}: broken")
+
+    monkeypatch.setattr(cli, "_make_data", user)
+    assert main(["make-data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"tokenflow make-data: {tmp_path}: broken\n"
+    assert main(["--debug", "make-data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith(f"tokenflow make-data: {tmp_path}: broken\n")
