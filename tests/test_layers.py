@@ -141,14 +141,14 @@ def test_the_core_works_without_any_extra():
     res = run_core_only("""
         import sys, torch
         import tokenflow, tokenflow.losses
-        from tokenflow import Tokens, get_aligner, list_aligners
+        from tokenflow import Tokens, list_aligners
+        from tokenflow.align import aligner_for
         g = torch.Generator().manual_seed(0)
         def tokens(n, l):
             return Tokens(torch.randn(n, l, 8, generator=g), torch.ones(n, l, dtype=torch.bool),
                           torch.randn(n, 8, generator=g))
         for name in list_aligners():
-            hp = {"dim": 8} if name in ("mpa", "dive") else {}
-            s = get_aligner(name, **hp).pairwise(tokens(3, 4), tokens(2, 5))
+            s = aligner_for(name, dim=8).pairwise(tokens(3, 4), tokens(2, 5))  # dim: plans with learned heads
             assert s.v2t.shape == (3, 2), name
         loaded = sorted({m.split(".")[0] for m in sys.modules})
         print("LOADED", " ".join(loaded))

@@ -96,10 +96,9 @@ def _evaluate(args) -> int:
         if name != "none":
             check_hparams(name, dict(args.hp or []))
         aligner = None if name == "none" else aligner_for(name, dict(args.hp or []), dim=backbone.embed_dim)
-        if aligner is not None and not aligner.token_plan:
-            print(f"tokenflow evaluate: note: {name} has learned set heads and {args.model} holds none; they are "
-                  "freshly initialised (near the global similarity). Evaluate a folder trained with it instead.",
-                  file=sys.stderr)
+        if aligner is not None and any(True for _ in aligner.parameters()):
+            print(f"tokenflow evaluate: note: {name} has learned weights and {args.model} holds none; they are "
+                  "freshly initialised. Evaluate a folder trained with it instead.", file=sys.stderr)
     backbone = backbone.to(args.device)
     head = head or {}
     if args.w_global is None:

@@ -41,8 +41,8 @@ __all__ = ["ALL_METHODS", "METHODS", "QUICK_METHODS", "TASKS", "format_seed_tabl
 
 #: Every method the demo knows: "global" is the global similarity alone; the others add a plan,
 #: except "cs-aligner", which adds the Cauchy-Schwarz divergence term to the global loss.
-ALL_METHODS = ("global", "uniform", "max-avg", "scan", "emd", "sinkhorn", "tokenflow", "omit", "mpa", "dive",
-               "cs-aligner")
+ALL_METHODS = ("global", "uniform", "max-avg", "scan", "emd", "sinkhorn", "tokenflow", "omit", "wti", "xclip",
+               "mpa", "dive", "cs-aligner")
 #: The default rows: the global baseline, FILIP's max-avg and TokenFlow, which fit the 5-minute
 #: budget with 3 seeds on 2 cores; the rest of ALL_METHODS (scan, transport, sets, CS) with ``--methods``.
 METHODS = ("global", "max-avg", "tokenflow")

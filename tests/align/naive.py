@@ -262,3 +262,100 @@ def naive_pairwise(name, vis, txt, hp):
             v2t[i, j], t2v[i, j] = (c * tv).sum(), (c * tt).sum()
             plans[i, j] = (c, tv, tt)
     return v2t, t2v, plans
+
+
+# -- peer methods with learned heads (tests/align/test_peers.py) -------------------------------
+
+
+def _mlp(layers, x):
+    """A Linear-ReLU-...-Linear stack given as [(W, b), ...] numpy arrays, on one vector."""
+    for k, (w, b) in enumerate(layers):
+        x = w @ x + b
+        if k < len(layers) - 1:
+            x = np.maximum(x, 0.0)
+    return float(x[0])
+
+
+def _cos(x, y):
+    return float(x @ y) / (math.sqrt(float(x @ x)) * math.sqrt(float(y @ y)))
+
+
+def wti_weights(mu, om, hp):
+    """DRL's token weights: softmax over the real tokens of each MLP score."""
+    a = _softmax([_mlp(hp["visual_mlp"], mu[s]) for s in range(mu.shape[0])])
+    b = _softmax([_mlp(hp["text_mlp"], om[t]) for t in range(om.shape[0])])
+    return a, b
+
+
+def wti_score(mu, om, mu_bar, om_bar, hp):
+    """DRL's WTI: 1/2 [sum_t b_t max_s cos + sum_s a_s max_t cos] over real tokens."""
+    l1, l2 = mu.shape[0], om.shape[0]
+    cos = [[_cos(mu[s], om[t]) for t in range(l2)] for s in range(l1)]
+    a, b = wti_weights(mu, om, hp)
+    text_side = sum(b[t] * max(cos[s][t] for s in range(l1)) for t in range(l2))
+    visual_side = sum(a[s] * max(cos[s][t] for t in range(l2)) for s in range(l1))
+    return 0.5 * (text_side + visual_side)
+
+
+def wti(mu, om, mu_bar, om_bar, hp):
+    """WTI as a plan over c = mu . omega: each argmax carries its token's weight / (2 |mu| |omega|)."""
+    l1, l2 = mu.shape[0], om.shape[0]
+    cos = np.array([[_cos(mu[s], om[t]) for t in range(l2)] for s in range(l1)])
+    a, b = wti_weights(mu, om, hp)
+    t_ = np.zeros((l1, l2))
+    for s in range(l1):
+        t_[s, int(np.argmax(cos[s]))] += a[s]
+    for t in range(l2):
+        t_[int(np.argmax(cos[:, t])), t] += b[t]
+    for s in range(l1):
+        for t in range(l2):
+            t_[s, t] /= 2 * math.sqrt(float(mu[s] @ mu[s])) * math.sqrt(float(om[t] @ om[t]))
+    return t_, t_
+
+
+NAIVE["wti"] = wti
+
+
+def _aosm(x, w):
+    """X-CLIP's attention over a similarity vector: sum_p x_p (softmax(x / tau) W)_p."""
+    tau = w["tau"]
+    beta = _softmax([xp / tau for xp in x])
+    mix = w["mix"]
+    return sum(x[p] * sum(beta[r] * mix[r, p] for r in range(len(x))) for p in range(len(x)))
+
+
+def xclip_score(mu, om, mu_bar, om_bar, hp):
+    """X-CLIP's (video-sentence + video-word + sentence-frame + frame-word) / 4 for one pair, its
+    position matrices restricted to the pair's real positions ``pos_v`` / ``pos_t``."""
+    tau, pv, pt = hp["tau"], hp["pos_v"], hp["pos_t"]
+
+    def sub(name, pos):
+        return {"tau": tau, "mix": hp[name][np.ix_(pos, pos)]}
+
+    unit = lambda x: x / math.sqrt(float(x @ x))
+    frames, words = [unit(x) for x in mu], [unit(x) for x in om]
+    video, sentence = unit(mu_bar), unit(om_bar)
+    g, loc = hp["global_mat_weight"], hp["local_mat_weight"]
+    l1, l2 = len(frames), len(words)
+    s_vs = float(sentence @ g @ video)
+    s_vw = _aosm([float(w @ video) for w in words], sub("word_logit_weight", pt))
+    s_sf = _aosm([float(sentence @ f) for f in frames], sub("frame_logit_weight", pv))
+    c = [[float(words[t] @ loc @ frames[s]) for t in range(l2)] for s in range(l1)]
+    per_frame = [_aosm(c[s], sub("word_mat_weight", pt)) for s in range(l1)]
+    per_word = [_aosm([c[s][t] for s in range(l1)], sub("frame_mat_weight", pv)) for t in range(l2)]
+    s_fw = 0.5 * (_aosm(per_frame, sub("frame_mat_weight2", pv)) + _aosm(per_word, sub("word_mat_weight2", pt)))
+    return (s_vs + s_vw + s_sf + s_fw) / 4
+
+
+def naive_peer_scores(score, vis, txt, hp):
+    """[n, m] of ``score(mu, om, mu_bar, om_bar, hp)`` over every pair's real tokens (float64)."""
+    out = np.zeros((len(vis), len(txt)))
+    for i in range(len(vis)):
+        pos_v = torch.nonzero(vis.mask[i]).flatten().tolist()
+        mu = vis.feats[i, pos_v].double().numpy()
+        for j in range(len(txt)):
+            pos_t = torch.nonzero(txt.mask[j]).flatten().tolist()
+            om = txt.feats[j, pos_t].double().numpy()
+            extra = dict(hp, pos_v=pos_v, pos_t=pos_t)
+            out[i, j] = score(mu, om, vis.pooled[i].double().numpy(), txt.pooled[j].double().numpy(), extra)
+    return out

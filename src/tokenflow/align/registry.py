@@ -31,6 +31,8 @@ BUILTIN: dict[str, str] = {
     "sinkhorn": "transport",
     "tokenflow": "tokenflow",
     "uniform": "uniform",
+    "wti": "wti",
+    "xclip": "xclip",
 }
 
 _REGISTRY: dict[str, type[Aligner]] = {}

@@ -115,8 +115,10 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
     if aligner is None:
         raise ValueError("this model has no fine-grained plan (global only): pass aligner=... to explain one")
     if not aligner.token_plan:
-        raise ValueError(f"{aligner.name} scores sets of learned embeddings, not token pairs: there is no "
-                         "patch-word plan to draw; pass aligner=... to explain a token plan")
+        what = ("scores sets of learned embeddings, not token pairs" if hasattr(aligner, "sets") else
+                "pools token similarities in a way that is not a weighted sum of them")
+        raise ValueError(f"{aligner.name} {what}: there is no patch-word plan to draw; pass aligner=... to "
+                         "explain a token plan")
     backbone = model.backbone.eval()
     device = backbone.device
     media = Path(media)
