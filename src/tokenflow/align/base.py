@@ -155,17 +155,26 @@ class Aligner(nn.Module):
 
     def plan(self, vis: Tokens, txt: Tokens, *, check: bool = True) -> Plan:
         """The plan of one pair (``vis[i]``, ``txt[j]``), restricted to real tokens."""
+        v, t, c = self._single_pair(vis, txt, check)
+        tv, tt = self.plans(c, v, t)
+        return self._plan_of(v, t, c, tv[0, :, 0, :], tt[0, :, 0, :])
+
+    def _single_pair(self, vis: Tokens, txt: Tokens, check: bool) -> tuple[Tokens, Tokens, Tensor]:
+        """The checked, padding-zeroed tokens of one pair and their similarities c [1, L1, 1, L2]."""
         if len(vis) != 1 or len(txt) != 1:
             raise ValueError(f"plan() explains one pair: got {len(vis)} visual and {len(txt)} text items")
         self._check_pair(vis, txt, check)
         v, t = vis.zero_padding(), txt.zero_padding()
+        return v, t, token_sim(v, t)
+
+    def _plan_of(self, v: Tokens, t: Tokens, c: Tensor, tv: Tensor, tt: Tensor, **extra) -> Plan:
+        """The :class:`Plan` of one pair from its [L1, L2] weights, cut to the real tokens."""
         wd = work_dtype(v.dtype)
-        c = token_sim(v, t)
-        tv, tt = self.plans(c, v, t)
         d, e = global_weights(v, t)
         sv, st = v.mask[0], t.mask[0]
-        pick = lambda x: x[0, :, 0, :][sv][:, st]
-        return Plan(c=pick(c), v2t=pick(tv), t2v=pick(tt), d=d[0, :, 0, 0][sv].to(wd), e=e[0, 0, 0, :][st].to(wd))
+        real = lambda x: x[sv][:, st]
+        return Plan(c=real(c[0, :, 0, :]), v2t=real(tv), t2v=real(tt), d=d[0, :, 0, 0][sv].to(wd),
+                    e=e[0, 0, 0, :][st].to(wd), **extra)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _check_pair(self, vis: Tokens, txt: Tokens, check: bool) -> None:

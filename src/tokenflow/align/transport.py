@@ -585,19 +585,11 @@ class Transport(Aligner):
         return scores if worst is None else dataclasses.replace(scores, marginal_error=float(worst))
 
     def plan(self, vis: Tokens, txt: Tokens, *, check: bool = True) -> Plan:
-        if len(vis) != 1 or len(txt) != 1:
-            raise ValueError(f"plan() explains one pair: got {len(vis)} visual and {len(txt)} text items")
-        self._check_pair(vis, txt, check)
-        v, t = vis.zero_padding(), txt.zero_padding()
-        wd = work_dtype(v.dtype)
-        c = token_sim(v, t)
+        v, t, c = self._single_pair(vis, txt, check)
         res = self.solve(c, v, t)
-        d, e = global_weights(v, t)
-        sv, st = v.mask[0], t.mask[0]
-        tv = res.plan[0][sv][:, st]
         iters = int(res.iterations[0]) if self.solver == "sinkhorn" else None
-        return Plan(c=c[0, :, 0, :][sv][:, st], v2t=tv, t2v=tv, d=d[0, :, 0, 0][sv].to(wd), e=e[0, 0, 0, :][st].to(wd),
-                    iterations=iters, marginal_error=float(res.error[0]))
+        return self._plan_of(v, t, c, res.plan[0], res.plan[0], iterations=iters,
+                             marginal_error=float(res.error[0]))
 
 
 # -- presets --------------------------------------------------------------------------------------
