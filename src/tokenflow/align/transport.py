@@ -89,7 +89,7 @@ from torch import Tensor
 from ..tokens import Tokens
 from ._ops import normalise_mass, safe_log
 from .base import Aligner
-from .block import BlockContext, global_weights, token_sim, work_dtype
+from .block import BlockContext, global_weights, token_sim
 from .registry import register_aligner
 from .results import Plan, Scores
 
