@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.train.test_train import _config, _env, _log
@@ -111,7 +112,13 @@ def test_resuming_a_finished_run_says_so_and_does_nothing(tmp_path, synth, capsy
     save_file(tensors, str(out / "last.safetensors"), metadata={**meta, "state": json.dumps(state)})
     before = _files(out)
     assert main(["train", "--config", str(path), "--resume"]) == 0
-    assert "is finished" in capsys.readouterr().err and _files(out) == before
+    assert "is finished" in capsys.readouterr().err
+    after = _files(out)  # only the mark is added: the same tensors, the state now says finished
+    assert {k: v for k, v in after.items() if k != "last.safetensors"} == \
+        {k: v for k, v in before.items() if k != "last.safetensors"}
+    with safe_open(str(out / "last.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["state"]) == {**state, "finished": True}
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in tensors.items())
 
 
 def test_a_checkpoint_without_config_still_resumes_with_a_warning(interrupted, capsys):

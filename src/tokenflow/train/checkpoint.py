@@ -28,8 +28,9 @@ from .._version import __version__
 from ..errors import FileError
 from ..losses import FeatureQueue
 from ..utils import atomic_path
+from .runfolder import kill_point
 
-__all__ = ["FORMAT", "load_checkpoint", "read_checkpoint_info", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = ["FORMAT", "load_checkpoint", "mark_finished", "read_checkpoint_info", "rng_state", "save_checkpoint", "set_rng_state"]
 
 FORMAT = "tokenflow-train-state/1"
 
@@ -102,7 +103,27 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        kill_point("checkpoint")  # a test's kill leaves the temporary file, the previous checkpoint whole
     return path
+
+
+def mark_finished(path: str | Path) -> None:
+    """Rewrite the checkpoint at ``path`` (atomically) with ``state["finished"] = True``, every
+    tensor and every other field unchanged: the end of a run killed between its ``done`` record
+    and that mark."""
+    require("safetensors", "train", "rewriting a checkpoint")
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    state = json.loads(meta["state"])
+    state["finished"] = True
+    meta["state"] = json.dumps(state)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -9,6 +9,8 @@ what a killed process leaves behind.
   kill, :func:`recover_model_dir` finishes the swap when the journal exists (the copy it names is
   complete) and otherwise drops the unfinished copy: which folder is whole never depends on names.
 * :func:`remove_leftovers` deletes the temporary files and folders of killed writers.
+* :func:`kill_point` is a test hook: with ``TOKENFLOW_TEST_KILL_AT`` set, the process SIGKILLs
+  itself at a named point (:data:`KILL_POINTS`), so that tests can kill a run exactly there.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,8 @@ from typing import Any
 from ..errors import FileError
 from ..utils import remove_temporaries, write_text_atomic
 
-__all__ = ["SAFE_TO_CHANGE", "config_changes", "format_changes", "read_log", "recover_model_dir",
-           "remove_leftovers", "save_model_dir"]
+__all__ = ["KILL_ENV", "KILL_POINTS", "SAFE_TO_CHANGE", "config_changes", "format_changes", "kill_point",
+           "read_log", "recover_model_dir", "remove_leftovers", "save_model_dir"]
 
 #: Keys a resumed run may change: logging and progress output, checkpoint cadence, data loader
 #: processes and the in-memory media cache (the batches are a function of the seed and the
@@ -71,6 +74,37 @@ def format_changes(changes: dict[str, tuple[Any, Any]]) -> str:
     return "\n".join(f"  {k}: {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
 
 
+# -- test hook: kill the process at a named point ---------------------------------------------
+#: ``TOKENFLOW_TEST_KILL_AT=best-aside:1,step:3`` (tests only): SIGKILL this process the n-th time
+#: (from 1) it reaches any of the named points, whichever comes first. Unset, a point costs one
+#: environment lookup.
+KILL_ENV = "TOKENFLOW_TEST_KILL_AT"
+#: The points, in the order a step meets them: after the optimizer step; inside a log line (half
+#: of it written); a checkpoint written under its temporary name, not renamed; ``best/``'s swap:
+#: the new copy written, the journal written, the old copy moved aside, the new one in place, the
+#: journal removed; ``best/`` swapped but ``val_best.json`` not written; the ``done`` record
+#: written but the checkpoint not marked finished.
+KILL_POINTS = ("step", "log-line", "checkpoint", "best-copy", "best-journal", "best-aside", "best-in",
+               "best-unjournaled", "val-best", "done")
+_reached: dict[str, int] = {}
+
+
+def kill_point(name: str, flush=None) -> None:
+    """SIGKILL this process here when :data:`KILL_ENV` names ``name`` and this is its n-th visit
+    (``flush``: a file to flush first, so that what was written to it reaches the disk)."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    for part in spec.split(","):
+        point, _, n = part.strip().rpartition(":")
+        if point == name:
+            _reached[name] = _reached.get(name, 0) + 1
+            if _reached[name] == int(n):
+                if flush is not None:
+                    flush.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
 # -- best/: a swap with a journal --------------------------------------------------------------
 def _journal(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.journal")
@@ -83,11 +117,16 @@ def save_model_dir(model, folder: Path) -> None:
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)  # every file written atomically (fsynced) inside
+    kill_point("best-copy")
     write_text_atomic(_journal(folder), json.dumps({"complete": tmp.name, "old": old.name}) + "\n")
+    kill_point("best-journal")
     if folder.exists():
         os.replace(folder, old)
+        kill_point("best-aside")
     os.replace(tmp, folder)
+    kill_point("best-in")
     _journal(folder).unlink()
+    kill_point("best-unjournaled")
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -50,12 +50,14 @@ from ..models.base import DualEncoder, VideoTokens
 from ..models.retrieval import RetrievalModel
 from ..tokens import Tokens
 from ..utils import check_writable, folder_lock, write_text_atomic
-from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from .checkpoint import (load_checkpoint, mark_finished, read_checkpoint_info, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import ConfigError, TrainConfig
 from .data import PairDataset, StepBatchSampler, UnpairedPool, epoch_order
 from .distributed import DistInfo, all_gather_objects, all_gather_rows, all_gather_tokens, gather_sizes, shard
 from .objective import Batch, Objective
-from .runfolder import config_changes, format_changes, read_log, recover_model_dir, remove_leftovers, save_model_dir
+from .runfolder import (config_changes, format_changes, kill_point, read_log, recover_model_dir, remove_leftovers,
+                        save_model_dir)
 
 #: Seconds between the plain progress lines written when stderr is not a terminal.
 PLAIN_PROGRESS_S = 30.0
@@ -251,8 +253,11 @@ class _Log:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
+        line = json.dumps(record) + "\n"
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(line[: len(line) // 2])
+            kill_point("log-line", flush=f)  # a test's kill tears the line here
+            f.write(line[len(line) // 2:])
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "epoch"):
@@ -362,6 +367,9 @@ class Trainer:
     def _already_finished(self) -> dict:
         """``--resume`` of a finished run: nothing is evaluated or written again."""
         s = self.saved_state
+        if self.info.main and not s.get("finished"):  # killed between the done record and the mark
+            with folder_lock(self.out):
+                mark_finished(self.ckpt_path)
         if self.info.main:
             print(f"tokenflow train: the run in {self.out} is finished (step {s['step']}); nothing to resume. "
                   f"Its test report: {self.out / 'test.json'}", file=sys.stderr)
@@ -473,6 +481,7 @@ class Trainer:
                 if self.state["step"] >= self.total:
                     break
                 stats = self.step(batches)
+                kill_point("step")
                 self._after_step(epoch, stats)
         self.bar.close()
         if self.state["last_eval_step"] != self.state["step"]:
@@ -657,6 +666,7 @@ class Trainer:
         if better:
             state["best"], state["best_step"] = score, state["step"]
             _save_model_dir(self.model, self.out / "best")
+            kill_point("val-best")
             report["step"], report["epoch"] = state["step"], epoch
             write_text_atomic(self.out / "val_best.json", json.dumps(report, indent=2) + "\n")
         self.log.write({"kind": "val", "step": state["step"], "epoch": epoch, rule: round(score, 3), "best": better,
@@ -685,10 +695,13 @@ class Trainer:
         s = self.state
         summary = {"steps": s["step"], "best_step": s["best_step"], self.cfg.run.select: s["best"],
                    "skipped_files": s["skipped"], "seconds": round(time.perf_counter() - self.t_start, 1)}
+        rng = rng_state()  # testing draws from the RNGs; the saved state is the training's own
         metrics = self.test()
+        set_rng_state(*rng)
         if metrics is not None:
             summary["test"] = metrics
         self.log.write({"kind": "done", "step": s["step"], **{k: v for k, v in summary.items() if k != "test"}})
+        kill_point("done")
         s["finished"] = True  # a later --resume says so instead of testing again
         self.save_last()
         if self.info.enabled:  # no process tears the group down while another still uses it
