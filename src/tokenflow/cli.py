@@ -99,7 +99,7 @@ def _evaluate(args) -> int:
         if aligner is not None and any(True for _ in aligner.parameters()):
             print(f"tokenflow evaluate: note: {name} has learned weights and {args.model} holds none; they are "
                   "freshly initialised. Evaluate a folder trained with it instead.", file=sys.stderr)
-    backbone = backbone.to(args.device)
+    backbone = _with_max_words(backbone, args.max_words).to(args.device)
     head = head or {}
     if args.w_global is None:
         args.w_global = head.get("w_global", 1.0)
@@ -109,7 +109,7 @@ def _evaluate(args) -> int:
     report = evaluate(backbone, split, aligner, w_global=args.w_global, w_fine=args.w_fine,
                       batch_size=args.batch_size, num_frames=args.frames, video_tokens=args.video_tokens,
                       on_error=args.on_error, workers=args.workers, chunk=args.chunk, folds=folds,
-                      progress=not args.quiet and sys.stderr.isatty())
+                      progress=not args.quiet and sys.stderr.isatty(), **_test_norm_options(args))
     report["dataset"] = {"name": args.dataset, "root": str(args.root), "split": args.split}
     report["command"] = ["tokenflow", *sys.argv[1:]] if args.argv is None else ["tokenflow", *args.argv]
     print(f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} texts, "
@@ -119,6 +119,33 @@ def _evaluate(args) -> int:
         write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
         print(f"report: {args.out}")
     return 0
+
+
+def _with_max_words(backbone, max_words: int | None):
+    """``--max-words``: the caption length, up to the backbone's positional limit."""
+    if max_words is not None:
+        try:
+            backbone.set_max_text_len(max_words)
+        except ValueError as e:
+            raise UserError(f"--max-words: {e}") from None
+    return backbone
+
+
+def _test_norm_options(args) -> dict:
+    """``--test-norm`` and its query bank: captions of ``--qb-split`` (never the evaluated split)."""
+    if args.test_norm is None:
+        return {}
+    opts = {"test_norm": args.test_norm, "test_norm_temperature": args.test_norm_temperature, "qb_k": args.qb_k}
+    if args.test_norm == "qbnorm":
+        if args.qb_split == args.split:
+            raise UserError(f"--qb-split {args.qb_split}: the query bank must not come from the evaluated split")
+        from .data import load_split
+
+        texts = list(load_split(args.dataset, args.root, args.qb_split, media=args.media).texts)
+        if args.qb_size is not None and args.qb_size < len(texts):  # evenly spaced, reproducible
+            texts = [texts[i * len(texts) // args.qb_size] for i in range(args.qb_size)]
+        opts.update(query_bank=texts, bank_info={"split": args.qb_split, "texts": len(texts)})
+    return opts
 
 
 def _train(args) -> int:
@@ -243,6 +270,17 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--chunk", type=int, default=None, help="items per block in pairwise scoring")
     p.add_argument("--folds", type=int, default=None, help="also average metrics over folds of this many items "
                    "(automatic 1000 on COCO's 5K test)")
+    p.add_argument("--max-words", type=int, default=None,
+                   help="tokens per caption (default: the backbone's; at most its positional limit, 77 for CLIP)")
+    p.add_argument("--test-norm", choices=("dsl", "isl", "qbnorm"), default=None,
+                   help="also report metrics after test-time normalisation (dual softmax, inverted softmax, "
+                        "QB-Norm), in a separate labelled block; the plain metrics stay as they are")
+    p.add_argument("--test-norm-temperature", type=float, default=None,
+                   help="softmax temperature (default: 0.01 for dsl, 0.05 = QB-Norm's beta 20 for isl, qbnorm)")
+    p.add_argument("--qb-split", default="train", help="QB-Norm query bank: captions of this split (default: train)")
+    p.add_argument("--qb-size", type=int, default=None, help="QB-Norm: at most this many bank captions, evenly "
+                   "spaced (default: all)")
+    p.add_argument("--qb-k", type=int, default=1, help="QB-Norm: hubs are the top-k items of the bank queries")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--out", type=Path, default=None, help="JSON report (written atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -129,8 +129,32 @@ def test_msrvtt_bad_files(tmp_path, synth):
     (root / "MSRVTT_data.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"sentences\[0\] needs string fields"):
         load_split("msrvtt", root, "train")
-    with pytest.raises(ValueError, match="test, val, train or train-9k"):
+    with pytest.raises(ValueError, match="test, val, train, train-9k or train-7k"):
         load_split("msrvtt", root, "validation")
+
+
+def test_msrvtt_train_7k(tmp_path, synth):
+    root = tmp_path / "m"
+    shutil.copytree(synth / "videos", root)
+    with pytest.raises(FileNotFoundError, match="MSRVTT_train.7k.csv not found"):
+        load_split("msrvtt", root, "train-7k")
+    nine = load_split("msrvtt", root, "train-9k")
+    (root / "MSRVTT_train.7k.csv").write_text("video_id\n" + "\n".join(nine.item_ids[:3]) + "\n")
+    seven = load_split("msrvtt", root, "train-7k")
+    assert seven.name == "msrvtt/train-7k" and seven.item_ids == nine.item_ids[:3]
+    assert seven.texts == [t for t, i in zip(nine.texts, nine.text_item) if i < 3]  # all captions
+
+
+def test_msvd_names_the_xpool_rename(tmp_path):
+    root = tmp_path / "msvd"
+    root.mkdir()
+    (root / "test_list.txt").write_text("abc_1_5\n")
+    (root / "captions_msvd.json").write_text(json.dumps({"abc_1_5": ["a cat"]}))
+    with pytest.raises(FileNotFoundError, match="X-Pool") as e:
+        load_split("msvd", root, "test")
+    assert f"mv {root / 'captions_msvd.json'} {root / 'raw-captions.json'}" in str(e.value)
+    (root / "captions_msvd.json").rename(root / "raw-captions.json")
+    assert load_split("msvd", root, "test").texts == ["a cat"]
 
 
 def test_msvd_pickle_is_converted_without_running_code(tmp_path, synth):

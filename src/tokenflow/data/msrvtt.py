@@ -1,13 +1,16 @@
 """MSR-VTT in the layout CLIP4Clip uses, 1k-A split.
 
 Files under ``root``: ``MSRVTT_data.json`` (``videos``: video_id, split; ``sentences``:
-video_id, caption), ``MSRVTT_train.9k.csv`` (column ``video_id``), ``MSRVTT_JSFUSION_test.csv``
+video_id, caption), ``MSRVTT_train.9k.csv`` and ``MSRVTT_train.7k.csv`` (column ``video_id``; the
+7k one only for ``train-7k``), ``MSRVTT_JSFUSION_test.csv
 (columns ``video_id``, ``sentence``: the 1,000 test pairs) and the videos in
 ``root/MSRVTT_Videos`` (``<video_id>.mp4``).
 
 Splits:
 - ``test``: the 1k-A test pairs, one caption per video.
 - ``train-9k``: all 9,000 training videos with all their captions (the standard training set).
+- ``train-7k``: the 7,010 videos of ``MSRVTT_train.7k.csv`` with all their captions (the smaller
+  training set of the 1k-A papers, e.g. CLIP4Clip's and X-Pool's "7k" rows).
 - ``val`` / ``train``: 1k-A ships no validation split and public code selects checkpoints on
   the test set. Here ``val`` is the training videos that MSR-VTT's own split file marks
   ``validate`` (497 in the real release), evaluated with all their captions, and ``train`` is
@@ -57,7 +60,7 @@ def _read_data_json(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
 
 
 def load_msrvtt(root: str | Path, split: str = "test", video_dir: str | Path | None = None) -> RetrievalSplit:
-    """Read an MSR-VTT split (test, val, train, train-9k); see the module docstring."""
+    """Read an MSR-VTT split (test, val, train, train-9k, train-7k); see the module docstring."""
     root = Path(root)
     video_dir = Path(video_dir) if video_dir else root / "MSRVTT_Videos"
     if split == "test":
@@ -68,9 +71,10 @@ def load_msrvtt(root: str | Path, split: str = "test", video_dir: str | Path | N
         texts = [r["sentence"].strip() for r in rows]
         return RetrievalSplit("msrvtt/1k-A-test", "video", ids, find_media(video_dir, ids), texts,
                               list(range(len(ids))), protocol={"captions_per_video": 1})
-    if split not in ("val", "train", "train-9k"):
-        raise ValueError(f"MSR-VTT split must be test, val, train or train-9k, got {split!r}")
-    train_ids = [r["video_id"] for r in read_csv_column(root / "MSRVTT_train.9k.csv", ("video_id",))]
+    if split not in ("val", "train", "train-9k", "train-7k"):
+        raise ValueError(f"MSR-VTT split must be test, val, train, train-9k or train-7k, got {split!r}")
+    csv_name = "MSRVTT_train.7k.csv" if split == "train-7k" else "MSRVTT_train.9k.csv"
+    train_ids = [r["video_id"] for r in read_csv_column(root / csv_name, ("video_id",))]
     captions, official = _read_data_json(root / "MSRVTT_data.json")
     if split == "val":
         ids = [v for v in train_ids if official.get(v) == "validate"]

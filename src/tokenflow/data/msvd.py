@@ -9,6 +9,11 @@ is never done here. ``convert_pickled_captions`` (``tokenflow convert-captions``
 with an unpickler that refuses every global (classes, functions), which is enough for plain
 dicts, lists and strings, and writes ``raw-captions.json`` next to it; the loader reads the JSON.
 
+X-Pool (layer6ai-labs/xpool) ships the same captions already as JSON, ``captions_msvd.json``:
+a dict ``video_id -> [caption, ...]``, exactly the shape of ``raw-captions.json``. With only that
+file present, rename (or copy) it: ``mv captions_msvd.json raw-captions.json``; the loader's error
+says so.
+
 Protocol (multi-caption): every caption of a test video is a text->video query; video->text
 ranks all captions and counts the best-ranked caption of the video.
 """
@@ -82,6 +87,11 @@ def load_msvd(root: str | Path, split: str = "test", video_dir: str | Path | Non
         raise FileNotFoundError(
             f"{cap_json} not found. The captions ship as {pkl}, which is not unpickled here (a pickle can "
             f"run code). Convert it once without running code: tokenflow convert-captions {pkl}")
+    xpool = root / "captions_msvd.json"
+    if not cap_json.is_file() and xpool.is_file():
+        raise FileNotFoundError(
+            f"{cap_json} not found, but {xpool} is: X-Pool's JSON form of the same captions, in the same shape "
+            f"(video_id -> [caption, ...]). Rename it once: mv {xpool} {cap_json}")
     captions = read_json(cap_json, "MSVD captions")
     if not isinstance(captions, dict):
         raise ValueError(f"{cap_json}: expected a dict video_id -> list of captions")

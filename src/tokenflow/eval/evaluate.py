@@ -25,6 +25,7 @@ from ..data.karpathy import fold_indices
 from ..errors import UserError
 from ..models.base import DualEncoder, VideoTokens
 from .metrics import retrieval_metrics
+from .test_norm import LABELS, normalised_metrics
 
 __all__ = ["Encoded", "encode_items", "encode_split", "encode_texts", "evaluate", "format_table",
            "protocol_folds", "retrieval_report", "similarity"]
@@ -137,24 +138,46 @@ def similarity(vis: Tokens, txt: Tokens, aligner: Aligner | None, *, w_global: f
 def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | None, *, w_global: float = 1.0,
              w_fine: float = 1.0, batch_size: int = 64, num_frames: int = 12, video_tokens: VideoTokens = "frames",
              on_error: OnError = "fail", workers: int = 0, chunk: int | None = None, folds: int | None = None,
-             progress: bool = False, encoded: Encoded | None = None) -> dict:
+             progress: bool = False, encoded: Encoded | None = None, test_norm: str | None = None,
+             test_norm_temperature: float | None = None, query_bank: Tokens | Sequence[str] | None = None,
+             qb_k: int = 1, bank_info: dict | None = None) -> dict:
     """Encode (unless ``encoded`` is given), score and measure; returns the JSON-ready report.
 
     ``folds``: also report the mean metrics over consecutive folds of this many items (COCO's
     1K protocol: ``folds=1000`` on the 5K test split).
+
+    ``test_norm``: also report metrics after a test-time normalisation (``dsl``, ``isl``,
+    ``qbnorm``; :mod:`tokenflow.eval.test_norm`) in ``report["metrics_test_norm"]``;
+    ``report["metrics"]`` stays plain. ``qbnorm`` needs ``query_bank``: captions of the
+    *training* split (strings, encoded here, or their encoded ``Tokens``), never test captions;
+    ``bank_info`` describes it in the report (e.g. ``{"split": "train", "texts": 5000}``).
     """
+    if test_norm == "qbnorm" and query_bank is None:
+        raise UserError("test-time normalisation qbnorm needs a query bank of training captions (query_bank)")
     t0 = time.perf_counter()
     enc = encoded or encode_split(backbone, split, batch_size=batch_size, num_frames=num_frames,
                                   video_tokens=video_tokens, on_error=on_error, workers=workers, progress=progress)
     t1 = time.perf_counter()
     sim_v2t, sim_t2v = similarity(enc.vis, enc.txt, aligner, w_global=w_global, w_fine=w_fine, chunk=chunk,
                                   device=backbone.device)
+    bank_t2v = None
+    if test_norm == "qbnorm":
+        bank = query_bank if isinstance(query_bank, Tokens) else encode_texts(backbone, list(query_bank),
+                                                                            batch_size=batch_size, progress=progress)
+        bank_t2v = similarity(enc.vis, bank, aligner, w_global=w_global, w_fine=w_fine, chunk=chunk,
+                              device=backbone.device)[1].T
+        bank_info = {"texts": len(bank), **(bank_info or {})}
     t2 = time.perf_counter()
     timings = {"encode_s": round(enc.seconds, 3), "score_s": round(t2 - t1, 3),
                "total_s": round(time.perf_counter() - t0, 3)}
-    return retrieval_report(backbone, split, aligner, enc.split, sim_v2t, sim_t2v, w_global=w_global,
-                            w_fine=w_fine, batch_size=batch_size, num_frames=num_frames, video_tokens=video_tokens,
-                            on_error=on_error, folds=folds, skipped=enc.skipped, timings=timings)
+    report = retrieval_report(backbone, split, aligner, enc.split, sim_v2t, sim_t2v, w_global=w_global,
+                              w_fine=w_fine, batch_size=batch_size, num_frames=num_frames, video_tokens=video_tokens,
+                              on_error=on_error, folds=folds, skipped=enc.skipped, timings=timings)
+    if test_norm is not None:
+        report["metrics_test_norm"] = normalised_metrics(
+            test_norm, sim_v2t, sim_t2v, enc.split.positives(), temperature=test_norm_temperature,
+            bank_t2v=bank_t2v, k=qb_k, bank_info=bank_info)
+    return report
 
 
 def retrieval_report(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | None,
@@ -176,7 +199,7 @@ def retrieval_report(backbone: DualEncoder, split: RetrievalSplit, aligner: Alig
                                                  "hparams": aligner.hparams()},
         "similarity": {"w_global": w_global, "w_fine": w_fine, "v2t": "s_v2t", "t2v": "s_t2v"},
         "settings": {"num_frames": num_frames, "video_tokens": video_tokens, "on_error": on_error,
-                     "batch_size": batch_size},
+                     "batch_size": batch_size, "max_words": getattr(backbone, "max_text_len", None)},
         "metrics": metrics,
         "skipped": {"count": len(skipped), "files": list(skipped)},
         "timings": timings or {},
@@ -198,12 +221,18 @@ def protocol_folds(dataset: str, split: str, items: int) -> int | None:
 
 
 def format_table(report: dict, keys: Sequence[str] = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")) -> str:
-    """The metrics of a report as a small text table."""
+    """The metrics of a report as a small text table; test-time normalised rows are labelled so
+    (``t->v [DSL, test-time norm]``), never as plain ones."""
     rows = [("text->visual", report["metrics"]["t2v"]), ("visual->text", report["metrics"]["v2t"])]
     for name, block in report.items():
         if name.startswith("metrics_folds_"):
             n = name.rsplit("_", 1)[1]
             rows += [(f"t->v ({n} folds)", block["t2v"]), (f"v->t ({n} folds)", block["v2t"])]
-    head = f"{'':<18}" + "".join(f"{k:>8}" for k in keys)
-    lines = [head] + [f"{n:<18}" + "".join(f"{m[k]:>8.1f}" for k in keys) for n, m in rows]
+    norm, width = report.get("metrics_test_norm"), 18
+    if norm:
+        label = f"{LABELS.get(norm['method'], norm['method'])}, test-time norm"
+        rows += [(f"{d} [{label}]", norm[k]) for d, k in (("t->v", "t2v"), ("v->t", "v2t")) if k in norm]
+        width = max(len(n) for n, _ in rows) + 2
+    head = f"{'':<{width}}" + "".join(f"{k:>8}" for k in keys)
+    lines = [head] + [f"{n:<{width}}" + "".join(f"{m[k]:>8.1f}" for k in keys) for n, m in rows]
     return "\n".join(lines)

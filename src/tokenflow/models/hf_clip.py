@@ -76,6 +76,20 @@ class HFCLIP(DualEncoder):
         processor = CLIPImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
         return cls(model, tokenizer, processor, max_text_len=max_text_len, source=str(folder))
 
+    @property
+    def text_position_limit(self) -> int:
+        """Positions of CLIP's text encoder (``max_position_embeddings``, 77 for OpenAI's CLIP)."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def set_max_text_len(self, n: int) -> None:
+        """Cut captions at ``n`` tokens (``<|startoftext|>`` and ``<|endoftext|>`` included), up to
+        :attr:`text_position_limit`; beyond it ``ValueError`` naming the limit."""
+        limit = self.text_position_limit
+        if not isinstance(n, int) or not 3 <= n <= limit:
+            raise ValueError(f"max_words {n}: this CLIP text encoder has {limit} positions "
+                             f"(text_config.max_position_embeddings), so captions take 3 to {limit} tokens")
+        self.max_text_len = n
+
     def image_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         vm = self.model.vision_model
         hidden = vm(pixel_values=pixels.to(self.model.dtype)).last_hidden_state

@@ -128,6 +128,16 @@ class TinyCLIP(DualEncoder):
         self.tln = nn.LayerNorm(w)
         self.tproj = nn.Linear(w, cfg.embed_dim, bias=False)
 
+    def set_max_text_len(self, n: int) -> None:
+        """Cut captions at ``n`` tokens (``<bos>`` and ``<eos>`` included). The learned positional
+        table has ``cfg.max_text_len`` rows, which bounds ``n``; beyond it ``ValueError``."""
+        limit = self.tpos.shape[0]
+        if not isinstance(n, int) or not 3 <= n <= limit:
+            raise ValueError(f"max_words {n}: this tiny text encoder has {limit} positional embeddings "
+                             f"(model.tiny.max_text_len / data.max_words when it was built), so captions take 3 to "
+                             f"{limit} tokens")
+        self.max_text_len = self.tok.max_len = n
+
     def image_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         x = self.patch(pixels).flatten(2).transpose(1, 2)  # [B, P, W]
         x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1) + self.vpos

@@ -52,20 +52,24 @@ class DataConfig(_Strict):
                                                      "JSON); validation and test count them all as correct")
     cache: bool = Field(False, description="keep the decoded, preprocessed training media in memory (small "
                                            "datasets: saves decoding them again every epoch)")
+    max_words: int = Field(32, ge=3, description="tokens per caption, start and end tokens included (CLIP4Clip's "
+                                                 "max_words: 32, 64 for ActivityNet paragraphs); at most the "
+                                                 "backbone's positional limit (77 for CLIP)")
 
 
 class ModelConfig(_Strict):
     backbone: str = Field(description="a local CLIP folder (or a folder saved by tokenflow), or 'tiny' for the "
                                       "built-in encoder trained from scratch")
     tiny: TinyConfig = Field(default_factory=TinyConfig, description="the built-in encoder's shape (backbone: "
-                             "tiny); its caption length is model.max_text_len")
+                             "tiny); its caption length is data.max_words")
     aligner: str | None = Field("tokenflow", description="plan name (tokenflow list) or null: global only")
     hparams: dict[str, Any] = Field(default_factory=dict, description="the plan's hyperparameters")
     w_global: float = Field(1.0, ge=0, description="weight of the global loss and similarity")
     w_fine: float = Field(1.0, ge=0, description="weight of the fine-grained loss and similarity")
     logit_scale: float | None = Field(None, gt=0, description="initial logit scale; null: CLIP's own, or 1/0.07")
     max_logit_scale: float = Field(100.0, gt=0, description="the logit scale is clamped to this, as in CLIP")
-    max_text_len: int = Field(32, ge=3, description="tokens per caption (the paper's 32)")
+    max_text_len: int | None = Field(None, ge=3, description="old name of data.max_words, still read: moved "
+                                                             "there on load (both set and different: an error)")
 
     @field_validator("aligner")
     @classmethod
@@ -161,10 +165,15 @@ class TrainConfig(_Strict):
     def _consistent(self) -> TrainConfig:
         if self.model.aligner is None and self.model.w_global == 0:
             raise ValueError("model.w_global is 0 and model.aligner is null: nothing to train")
-        if self.model.tiny.max_text_len != self.model.max_text_len:
+        if self.model.max_text_len is not None:  # the old key: one resolved form, data.max_words
+            if "max_words" in self.data.model_fields_set and self.data.max_words != self.model.max_text_len:
+                raise ValueError(f"model.max_text_len ({self.model.max_text_len}) is the old name of data.max_words "
+                                 f"({self.data.max_words}); set data.max_words only")
+            self.data.max_words, self.model.max_text_len = self.model.max_text_len, None
+        if self.model.tiny.max_text_len != self.data.max_words:
             if self.model.tiny.max_text_len != TinyConfig.max_text_len:
-                raise ValueError("model.tiny.max_text_len: set model.max_text_len instead (it serves every backbone)")
-            self.model.tiny = replace(self.model.tiny, max_text_len=self.model.max_text_len)
+                raise ValueError("model.tiny.max_text_len: set data.max_words instead (it serves every backbone)")
+            self.model.tiny = replace(self.model.tiny, max_text_len=self.data.max_words)
         return self
 
     def check_paths(self, source: str = "config") -> None:

@@ -71,15 +71,17 @@ def build_model(cfg: TrainConfig, train_split: RetrievalSplit) -> RetrievalModel
     captions) + plan + fusion weights + logit scale."""
     m = cfg.model
     if m.backbone == "tiny":
-        tok = WordTokenizer.build(train_split.texts, max_len=m.max_text_len)
+        tok = WordTokenizer.build(train_split.texts, max_len=cfg.data.max_words)
         if len(tok) > m.tiny.vocab_size:
             raise ConfigError(f"model.tiny.vocab_size: the training captions have {len(tok)} distinct words and "
                               f"specials, more than {m.tiny.vocab_size}; raise it")
         backbone = TinyCLIP(m.tiny, tok)
     else:
         backbone = load_backbone(m.backbone)
-        if not isinstance(backbone, TinyCLIP):  # a CLIP folder: respect the configured caption length
-            backbone.max_text_len = min(m.max_text_len, backbone.max_text_len)
+        try:  # data.max_words exactly, up to the backbone's positional limit (77 for CLIP)
+            backbone.set_max_text_len(cfg.data.max_words)
+        except ValueError as e:
+            raise ConfigError(f"data.max_words: {e}") from None
     aligner = None if m.aligner is None else aligner_for(m.aligner, m.hparams, dim=backbone.embed_dim)
     return RetrievalModel(backbone, aligner, w_global=m.w_global, w_fine=m.w_fine, logit_scale=m.logit_scale,
                           max_logit_scale=m.max_logit_scale)
