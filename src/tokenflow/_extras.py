@@ -21,6 +21,7 @@ EXTRAS = {
     "clip": "CLIP weights from a local Hugging Face folder: transformers, tokenizers, safetensors",
     "viz": "explanation figures: matplotlib, pillow",
     "search": "the FAISS shortlist of large collections: faiss-cpu",
+    "serve": "tokenflow serve, the local web page over a search index: fastapi, uvicorn, python-multipart",
 }
 
 #: Extra -> the modules it provides that tokenflow imports.
@@ -30,6 +31,7 @@ EXTRA_MODULES = {
     "clip": ("transformers", "tokenizers", "safetensors"),
     "viz": ("matplotlib", "PIL"),
     "search": ("faiss",),
+    "serve": ("fastapi", "uvicorn"),
 }
 
 
