@@ -1,13 +1,35 @@
-"""Video decoding with PyAV: F frames sampled uniformly over the clip."""
+"""Video decoding with PyAV: F frames sampled uniformly over the clip.
+
+Two ways to reach the sampled frames, which give the same frames (same indices, same pixels):
+
+- **decode**: decode from frame 0 up to the last sampled frame (the frame index is the position
+  in the decoded stream). Always right, slow on long clips.
+- **seek**: read every packet's timestamp without decoding (the pts -> index map: the sorted
+  presentation timestamps), then for each sampled frame seek to the keyframe before it and decode
+  forward to the frame whose pts is that index's. The next sampled frame is decoded on from
+  there when no keyframe lies between them. Any disagreement between the decoder and the map (a
+  frame without pts, a pts not in the map, the wanted frame passed over) falls back to decode.
+
+``method="auto"`` seeks only when the timestamps can be trusted: every packet has a pts, no two
+frames share one, the container's frame count (when it states one) is the packet count, and
+the pts are an affine function of the index (constant frame rate). Otherwise it decodes, with
+the handling of containers that over-state their frame count.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .._extras import require
 from .errors import MediaError
 
-__all__ = ["count_frames", "read_video_frames", "uniform_frame_indices"]
+__all__ = ["Method", "count_frames", "read_video_frames", "uniform_frame_indices"]
+
+Method = Literal["auto", "seek", "decode"]
+METHODS = ("auto", "seek", "decode")
 
 
 def uniform_frame_indices(n_frames: int, num: int) -> list[int]:
@@ -63,13 +85,91 @@ def count_frames(path: str | Path) -> int:
     return _decode(Path(path), ())[1]
 
 
-def read_video_frames(path: str | Path, num_frames: int = 12) -> list:
-    """Decode ``num_frames`` frames sampled uniformly (fewer for a shorter clip) as PIL images.
+@dataclass(frozen=True)
+class _Timeline:
+    """The frames of a stream as its packets tell them: sorted pts (frame k has ``pts[k]``), the
+    indices of the keyframes, and the frame count the container states (0: none)."""
 
-    The frame count comes from the container when it states one, else from a first decoding
-    pass; if the container's count was wrong, the sampling is redone on the true count.
-    """
-    path = Path(path)
+    pts: list[int]
+    keyframes: list[int]
+    stated: int
+
+    def affine(self) -> bool:
+        """True when pts[k] = pts[0] + k * step to within a quarter frame (constant frame rate)."""
+        n = len(self.pts)
+        if n < 2:
+            return True
+        step = (self.pts[-1] - self.pts[0]) / (n - 1)
+        tol = max(step / 4, 1)
+        return step > 0 and all(abs(p - self.pts[0] - k * step) <= tol for k, p in enumerate(self.pts))
+
+    def trusted(self) -> bool:
+        """Whether ``method="auto"`` may seek on these timestamps."""
+        return bool(self.pts) and (self.stated in (0, len(self.pts))) and self.affine()
+
+
+def _timeline(container, stream) -> _Timeline | None:
+    """Read every packet of ``stream`` (no decoding). None when a frame has no pts or two share one."""
+    pts, key = [], []
+    for packet in container.demux(stream):
+        if packet.size == 0 or packet.is_discard:  # the flush packet; frames an edit list drops
+            continue
+        if packet.pts is None:
+            return None
+        pts.append(packet.pts)
+        if packet.is_keyframe:
+            key.append(packet.pts)
+    pts.sort()
+    if any(a == b for a, b in zip(pts, pts[1:])):
+        return None
+    index = {p: k for k, p in enumerate(pts)}
+    return _Timeline(pts, sorted(index[p] for p in key), int(stream.frames or 0))
+
+
+def _seek_frames(container, stream, line: _Timeline, wanted: list[int]) -> dict | None:
+    """The frames ``wanted`` (sorted indices) by seeking; None when the decoder disagrees with
+    ``line`` (the caller then decodes from the start)."""
+    index = {p: k for k, p in enumerate(line.pts)}
+    out: dict = {}
+    frames, cur = None, -1  # the running decoder and the index of its last frame
+    for target in wanted:
+        k = bisect_right(line.keyframes, target) - 1
+        key = line.keyframes[k] if k >= 0 else 0
+        if frames is None or not key <= cur < target:  # no keyframe between: decode on; else seek
+            container.seek(line.pts[target], stream=stream, backward=True, any_frame=False)
+            frames, cur = container.decode(stream), -1
+        while cur < target:
+            frame = next(frames, None)
+            if frame is None or frame.pts not in index:
+                return None
+            cur = index[frame.pts]
+            if cur > target:  # went past it: the keyframe index or the decoder does not match the map
+                return None
+        out[target] = frame.to_image()
+    return out
+
+
+def _read_seeking(path: Path, num_frames: int, method: Method) -> list | None:
+    """Sampled frames by seeking, or None when ``method`` says to decode instead."""
+    av = require("av", "video", "reading videos")
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        line = _timeline(container, stream)
+        if line is None or not line.pts or (method == "auto" and not line.trusted()):
+            return None
+        wanted = uniform_frame_indices(len(line.pts), num_frames)
+        out = _seek_frames(container, stream, line, wanted)
+        return None if out is None else [out[i] for i in wanted]
+    except (av.FFmpegError, OSError, ValueError):
+        return None  # the decode path reports the error, as before seeking existed
+    finally:
+        container.close()
+
+
+def _read_decoding(path: Path, num_frames: int) -> list:
     container = _open(path)
     n = int(container.streams.video[0].frames or 0)
     container.close()
@@ -85,3 +185,22 @@ def read_video_frames(path: str | Path, num_frames: int = 12) -> list:
         wanted = uniform_frame_indices(seen, num_frames)
         out, _ = _decode(path, wanted)
     return [out[i] for i in wanted]
+
+
+def read_video_frames(path: str | Path, num_frames: int = 12, *, method: Method = "auto") -> list:
+    """Decode ``num_frames`` frames sampled uniformly (fewer for a shorter clip) as PIL images.
+
+    ``method``: ``"seek"`` to the keyframe before each sampled frame (``"auto"``: when the
+    timestamps can be trusted, see the module docstring) or ``"decode"`` from the start; every
+    method gives the same frames. Decoding takes the frame count from the container when it
+    states one, else from a first decoding pass; if the container's count was wrong, the
+    sampling is redone on the true count.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    path = Path(path)
+    if method != "decode":
+        frames = _read_seeking(path, num_frames, method)
+        if frames is not None:
+            return frames
+    return _read_decoding(path, num_frames)
