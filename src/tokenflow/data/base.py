@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -23,6 +23,9 @@ from torch import Tensor
 from .._extras import require
 from .errors import MediaError
 from .video import read_video_frames
+
+if TYPE_CHECKING:
+    from .frame_cache import FrameCache
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -54,6 +57,9 @@ class RetrievalSplit:
     #: (item, text) pairs that are correct answers besides ``text_item``: a caption true of
     #: several items (see :func:`tokenflow.data.positives.add_positives`).
     extra_positives: tuple[tuple[int, int], ...] = ()
+    #: videos are read from this :class:`~tokenflow.data.frame_cache.FrameCache` when it holds
+    #: them (see :func:`~tokenflow.data.frame_cache.with_frame_cache`), else decoded.
+    frame_cache: FrameCache | None = None
 
     def __post_init__(self) -> None:
         if len(self.item_ids) != len(self.item_paths):
@@ -170,7 +176,9 @@ class MediaDataset(torch.utils.data.Dataset):
         try:
             if self.split.modality == "image":
                 return i, self.preprocess(load_image(path)), None, None
-            frames = read_video_frames(path, self.num_frames)
+            cache = getattr(self.split, "frame_cache", None)
+            cached = cache.read(path) if cache is not None and cache.frames == self.num_frames else None
+            frames = cached or read_video_frames(path, self.num_frames)
             x = torch.stack([self.preprocess(f) for f in frames])
             out = torch.zeros(self.num_frames, *x.shape[1:], dtype=x.dtype)
             out[: len(frames)] = x

@@ -52,6 +52,9 @@ class DataConfig(_Strict):
                                                      "JSON); validation and test count them all as correct")
     cache: bool = Field(False, description="keep the decoded, preprocessed training media in memory (small "
                                            "datasets: saves decoding them again every epoch)")
+    frame_cache: Path | None = Field(None, description="folder of sampled video frames written by tokenflow "
+                                     "prepare-frames (same num_frames, size = the backbone's image size); the "
+                                     "tensors are those of decoding, videos missing from it are decoded")
     max_words: int = Field(32, ge=3, description="tokens per caption, start and end tokens included (CLIP4Clip's "
                                                  "max_words: 32, 64 for ActivityNet paragraphs); at most the "
                                                  "backbone's positional limit (77 for CLIP)")

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from ..align import Aligner, aligner_for
 from ..data import load_split
 from ..data.base import OnError, RetrievalSplit, collate_media
+from ..data.frame_cache import with_frame_cache
 from ..errors import Diverged, UserError
 from ..eval.evaluate import encode_items, encode_texts, evaluate, protocol_folds, retrieval_report, similarity
 from ..losses import FeatureQueue, ema_update
@@ -402,6 +403,10 @@ class Trainer:
         self.test_split = None if not d.test_split else _with_positives(
             load_split(d.dataset, d.root, d.test_split, media=d.media), d.positives, d.test_split)
         self.model = build_model(cfg, self.train_split).to(self.device)
+        bb = self.model.backbone
+        self.train_split, self.val_split, self.test_split = (
+            with_frame_cache(s, d.frame_cache, d.num_frames, bb.preprocess, bb.image_size)
+            for s in (self.train_split, self.val_split, self.test_split))
         self.model.train()
         self.teacher: RetrievalModel | None = None
         self.queues: tuple[FeatureQueue, FeatureQueue] | None = None
