@@ -100,6 +100,10 @@ def _evaluate(args) -> int:
             print(f"tokenflow evaluate: note: {name} has learned weights and {args.model} holds none; they are "
                   "freshly initialised. Evaluate a folder trained with it instead.", file=sys.stderr)
     backbone = _with_max_words(backbone, args.max_words).to(args.device)
+    if args.frame_cache is not None:
+        from .data.frame_cache import with_frame_cache
+
+        split = with_frame_cache(split, args.frame_cache, args.frames, backbone.preprocess, backbone.image_size)
     head = head or {}
     if args.w_global is None:
         args.w_global = head.get("w_global", 1.0)
@@ -234,6 +238,38 @@ def _add_make_data(sub) -> None:
     p.set_defaults(func=_make_data)
 
 
+def _prepare_frames(args) -> int:
+    from .data import load_split
+    from .data.frame_cache import VIDEO_SPLITS, FrameCache, prepare_frames
+
+    videos = [p for s in args.split or VIDEO_SPLITS[args.dataset]
+              for p in load_split(args.dataset, args.root, s, media=args.media).item_paths]
+    cache = FrameCache.create(args.out, args.frames, args.size)
+    res = prepare_frames(videos, cache, workers=args.workers, on_error=args.on_error)
+    for bad in res["skipped"]:
+        print(f"tokenflow prepare-frames: skipped {bad['path']}: {bad['reason']}", file=sys.stderr)
+    print(f"{args.out}: {res['videos']} videos, {res['written']} written, {res['kept']} already there, "
+          f"{res['failed']} skipped")
+    return 0
+
+
+def _add_prepare_frames(sub) -> None:
+    p = sub.add_parser("prepare-frames", help="decode the sampled frames of a video dataset once, into a cache "
+                                              "that evaluate --frame-cache and data.frame_cache read")
+    p.add_argument("--dataset", required=True, choices=("msrvtt", "msvd", "activitynet"))
+    p.add_argument("--root", required=True, type=Path, help="dataset folder in its standard layout")
+    p.add_argument("--split", nargs="+", default=None, help="splits whose videos to prepare (default: all videos)")
+    p.add_argument("--media", type=Path, default=None, help="video folder if not the default one")
+    p.add_argument("--frames", type=int, default=12, help="frames sampled per video")
+    p.add_argument("--size", type=int, default=224, help="shortest side of a stored frame: the backbone's image "
+                   "size (0: frames kept at their decoded size, for any backbone)")
+    p.add_argument("--out", required=True, type=Path, help="cache folder (created; an existing one is completed)")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="unreadable video: stop, or list it and leave it out of the cache")
+    p.set_defaults(func=_prepare_frames)
+
+
 def _add_convert_captions(sub) -> None:
     p = sub.add_parser("convert-captions", help="turn MSVD's raw-captions.pkl into JSON without running code")
     p.add_argument("pickle", type=Path)
@@ -261,6 +297,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--w-fine", type=float, default=None,
                    help="weight of the fine-grained score (default: a trained model's, else 1)")
     p.add_argument("--frames", type=int, default=12, help="frames sampled per video")
+    p.add_argument("--frame-cache", type=Path, default=None,
+                   help="read the sampled frames from this tokenflow prepare-frames folder (same --frames, size = "
+                        "the backbone's image size); videos missing from it are decoded")
     p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames",
                    help="a video's tokens: one per frame, or every patch of every frame")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
@@ -364,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_make_data, _add_convert_captions, _add_evaluate, _add_demo, _add_ablate, _add_explain,
                 _add_train):
         add(sub)
+    _add_prepare_frames(sub)
     return parser
 
 

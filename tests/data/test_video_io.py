@@ -1,0 +1,252 @@
+"""Fast video input: seeking gives the frames of decoding from the start, and the frame cache
+gives the tensors of decoding (issue 20)."""
+
+import fractions
+import itertools
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tokenflow.cli import main
+from tokenflow.data import MediaDataset, MediaError, RetrievalSplit, collate_media, load_split, uniform_frame_indices
+from tokenflow.data import frame_cache as fc
+from tokenflow.data import video
+from tokenflow.data.frame_cache import FrameCache, prepare_frames, resize_frame, with_frame_cache
+from tokenflow.data.video import read_video_frames
+from tokenflow.errors import UserError
+from tokenflow.models import TinyCLIP, TinyConfig, WordTokenizer
+
+av = pytest.importorskip("av")
+
+
+def write_ramp(path, n, size=32, fps=30, pts_ms=None, fmt="mp4", codec="libx264"):
+    """Frame t is grey level 8t (mod 256) with a block of 8 * (t // 32) on its left half, so the
+    pixels tell the index. ``pts_ms``: frame times in milliseconds (variable frame rate)."""
+    with av.open(str(path), "w", format=fmt) as out:
+        st = out.add_stream(codec, rate=fps)
+        st.width = st.height = size
+        st.pix_fmt = "yuv420p"
+        st.options = {"crf": "0"} if codec == "libx264" else {"qscale": "1"}
+        if pts_ms is not None:
+            st.codec_context.time_base = fractions.Fraction(1, 1000)
+        for t in range(n):
+            arr = np.full((size, size, 3), (8 * t) % 256, dtype=np.uint8)
+            arr[:, : size // 2] = 8 * (t // 32)
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[t], fractions.Fraction(1, 1000)
+            for p in st.encode(frame):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+    return path
+
+
+def index_of(img, size=32) -> int:
+    a = np.asarray(img).astype(np.float64)
+    return 32 * round(a[:, : size // 2].mean() / 8) + round(a[:, size // 2:].mean() / 8) % 32
+
+
+def same_frames(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    vfr = list(itertools.accumulate([0] + [33 if k % 3 else 80 for k in range(149)]))
+    return {"short": write_ramp(d / "short.mp4", 90), "long": write_ramp(d / "long.mp4", 900, size=16),
+            "vfr": write_ramp(d / "vfr.mp4", 150, pts_ms=vfr)}
+
+
+# -- seeking --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,n", [("short", 90), ("long", 900)])
+def test_seeking_picks_the_frames_of_decoding_from_the_start(clips, name, n, monkeypatch):
+    size = 16 if name == "long" else 32
+    decoded = read_video_frames(clips[name], 12, method="decode")
+    assert [index_of(f, size) for f in decoded] == uniform_frame_indices(n, 12)
+    for num in (12, 5, 1):
+        want = read_video_frames(clips[name], num, method="decode")
+        assert same_frames(read_video_frames(clips[name], num, method="seek"), want)
+        assert same_frames(read_video_frames(clips[name], num), want)
+    # and "auto" did seek: decoding from the start is not reached
+    monkeypatch.setattr(video, "_read_decoding", lambda *a: pytest.fail("decoded from the start"))
+    assert len(read_video_frames(clips[name], 12)) == 12
+
+
+def test_variable_frame_rate_is_decoded_from_the_start_unless_told_to_seek(clips, monkeypatch):
+    want = read_video_frames(clips["vfr"], 12, method="decode")
+    assert [index_of(f) for f in want] == uniform_frame_indices(150, 12)
+    assert same_frames(read_video_frames(clips["vfr"], 12, method="seek"), want)  # the pts map still holds
+    calls = []
+    real = video._read_decoding
+    monkeypatch.setattr(video, "_read_decoding", lambda *a: calls.append(a) or real(*a))
+    assert same_frames(read_video_frames(clips["vfr"], 12), want) and len(calls) == 1
+
+
+def _avi_stating(tmp_path, stated: int):
+    """An AVI of 30 frames whose headers state ``stated`` frames."""
+    path = write_ramp(tmp_path / "true.avi", 30, fps=10, fmt="avi", codec="mpeg4")
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<I", raw, raw.index(b"avih") + 24, stated)  # dwTotalFrames
+    struct.pack_into("<I", raw, raw.index(b"strh") + 40, stated)  # the stream's dwLength
+    out = tmp_path / f"states{stated}.avi"
+    out.write_bytes(bytes(raw))
+    return out
+
+
+@pytest.mark.parametrize("stated", [0, 40, 20])
+def test_a_container_with_a_wrong_frame_count(tmp_path, stated):
+    path = _avi_stating(tmp_path, stated)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].frames == stated
+    want = read_video_frames(path, 6, method="decode")
+    if stated in (0, 40):  # none stated, or over-stated: the true 30 frames are sampled
+        assert [index_of(f) for f in want] == uniform_frame_indices(30, 6)
+    assert same_frames(read_video_frames(path, 6), want)  # auto = today's result, whatever the container says
+
+
+def test_corrupt_and_missing_videos_fail_with_their_path(tmp_path, clips):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 64)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clips["short"].read_bytes()[:2000])
+    for method in ("auto", "seek", "decode"):
+        with pytest.raises(MediaError, match="bad.mp4: cannot"):
+            read_video_frames(bad, 4, method=method)
+        with pytest.raises(MediaError, match="gone.mp4: file not found"):
+            read_video_frames(tmp_path / "gone.mp4", 4, method=method)
+        with pytest.raises(MediaError, match="cut.mp4"):
+            read_video_frames(cut, 4, method=method)
+    with pytest.raises(ValueError, match="method must be one of"):
+        read_video_frames(clips["short"], 4, method="fast")
+
+
+# -- frame cache ----------------------------------------------------------------------------------
+def tiny_preprocess(size=16):
+    return TinyCLIP(TinyConfig(image_size=size, patch_size=8, width=32, layers=1, heads=2, embed_dim=16),
+                    WordTokenizer.build(["a"])).preprocess
+
+
+def video_split(synth):
+    return load_split("msrvtt", synth / "videos", "test")
+
+
+def test_cached_frames_give_the_tensors_of_decoding(tmp_path, synth):
+    split, pre = video_split(synth), tiny_preprocess(16)
+    cache = FrameCache.create(tmp_path / "c", frames=6, size=16)
+    prepare_frames(split.item_paths, cache)
+    cached = with_frame_cache(split, tmp_path / "c", 6, pre, 16)
+    assert cached.frame_cache == cache and cached.subset([1, 0]).frame_cache == cache
+    cache.file_for(split.item_paths[1]).unlink()  # missing from the cache: decoded
+    plain, fast = MediaDataset(split, pre, num_frames=6), MediaDataset(cached, pre, num_frames=6)
+    for i in range(len(split)):
+        a, b = plain[i], fast[i]
+        assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    # a dataset sampling another number of frames decodes
+    assert torch.equal(MediaDataset(cached, pre, num_frames=8)[0][1], MediaDataset(split, pre, num_frames=8)[0][1])
+    assert cache.read(split.item_paths[0])[0].size == (16, 16) and cache.read(split.item_paths[1]) is None
+    # two loader workers read the cache too
+    loader = torch.utils.data.DataLoader(fast, batch_size=2, num_workers=2, collate_fn=collate_media)
+    got = torch.cat([px for _, px, _, _ in loader])
+    assert torch.equal(got, torch.stack([plain[i][1] for i in range(len(split))]))
+
+
+def test_the_cache_resize_is_the_preprocessing_resize():
+    from PIL import Image
+
+    pre = tiny_preprocess(16)
+    g = np.random.default_rng(1)
+    for w, h in ((40, 30), (30, 53), (17, 16), (16, 16), (12, 20)):
+        img = Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert torch.equal(pre(img), pre(resize_frame(img, 16))), (w, h)
+    assert resize_frame(img, 0) is img
+    floor = lambda im: pre(im.resize((int(16 * im.size[0] / min(im.size)), 16)))  # noqa: E731  a resize that floors
+    with pytest.raises(UserError, match="--size 0"):
+        FrameCache(Path("c"), 12, 16).check_preprocess(floor)
+    FrameCache(Path("c"), 12, 0).check_preprocess(floor)  # frames at their decoded size suit every backbone
+
+
+def test_the_cache_is_written_atomically_and_resumes(tmp_path, synth, monkeypatch):
+    paths = video_split(synth).item_paths
+    cache = FrameCache.create(tmp_path / "c", frames=4, size=0)
+    manifest = json.loads(cache.manifest.read_text())
+    assert manifest["frames"] == 4 and manifest["size"] == 0 and manifest["tokenflow"] and manifest["resize"]
+
+    def broken(f, arr, allow_pickle):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fc.np, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        prepare_frames(paths[:1], cache)
+    assert sorted(p.name for p in cache.root.iterdir()) == ["manifest.json"]  # no half file, no temporary
+    monkeypatch.undo()
+
+    res = prepare_frames(paths[:2], cache)
+    assert (res["written"], res["kept"]) == (2, 0)
+    stamps = {p: p.stat().st_mtime_ns for p in cache.root.iterdir()}
+    res = prepare_frames(paths, FrameCache.create(tmp_path / "c", frames=4, size=0), workers=2)
+    assert (res["written"], res["kept"], res["videos"]) == (len(paths) - 2, 2, len(paths))
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # kept files and manifest untouched
+    arr = np.load(cache.file_for(paths[0]))
+    assert arr.dtype == np.uint8 and arr.shape == (4, 32, 32, 3)
+    assert same_frames(list(arr), read_video_frames(paths[0], 4))
+
+
+def test_a_cache_with_other_settings_is_refused(tmp_path, synth):
+    FrameCache.create(tmp_path / "c", frames=4, size=16)
+    manifest = str(tmp_path / "c" / "manifest.json")
+    with pytest.raises(UserError, match=f"{manifest} was made with frames=4, this run needs frames=12"):
+        FrameCache.open(tmp_path / "c", frames=12, size=16)
+    with pytest.raises(UserError, match="made with size=16, this run needs size=224"):
+        with_frame_cache(video_split(synth), tmp_path / "c", 4, tiny_preprocess(16), 224)
+    with pytest.raises(UserError, match="made with frames=4, this run needs frames=6"):
+        FrameCache.create(tmp_path / "c", frames=6, size=16)
+    with pytest.raises(UserError, match="no manifest.json"):
+        FrameCache.open(tmp_path / "none")
+    with pytest.raises(UserError, match="image split"):
+        with_frame_cache(load_split("flickr30k", synth / "images", "test"), tmp_path / "c", 4, None, 16)
+    assert FrameCache.create(tmp_path / "any", 4, 0) == FrameCache.open(tmp_path / "any", frames=4, size=224)
+
+
+def test_a_corrupt_video_fails_or_is_skipped_with_its_path(tmp_path, synth):
+    good = video_split(synth).item_paths[0]
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 64)
+    cache = FrameCache.create(tmp_path / "c", frames=4, size=0)
+    with pytest.raises(MediaError, match="bad.mp4: cannot"):
+        prepare_frames([good, bad], cache)
+    res = prepare_frames([good, bad, tmp_path / "gone.mp4"], cache, on_error="skip")
+    assert [s["path"] for s in res["skipped"]] == [str(bad), str(tmp_path / "gone.mp4")]
+    assert res["failed"] == 2 and not cache.file_for(bad).exists()
+    # reading it later reports it as before
+    split = RetrievalSplit("v", "video", ["g", "b"], [good, bad], ["a", "b"], [0, 1], frame_cache=cache)
+    with pytest.raises(MediaError, match="bad.mp4: cannot"):
+        MediaDataset(split, lambda im: torch.zeros(3, 2, 2))[1]
+
+
+def test_prepare_frames_and_evaluate_with_the_cache(tmp_path, synth, capsys, monkeypatch):
+    model = TinyCLIP(TinyConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2, embed_dim=16),
+                     WordTokenizer.build(video_split(synth).texts))
+    model.save_pretrained(tmp_path / "m")
+    base = ["--dataset", "msrvtt", "--root", str(synth / "videos")]
+    assert main(["prepare-frames", *base, "--frames", "6", "--size", "16", "--out", str(tmp_path / "c")]) == 0
+    assert "10 written, 0 already there" in capsys.readouterr().out  # train-9k (6) + test (4)
+    assert main(["prepare-frames", *base, "--split", "test", "--frames", "6", "--size", "16",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert "0 written, 4 already there" in capsys.readouterr().out
+    ev = ["evaluate", *base, "--model", str(tmp_path / "m"), "--frames", "6", "--quiet"]
+    assert main([*ev, "--out", str(tmp_path / "a.json")]) == 0
+    with monkeypatch.context() as m:  # every video comes from the cache
+        m.setattr("tokenflow.data.base.read_video_frames", lambda *a: pytest.fail("decoded"))
+        assert main([*ev, "--frame-cache", str(tmp_path / "c"), "--out", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["metrics"] == b["metrics"]
+    capsys.readouterr()
+    assert main([*ev[:-3], "--frames", "12", "--frame-cache", str(tmp_path / "c")]) == 2
+    assert "was made with frames=6, this run needs frames=12" in capsys.readouterr().err
