@@ -28,7 +28,7 @@ LAYERS = [
     ["tokenflow.data", "tokenflow.models"],
     ["tokenflow.eval"],
     ["tokenflow.train", "tokenflow.viz"],
-    ["tokenflow.bench", "tokenflow.demo", "tokenflow.search", "tokenflow.serve"],
+    ["tokenflow.bench", "tokenflow.demo", "tokenflow.index", "tokenflow.serve"],
     ["tokenflow.cli", "tokenflow.__main__"],
 ]
 

@@ -1,5 +1,5 @@
 """The ``tokenflow`` command: ``demo``, ``make-data``, ``train``, ``ablate``, ``evaluate``, ``explain``,
-``convert-captions``, ``bench``.
+``encode``, ``index``, ``search`` (:mod:`tokenflow.index.commands`), ``convert-captions``, ``bench``.
 
 Exit status: 0 done; 2 an error the user can fix (:class:`~tokenflow.errors.UserError`, a missing
 file, a bad value), printed as one message; 3 training diverged; 1 a bug, with its traceback.
@@ -65,11 +65,9 @@ def _convert(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .align import aligner_for
     from .data import load_split
     from .eval.evaluate import evaluate, format_table, protocol_folds
-    from .models import load_backbone
-    from .models.retrieval import RetrievalModel, read_head_config
+    from .models.retrieval import load_for_scoring
     from .utils import check_writable, write_text_atomic
 
     split = load_split(args.dataset, args.root, args.split, media=args.media)
@@ -77,28 +75,13 @@ def _evaluate(args) -> int:
         from .data.positives import add_positives
 
         split = add_positives(split, args.positives, args.split)
-    head = read_head_config(args.model)
     if args.out:
         check_writable(args.out.parent, "--out folder")
-    if head is not None and args.aligner is None:  # a trained model folder: its plan, weights and plan parameters
-        model = RetrievalModel.from_pretrained(args.model)
-        backbone, aligner = model.backbone, model.aligner
-        if args.hp:
-            check_hparams(head["aligner"], dict(args.hp))
-            aligner = aligner_for(head["aligner"], {**head.get("hparams", {}), **dict(args.hp)},
-                                  dim=backbone.embed_dim)
-            if model.aligner is not None and aligner.state_dict().keys() == model.aligner.state_dict().keys():
-                aligner.load_state_dict(model.aligner.state_dict())  # learned plan weights stay
-        name = head["aligner"] or "none"
-    else:
-        backbone = load_backbone(args.model)
-        name = args.aligner or "tokenflow"
-        if name != "none":
-            check_hparams(name, dict(args.hp or []))
-        aligner = None if name == "none" else aligner_for(name, dict(args.hp or []), dim=backbone.embed_dim)
-        if aligner is not None and any(True for _ in aligner.parameters()):
-            print(f"tokenflow evaluate: note: {name} has learned weights and {args.model} holds none; they are "
-                  "freshly initialised. Evaluate a folder trained with it instead.", file=sys.stderr)
+    if args.rerank_top is not None and args.rerank_top < 1:
+        raise UserError(f"--rerank-top: the shortlist must hold at least 1 item, got {args.rerank_top}")
+    backbone, aligner, name, head, notes = load_for_scoring(args.model, args.aligner, dict(args.hp or []))
+    for note in notes:
+        print(f"tokenflow evaluate: note: {note}", file=sys.stderr)
     backbone = _with_max_words(backbone, args.max_words).to(args.device)
     if args.frame_cache is not None:
         from .data.frame_cache import with_frame_cache
@@ -113,7 +96,8 @@ def _evaluate(args) -> int:
     report = evaluate(backbone, split, aligner, w_global=args.w_global, w_fine=args.w_fine,
                       batch_size=args.batch_size, num_frames=args.frames, video_tokens=args.video_tokens,
                       on_error=args.on_error, workers=args.workers, chunk=args.chunk, folds=folds,
-                      progress=not args.quiet and sys.stderr.isatty(), **_test_norm_options(args))
+                      progress=not args.quiet and sys.stderr.isatty(), rerank_top=args.rerank_top,
+                      **_test_norm_options(args))
     report["dataset"] = {"name": args.dataset, "root": str(args.root), "split": args.split}
     report["command"] = ["tokenflow", *sys.argv[1:]] if args.argv is None else ["tokenflow", *args.argv]
     print(f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} texts, "
@@ -320,6 +304,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--qb-size", type=int, default=None, help="QB-Norm: at most this many bank captions, evenly "
                    "spaced (default: all)")
     p.add_argument("--qb-k", type=int, default=1, help="QB-Norm: hubs are the top-k items of the bank queries")
+    p.add_argument("--rerank-top", type=int, default=None, metavar="K",
+                   help="also report two-stage metrics: a global shortlist of K re-ranked by the plan (what "
+                        "tokenflow search does), beside the exhaustive ones")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--out", type=Path, default=None, help="JSON report (written atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -394,12 +381,14 @@ def _add_train(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``tokenflow`` parser with every subcommand."""
     from . import bench
+    from .index import commands as search_commands
 
     parser = argparse.ArgumentParser(prog="tokenflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tokenflow {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     sub = parser.add_subparsers(dest="command", required=True)
     bench.add_parser(sub)
+    search_commands.add_parsers(sub, _hparam)
     for add in (_add_make_data, _add_convert_captions, _add_evaluate, _add_demo, _add_ablate, _add_explain,
                 _add_train):
         add(sub)

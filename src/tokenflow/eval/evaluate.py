@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..models.base import DualEncoder, VideoTokens
 from .metrics import retrieval_metrics
 from .test_norm import LABELS, normalised_metrics
+from .two_stage import two_stage_metrics
 
 __all__ = ["Encoded", "encode_items", "encode_split", "encode_texts", "evaluate", "format_table",
            "protocol_folds", "retrieval_report", "similarity"]
@@ -140,7 +141,7 @@ def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | No
              on_error: OnError = "fail", workers: int = 0, chunk: int | None = None, folds: int | None = None,
              progress: bool = False, encoded: Encoded | None = None, test_norm: str | None = None,
              test_norm_temperature: float | None = None, query_bank: Tokens | Sequence[str] | None = None,
-             qb_k: int = 1, bank_info: dict | None = None) -> dict:
+             qb_k: int = 1, bank_info: dict | None = None, rerank_top: int | None = None) -> dict:
     """Encode (unless ``encoded`` is given), score and measure; returns the JSON-ready report.
 
     ``folds``: also report the mean metrics over consecutive folds of this many items (COCO's
@@ -151,6 +152,9 @@ def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | No
     ``report["metrics"]`` stays plain. ``qbnorm`` needs ``query_bank``: captions of the
     *training* split (strings, encoded here, or their encoded ``Tokens``), never test captions;
     ``bank_info`` describes it in the report (e.g. ``{"split": "train", "texts": 5000}``).
+
+    ``rerank_top``: also report two-stage metrics (a global shortlist of that many, re-ranked by
+    the fused score; :mod:`tokenflow.eval.two_stage`) in ``report["metrics_rerank"]``.
     """
     if test_norm == "qbnorm" and query_bank is None:
         raise UserError("test-time normalisation qbnorm needs a query bank of training captions (query_bank)")
@@ -173,6 +177,9 @@ def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | No
     report = retrieval_report(backbone, split, aligner, enc.split, sim_v2t, sim_t2v, w_global=w_global,
                               w_fine=w_fine, batch_size=batch_size, num_frames=num_frames, video_tokens=video_tokens,
                               on_error=on_error, folds=folds, skipped=enc.skipped, timings=timings)
+    if rerank_top is not None:
+        sim_global = similarity(enc.vis, enc.txt, None, device=backbone.device)[0]
+        report["metrics_rerank"] = two_stage_metrics(sim_global, sim_v2t, sim_t2v, enc.split.positives(), rerank_top)
     if test_norm is not None:
         report["metrics_test_norm"] = normalised_metrics(
             test_norm, sim_v2t, sim_t2v, enc.split.positives(), temperature=test_norm_temperature,
@@ -229,6 +236,10 @@ def format_table(report: dict, keys: Sequence[str] = ("R@1", "R@5", "R@10", "R@5
             n = name.rsplit("_", 1)[1]
             rows += [(f"t->v ({n} folds)", block["t2v"]), (f"v->t ({n} folds)", block["v2t"])]
     norm, width = report.get("metrics_test_norm"), 18
+    if report.get("metrics_rerank"):
+        block = report["metrics_rerank"]
+        rows += [(f"{d} [{block['label']}]", block[k]) for d, k in (("t->v", "t2v"), ("v->t", "v2t"))]
+        width = max(len(n) for n, _ in rows) + 2
     if norm:
         label = f"{LABELS.get(norm['method'], norm['method'])}, test-time norm"
         rows += [(f"{d} [{label}]", norm[k]) for d, k in (("t->v", "t2v"), ("v->t", "v2t")) if k in norm]

@@ -22,7 +22,7 @@ from ..utils import atomic_path, read_safetensors, write_text_atomic
 from .base import DualEncoder, VideoTokens
 from .loading import load_backbone
 
-__all__ = ["RetrievalModel", "hparam_problems", "read_head_config"]
+__all__ = ["RetrievalModel", "hparam_problems", "load_for_scoring", "read_head_config"]
 
 HEAD_FILE = "tokenflow.json"
 CLIP_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
@@ -127,3 +127,46 @@ def read_head_config(folder: str | Path) -> dict | None:
     if not isinstance(head, dict) or "aligner" not in head:
         raise ValueError(f"{path}: expected an object with 'aligner', 'hparams', 'w_global', 'w_fine'")
     return head
+
+
+def load_for_scoring(folder: str | Path, aligner: str | None = None,
+                     hparams: dict | None = None) -> tuple[DualEncoder, Aligner | None, str, dict, list[str]]:
+    """What ``evaluate``, ``encode`` and ``search`` score with: ``(backbone, aligner, plan name,
+    head, notes)``.
+
+    A folder trained by tokenflow (it has a head config) brings its plan, learned plan weights
+    and fusion weights (``head``); ``aligner`` other than None replaces the plan, and
+    ``hparams`` override the plan's (learned weights are kept when they still fit). A bare
+    backbone folder gets ``aligner`` (default ``tokenflow``; ``"none"``: global only) with
+    ``hparams``. ``notes`` are messages for the user (a learned plan freshly initialised).
+    Hyperparameters that are not finite numbers of their kind raise ``ValueError``.
+    """
+    from ..align import aligner_for
+
+    hparams, notes = dict(hparams or {}), []
+    head = read_head_config(folder)
+
+    def check(name: str) -> None:
+        problems = hparam_problems(name, hparams)
+        if problems:
+            raise ValueError("--hp: " + "; ".join(problems))
+
+    if head is not None and aligner is None:
+        model = RetrievalModel.from_pretrained(folder)
+        backbone, plan = model.backbone, model.aligner
+        if hparams and head["aligner"] is not None:
+            check(head["aligner"])
+            plan = aligner_for(head["aligner"], {**head.get("hparams", {}), **hparams}, dim=backbone.embed_dim)
+            if model.aligner is not None and plan.state_dict().keys() == model.aligner.state_dict().keys():
+                plan.load_state_dict(model.aligner.state_dict())  # learned plan weights stay
+        return backbone, plan, head["aligner"] or "none", head, notes
+    backbone = load_backbone(folder)
+    name = aligner or "tokenflow"
+    if name == "none":
+        return backbone, None, name, head or {}, notes
+    check(name)
+    plan = aligner_for(name, hparams, dim=backbone.embed_dim)
+    if any(True for _ in plan.parameters()):
+        notes.append(f"{name} has learned weights and {folder} holds none; they are freshly initialised. "
+                     "Use a folder trained with it instead.")
+    return backbone, plan, name, head or {}, notes

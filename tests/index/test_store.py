@@ -1,0 +1,132 @@
+"""The feature store: round trip, int8, resuming after a kill, damaged files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tokenflow.errors import FileError
+from tokenflow.index import FeatureStore, StoreWriter, write_store
+from tokenflow.index.store import MANIFEST
+
+from ..align.conftest import make_tokens
+
+BACKBONE = {"name": "random", "sha256": "0" * 64}
+
+
+def rand(n=23, length=7, dim=8, seed=0):
+    tok = make_tokens(n, length, dim, gen=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    return tok.zero_padding()
+
+
+def ids_of(n):
+    return [f"item{i}" for i in range(n)]
+
+
+def shard_files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*"))}
+
+
+@pytest.mark.parametrize("dtype, atol", [("fp32", 0.0), ("fp16", 1e-3), ("int8", 5e-3)])
+def test_round_trip(tmp_path, dtype, atol):
+    tok = rand()
+    store = write_store(tmp_path / "s", tok, ids_of(23), [f"/x/{i}.jpg" for i in range(23)], kind="visual",
+                        backbone=BACKBONE, dtype=dtype, shard_size=5)
+    assert len(store) == 23 and store.ids == ids_of(23) and store.paths[3] == "/x/3.jpg"
+    assert len(store.manifest["shards"]) == 5 and [s["rows"] for s in store.manifest["shards"]] == [5] * 4 + [3]
+    m = store.manifest
+    assert (m["dim"], m["max_tokens"], m["dtype"], m["kind"], m["count"]) == (8, 7, dtype, "visual", 23)
+    assert m["backbone"] == BACKBONE and m["format_version"] == 1 and "date" in m and "tokenflow" in m
+    rows = [22, 0, 7, 7, 13]  # any order, repeats, across shards
+    back = store.tokens(rows)
+    torch.testing.assert_close(back.mask, tok.mask[rows])
+    torch.testing.assert_close(back.feats, tok.feats[rows], atol=atol, rtol=0)
+    torch.testing.assert_close(back.pooled, tok.pooled[rows])  # global features are kept in fp32
+    np.testing.assert_array_equal(store.global_features(), tok.pooled.numpy())
+    assert isinstance(store.shard(0)["tokens"], np.memmap)
+
+
+def test_int8_error_is_within_half_a_step(tmp_path):
+    tok = rand(seed=1)
+    back = write_store(tmp_path, tok, ids_of(23), kind="visual", backbone=BACKBONE, dtype="int8").tokens(range(23))
+    step = tok.feats.abs().amax(-1, keepdim=True) / 127
+    assert bool(((back.feats - tok.feats).abs() <= step / 2 + 1e-7).all())
+
+
+def test_batches_of_other_lengths_are_padded_or_trimmed(tmp_path):
+    a, b = rand(4, 5, seed=2), rand(3, 9, seed=3)
+    b = type(b)(b.feats, b.mask & (torch.arange(9) < 5), b.pooled).zero_padding()
+    with StoreWriter(tmp_path, kind="text", backbone=BACKBONE, max_tokens=6) as w:
+        w.add(a, ids_of(4))
+        w.add(b, ids_of(7)[4:])
+    store = FeatureStore(tmp_path)
+    assert store.max_tokens == 6
+    torch.testing.assert_close(store.tokens([5]).feats[:, :5], b.feats[1:2, :5], atol=1e-3, rtol=0)
+    w = StoreWriter(tmp_path / "t", kind="text", backbone=BACKBONE, max_tokens=3)
+    with pytest.raises(ValueError, match="beyond the store's max_tokens=3"):
+        w.add(a, ids_of(4))
+    w.close(write_manifest=False)
+
+
+def test_resume_after_a_kill_gives_the_same_files(tmp_path):
+    tok = rand(seed=4)
+    whole = tmp_path / "whole"
+    write_store(whole, tok, ids_of(23), kind="visual", backbone=BACKBONE, shard_size=5)
+    # a run killed after two shards, in the middle of writing the third
+    part = tmp_path / "part"
+    w = StoreWriter(part, kind="visual", backbone=BACKBONE, shard_size=5)
+    w.add(tok[:12], ids_of(12))
+    w.close(write_manifest=False)
+    (part / "shard-00002.tokens.npy").write_bytes(b"half a shard")  # unfinished: no shard-00002.json
+    (part / ".shard-00002.mask.npy.abc.tmp").write_bytes(b"junk")
+    with pytest.raises(FileError, match=f"{part / MANIFEST}: no feature store manifest"):
+        FeatureStore(part)
+    again = StoreWriter(part, kind="visual", backbone=BACKBONE, shard_size=5)
+    assert again.done == 10 and not list(part.glob("*.tmp"))
+    again.close(write_manifest=False)
+    write_store(part, tok, ids_of(23), kind="visual", backbone=BACKBONE, shard_size=5)  # the same loop, re-run
+    assert shard_files(part) == shard_files(whole)
+    strip = lambda m: {k: v for k, v in m.items() if k != "date"}  # noqa: E731
+    assert strip(FeatureStore(part).manifest) == strip(FeatureStore(whole).manifest)
+    # a finished store re-run changes nothing
+    before = (whole / MANIFEST).read_bytes()
+    write_store(whole, tok, ids_of(23), kind="visual", backbone=BACKBONE, shard_size=5)
+    assert (whole / MANIFEST).read_bytes() == before
+
+
+def test_resume_refuses_other_settings_or_rows(tmp_path):
+    tok = rand(seed=5)
+    write_store(tmp_path, tok, ids_of(23), kind="visual", backbone=BACKBONE, shard_size=5)
+    with pytest.raises(FileError, match="other settings"):
+        StoreWriter(tmp_path, kind="visual", backbone={"name": "other", "sha256": "1" * 64}, shard_size=5)
+    with pytest.raises(FileError, match="differ from those already stored"):
+        write_store(tmp_path, tok, [f"x{i}" for i in range(23)], kind="visual", backbone=BACKBONE, shard_size=5)
+
+
+def test_damaged_stores_name_the_file(tmp_path):
+    tok = rand(seed=6)
+    folder = tmp_path / "s"
+    write_store(folder, tok, ids_of(23), kind="visual", backbone=BACKBONE, shard_size=10)
+    shard = folder / "shard-00001.tokens.npy"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-7])  # truncated
+    with pytest.raises(FileError, match=f"{shard}: .* bytes, the manifest says"):
+        FeatureStore(folder)
+    shard.write_bytes(data[:-7] + b"\x01" * 7)  # same size, other bytes
+    FeatureStore(folder)  # sizes agree: only the checksum finds it
+    with pytest.raises(FileError, match=f"{shard}: sha256 differs"):
+        FeatureStore(folder, verify=True)
+    shard.unlink()
+    with pytest.raises(FileError, match=f"{shard}: missing file"):
+        FeatureStore(folder)
+    manifest = folder / MANIFEST
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "format_version": 99}))
+    with pytest.raises(FileError, match=f"{manifest}: feature store format version 99"):
+        FeatureStore(folder)
+    manifest.write_text("{not json")
+    with pytest.raises(FileError, match=f"{manifest}: corrupt manifest"):
+        FeatureStore(folder)
+    with pytest.raises(FileError, match=f"{tmp_path / 'nothing' / MANIFEST}: no feature store manifest"):
+        FeatureStore(tmp_path / "nothing")
