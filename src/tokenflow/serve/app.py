@@ -1,0 +1,223 @@
+"""The FastAPI app of ``tokenflow serve``: the page, its JSON API and the collection's thumbnails.
+
+Endpoints (every error is JSON ``{"error": message}`` with a 4xx status):
+
+* ``GET /``: the page (plain HTML, CSS and JS from ``static/``; no build step).
+* ``GET /api/info``: the collection (kind, size, backbone), the plans offered, the limits.
+* ``POST /api/search``: ``{"query": TEXT, "k": 10, "plans": ["tokenflow", "max-avg"],
+  "hparams": {"tokenflow": {"lam": 20}}, "w_global": 1, "w_fine": 1}`` -> the top k per plan
+  with ``score = w_global * global + w_fine * fine``. Over a text collection the query is an
+  image: ``multipart/form-data`` with the JSON in field ``request`` and the file in ``image``.
+* ``POST /api/explain``: ``{"query", "item", "plan", "hparams"}`` (or the same multipart) ->
+  ``d`` over the patch grid, ``e`` per word, the strongest pairs ``T_hat x c``, the scores.
+* ``GET /media/{item}``: a PNG thumbnail of an item (a video's middle frame), looked up by the
+  item's id in the index: the client never names a path.
+
+Safety defaults: the server listens on 127.0.0.1 and answers only requests addressed to a
+loopback host name (no DNS rebinding); request bodies and uploads are capped, uploads are decoded
+by PIL under a pixel cap; query length, k, the number of plans and hyperparameter magnitudes are
+capped (:class:`~tokenflow.serve.engine.Limits`); responses carry a strict Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from .._extras import require
+from ..models.base import DualEncoder
+from .engine import DEFAULT_PLANS, Engine, Limits, Query
+from .media import RequestError, decode_upload, thumbnail_png
+
+require("fastapi", "serve", "tokenflow serve")
+require("python_multipart", "serve", "tokenflow serve (image uploads)")
+
+from fastapi import FastAPI, Request  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402  (also the router's 404 and 405)
+from fastapi.responses import FileResponse, JSONResponse, Response  # noqa: E402
+from fastapi.staticfiles import StaticFiles  # noqa: E402
+from starlette.concurrency import run_in_threadpool  # noqa: E402
+from starlette.middleware.trustedhost import TrustedHostMiddleware  # noqa: E402
+
+from ..errors import UserError  # noqa: E402
+
+__all__ = ["LOOPBACK_HOSTS", "create_app", "default_model"]
+
+STATIC = Path(__file__).parent / "static"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+def default_model(index_dir: str | Path) -> DualEncoder:
+    """The backbone named in the index's settings (``index.json``), when that name is a folder here."""
+    from ..models.loading import load_backbone
+
+    path = Path(index_dir) / "index.json"
+    try:
+        backbone = json.loads(path.read_text()).get("backbone", {})
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read the index settings ({e})") from None
+    name = backbone.get("name") if isinstance(backbone, dict) else None
+    if not name or not Path(name).is_dir():
+        raise UserError(f"the index {index_dir} was encoded with backbone {name!r}, which is not a folder here: "
+                        "pass --model FOLDER (the backbone that encoded the collection)")
+    return load_backbone(name)
+
+
+def create_app(index_dir: str | Path | Sequence[str | Path], model: DualEncoder | str | Path | None = None, *,
+               aligner_names: Sequence[str] = DEFAULT_PLANS, w_global: float = 1.0, w_fine: float = 1.0,
+               limits: Limits = Limits(), media_root: str | Path | None = None,
+               allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS, device: str = "cpu",
+               check_backbone: bool = True) -> FastAPI:
+    """The app over a search index (see the module docstring).
+
+    ``model``: the backbone, a backbone folder, or None for :func:`default_model`.
+    ``aligner_names``: the plans offered (plus ``"global"``). ``allowed_hosts``: Host headers
+    answered (None: any, e.g. behind a proxy that checks them)."""
+    from ..models.loading import load_backbone
+
+    first = index_dir if isinstance(index_dir, (str, Path)) else index_dir[0]
+    if model is None:
+        model = default_model(first)
+    elif not isinstance(model, DualEncoder):
+        model = load_backbone(model)
+    engine = Engine(index_dir, model, plans=aligner_names, w_global=w_global, w_fine=w_fine, limits=limits,
+                    media_root=media_root, device=device, check_backbone=check_backbone)
+    app = FastAPI(title="tokenflow serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    _add_errors(app)
+    _add_routes(app, engine)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes + 64 * 1024)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.middleware("http")(_security_headers)
+    return app
+
+
+async def _security_headers(request: Request, call_next):
+    response = await call_next(request)
+    response.headers.setdefault("Content-Security-Policy", _CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response
+
+
+def _add_errors(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, e: RequestError):
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(UserError)
+    async def user_error(_: Request, e: UserError):  # e.g. an unreadable media file
+        return JSONResponse({"error": str(e)}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException):
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+
+
+def _add_routes(app: FastAPI, engine: Engine) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/api/info")
+    def info():
+        return engine.info()
+
+    @app.post("/api/search")
+    async def search(request: Request):
+        body, query = await _read(request, engine)
+        plans = _plans(body)
+        k = engine.check_k(body.get("k", 10))
+        return await run_in_threadpool(engine.search, query, k, plans, body.get("w_global"), body.get("w_fine"))
+
+    @app.post("/api/explain")
+    async def explain(request: Request):
+        body, query = await _read(request, engine)
+        return await run_in_threadpool(engine.explain, query, body.get("item"), body.get("plan"),
+                                       body.get("hparams"))
+
+    @lru_cache(maxsize=1024)
+    def thumb(path: Path, mtime: int) -> bytes:
+        return thumbnail_png(path, max_pixels=engine.limits.max_image_pixels)
+
+    @app.get("/media/{item:path}")
+    def media(item: str):
+        path = engine.media_path(item)
+        data = thumb(path, path.stat().st_mtime_ns)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+async def _read(request: Request, engine: Engine) -> tuple[dict, Query]:
+    """The request's JSON object and its checked query (a text, or an uploaded image)."""
+    ctype = request.headers.get("content-type", "")
+    image = None
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=2, max_part_size=64 * 1024)
+        raw, upload = form.get("request", "{}"), form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise RequestError("multipart request without an 'image' file", 400)
+        data = await upload.read(engine.limits.max_upload_bytes + 1)
+        image = await run_in_threadpool(decode_upload, data, engine.limits.max_upload_bytes,
+                                        engine.limits.max_image_pixels)
+    elif ctype.startswith("application/json"):
+        raw = await request.body()
+    else:
+        raise RequestError("send JSON (application/json), or multipart/form-data with an image", 415)
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"the request is not valid JSON ({e})", 400) from None
+    if not isinstance(body, dict):
+        raise RequestError("the request must be a JSON object", 400)
+    query = engine.check_image(image) if image is not None else engine.check_text(body.get("query"))
+    return body, query
+
+
+def _plans(body: dict) -> list[tuple[str, dict]]:
+    """``plans``: names or ``{"name", "hparams"}``; ``hparams``: NAME -> {...} for plans given by name."""
+    plans, shared = body.get("plans", ["tokenflow"]), body.get("hparams") or {}
+    if isinstance(plans, str):
+        plans = [plans]
+    if not isinstance(plans, list) or not isinstance(shared, dict):
+        raise RequestError("plans must be a list of names (or {name, hparams}); hparams an object NAME: {...}", 400)
+    out = []
+    for p in plans:
+        if isinstance(p, dict):
+            out.append((p.get("name"), p.get("hparams") or {}))
+        else:
+            out.append((p, (shared.get(p) if isinstance(p, str) else None) or {}))
+    return out
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body larger than ``max_bytes`` (413), by its
+    Content-Length or, without one, while it streams in."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            response = JSONResponse({"error": f"request body over {self.max_bytes} bytes"}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, f"request body over {self.max_bytes} bytes")
+            return message
+
+        return await self.app(scope, limited, send)

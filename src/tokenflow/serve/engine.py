@@ -1,0 +1,306 @@
+"""What the web page asks of a collection, without HTTP: search with one or two plans, explain a result.
+
+:class:`Engine` holds one :class:`~tokenflow.index.Searcher` over the index (global ranking) and
+re-ranks with any allowed plan: a plan's searcher shares the loaded index and stores. Requests
+are checked against :class:`Limits` before any work; a bad one raises
+:class:`~tokenflow.serve.media.RequestError` with its HTTP status.
+
+Explanations are ``Aligner.plan`` of the pair the search ranked: the stored tokens of the item
+(exactly what the re-ranking scored) and the encoded query, in the search's direction (``t2v`` for
+text queries over images or videos, ``v2t`` for an image query over texts). The numbers are those
+of ``tokenflow explain --json``: patch weights ``d`` over the patch grid, word weights ``e``, and
+the strongest word-patch contributions ``T_hat x c`` (``T_hat = 100 T``). A video stored with
+every frame's patches is explained on its middle frame's patches; a video stored with one token
+per frame has no patch tokens in the store, so its middle frame is encoded again
+(:func:`tokenflow.viz.explain`, the same numbers as ``tokenflow explain``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..align import Aligner, aligner_for, get_aligner_class, list_aligners
+from ..index import Searcher
+from ..models.base import DualEncoder
+from ..models.retrieval import hparam_problems
+from ..tokens import Tokens
+from .media import MediaRoot, RequestError, middle_frame_index
+
+__all__ = ["DEFAULT_PLANS", "GLOBAL", "Engine", "Limits"]
+
+GLOBAL = "global"  # rank by the global similarity alone (no plan)
+#: Plans the page offers unless told otherwise: token plans without learned weights.
+DEFAULT_PLANS = ("tokenflow", "max-avg", "scan", "sinkhorn", "uniform")
+TOP_PAIRS = 6  # strongest word-patch pairs in an explanation
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what one request may ask (the server's safety defaults)."""
+
+    max_query_chars: int = 500
+    max_k: int = 50
+    max_plans: int = 2
+    max_upload_bytes: int = 4 * 2**20
+    max_image_pixels: int = 20_000_000
+    max_hparam: float = 10_000.0  # |value| of any numeric hyperparameter (n_iter=1e9 would stall the server)
+    shortlist: int = 100  # items re-ranked per query
+    workers: int = 2  # queries computed at once; the others wait
+
+
+@dataclass(frozen=True)
+class Query:
+    """A checked query: a text (visual collections) or a decoded image (text collections)."""
+
+    text: str | None = None
+    image: object | None = None
+
+
+class Engine:
+    """Search and explanations over one index (see the module docstring).
+
+    Args:
+        index_dirs: index folder(s) of one collection, as :class:`~tokenflow.index.Searcher` takes.
+        model: the backbone that encoded the collection (encodes the queries).
+        plans: the plan names a request may use (``"global"`` is always allowed).
+        w_global, w_fine: default weights of the fused score (a request may set its own).
+        media_root: folder every media file must lie in (default: see :class:`MediaRoot`).
+    """
+
+    def __init__(self, index_dirs: str | Path | Sequence[str | Path], model: DualEncoder, *,
+                 plans: Sequence[str] = DEFAULT_PLANS, w_global: float = 1.0, w_fine: float = 1.0,
+                 limits: Limits = Limits(), media_root: str | Path | None = None, device: str = "cpu",
+                 check_backbone: bool = True):
+        unknown = sorted(set(plans) - set(list_aligners()) - {GLOBAL})
+        if unknown:
+            raise ValueError(f"unknown plans {unknown}; valid: {', '.join([GLOBAL, *list_aligners()])}")
+        self.model = model.eval()
+        self.base = Searcher(index_dirs, model=self.model, aligner=None, w_global=w_global, w_fine=w_fine,
+                             device=device, check_backbone=check_backbone)
+        self.kind, self.limits, self.device = self.base.kind, limits, device
+        self.plans = list(dict.fromkeys([*plans, GLOBAL]))
+        self.w_global, self.w_fine = float(w_global), float(w_fine)
+        self.items: dict[str, tuple[int, int]] = {}
+        for s, store in enumerate(self.base.stores):
+            for r, item_id in enumerate(store.ids):
+                self.items.setdefault(item_id, (s, r))  # an id repeated across shards: the first
+        self.media = MediaRoot([p for store in self.base.stores for p in store.paths], media_root)
+        self._aligners: OrderedDict[tuple, Aligner] = OrderedDict()
+        self._lock = threading.Lock()
+        self._busy = threading.BoundedSemaphore(max(1, limits.workers))
+
+    # -- checking requests --------------------------------------------------------------------
+    def info(self) -> dict:
+        """What the page needs to draw its form."""
+        store = self.base.stores[0]
+        return {"kind": self.kind, "count": len(self.base), "plans": self.plans, "default_plans": self.plans[:2],
+                "backbone": store.backbone.get("name"), "w_global": self.w_global, "w_fine": self.w_fine,
+                "query": "text" if self.kind == "visual" else "image",
+                "limits": {"max_query_chars": self.limits.max_query_chars, "max_k": self.limits.max_k,
+                           "max_plans": self.limits.max_plans, "max_upload_bytes": self.limits.max_upload_bytes}}
+
+    def check_text(self, text: object) -> Query:
+        """A text query for a visual collection, or :class:`RequestError`."""
+        if self.kind != "visual":
+            raise RequestError("this is a collection of texts: the query is an uploaded image", 400)
+        if not isinstance(text, str) or not text.strip():
+            raise RequestError("query: give a non-empty text", 400)
+        if len(text) > self.limits.max_query_chars:
+            raise RequestError(f"query of {len(text)} characters: at most {self.limits.max_query_chars}", 400)
+        return Query(text=text.strip())
+
+    def check_image(self, image: object) -> Query:
+        """An (already decoded) image query for a text collection, or :class:`RequestError`."""
+        if self.kind != "text":
+            raise RequestError("this is a collection of images or videos: the query is a text", 400)
+        return Query(image=image)
+
+    def check_k(self, k: object) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.limits.max_k:
+            raise RequestError(f"k must be an integer from 1 to {self.limits.max_k}, got {k!r}", 400)
+        return k
+
+    def check_weight(self, name: str, value: object, default: float) -> float:
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or abs(value) > 100:
+            raise RequestError(f"{name} must be a finite number from -100 to 100, got {value!r}", 400)
+        return float(value)
+
+    def aligner(self, name: object, hparams: object = None) -> Aligner | None:
+        """The aligner of an allowed plan with checked hyperparameters (built once, then reused);
+        None for ``"global"``."""
+        if not isinstance(name, str) or name not in self.plans:
+            raise RequestError(f"unknown plan {name!r}; this server offers: {', '.join(self.plans)}", 400)
+        hparams = {} if hparams is None else hparams
+        if not isinstance(hparams, dict):
+            raise RequestError(f"hparams of {name} must be an object of NAME: value, got {hparams!r}", 400)
+        if name == GLOBAL:
+            if hparams:
+                raise RequestError(f"the global ranking takes no hyperparameters, got {sorted(hparams)}", 400)
+            return None
+        self._check_hparams(name, hparams)
+        key = (name, tuple(sorted(hparams.items())))
+        with self._lock:
+            if key in self._aligners:
+                self._aligners.move_to_end(key)
+                return self._aligners[key]
+        try:
+            built = aligner_for(name, hparams, dim=self.base.dim).to(self.device).eval()
+        except (ValueError, TypeError) as e:
+            raise RequestError(f"plan {name}: {e}", 400) from None
+        with self._lock:
+            self._aligners[key] = built
+            while len(self._aligners) > 32:
+                self._aligners.popitem(last=False)
+        return built
+
+    def _check_hparams(self, name: str, hparams: dict) -> None:
+        import inspect
+
+        known = set(inspect.signature(get_aligner_class(name).__init__).parameters) - {"self", "chunk", "dim"}
+        for key, value in hparams.items():
+            if key not in known:
+                raise RequestError(f"plan {name} has no hyperparameter {key!r}; it has: "
+                                   f"{', '.join(sorted(known)) or 'none'}", 400)
+            if not isinstance(value, (bool, int, float, str)) or (isinstance(value, str) and len(value) > 40):
+                raise RequestError(f"{name}: {key} must be a number, a boolean or a short name, got {value!r}", 400)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                    and abs(value) > self.limits.max_hparam:
+                raise RequestError(f"{name}: {key}={value!r} is beyond what this server accepts "
+                                   f"(|value| <= {self.limits.max_hparam:g})", 400)
+        problems = hparam_problems(name, hparams)
+        if problems:
+            raise RequestError(f"{name}: " + "; ".join(problems), 400)
+
+    # -- work -----------------------------------------------------------------------------------
+    def encode(self, query: Query) -> tuple[Tokens, list[str] | None]:
+        """The query's tokens [1] on the CPU, and its words (text queries)."""
+        with torch.no_grad():
+            if query.text is not None:
+                ids, mask = self.model.tokenize([query.text])
+                dev = self.model.device
+                tok = self.model.encode_texts(ids.to(dev), mask.to(dev))
+                words = self.model.decode_tokens(ids[0][mask[0].bool()].tolist())
+                return tok.to("cpu", torch.float32), words
+            pixels = self.model.preprocess(query.image).unsqueeze(0).to(self.model.device)
+            return self.model.encode_images(pixels).to("cpu", torch.float32), None
+
+    def search(self, query: Query, k: int, plans: Sequence[tuple[str, dict]], w_global: float | None = None,
+               w_fine: float | None = None) -> dict:
+        """The top ``k`` of each plan: ``{"plans": [{"plan", "hparams", "results": [...]}, ...]}``."""
+        if not plans or len(plans) > self.limits.max_plans:
+            raise RequestError(f"give 1 to {self.limits.max_plans} plans, got {len(plans)}", 400)
+        wg = self.check_weight("w_global", w_global, self.w_global)
+        wf = self.check_weight("w_fine", w_fine, self.w_fine)
+        aligners = [self.aligner(name, hp) for name, hp in plans]
+        with self._busy:
+            tokens, _ = self.encode(query)
+            out = []
+            for (name, hp), aligner in zip(plans, aligners):
+                searcher = self._searcher(aligner, wg, wf)
+                res = searcher.search(tokens, k=k, shortlist=self.limits.shortlist)[0]
+                out.append({"plan": name, "hparams": hp, "w_global": wg, "w_fine": wf if aligner else 0.0,
+                            "results": self._results(res)})
+        return {"kind": self.kind, "k": k, "plans": out}
+
+    def _searcher(self, aligner: Aligner | None, w_global: float, w_fine: float) -> Searcher:
+        """A searcher sharing the base one's loaded index and stores, with another plan and weights."""
+        s = copy.copy(self.base)
+        s.aligner, s.w_global, s.w_fine = aligner, w_global, w_fine
+        return s
+
+    def _results(self, res) -> list[dict]:
+        out = []
+        for rank, item_id in enumerate(res.ids):
+            store = self.base.stores[res.stores[rank]]
+            has_media = self.kind == "visual" and bool(store.paths[res.rows[rank]])
+            out.append({"rank": rank + 1, "id": item_id, "score": float(res.scores[rank]),
+                        "global": float(res.global_scores[rank]),
+                        "fine": None if res.fine_scores is None else float(res.fine_scores[rank]),
+                        "media": f"/media/{_quote(item_id)}" if has_media else None})
+        return out
+
+    def locate(self, item: object) -> tuple[int, int]:
+        """(store, row) of an item id, or :class:`RequestError` 404."""
+        if not isinstance(item, str) or item not in self.items:
+            raise RequestError(f"no item {str(item)[:80]!r} in this collection", 404)
+        return self.items[item]
+
+    def media_path(self, item: object) -> Path:
+        """The checked file of an item (see :meth:`MediaRoot.resolve`)."""
+        s, r = self.locate(item)
+        return self.media.resolve(self.base.stores[s].paths[r])
+
+    def explain(self, query: Query, item: object, plan: object, hparams: object = None) -> dict:
+        """Why ``item`` matched ``query`` under ``plan`` (see the module docstring)."""
+        aligner = self.aligner(plan, hparams)
+        if aligner is None:
+            raise RequestError("the global ranking has no token plan to explain: choose a plan", 400)
+        if not aligner.token_plan:
+            raise RequestError(f"{plan} does not weigh token pairs: there is no patch-word plan to draw", 400)
+        s, r = self.locate(item)
+        with self._busy:
+            q, words = self.encode(query)
+            stored = self.base.stores[s].tokens([r])
+            if self.kind == "visual":
+                expl = self._explain_visual_item(aligner, stored, q, words, query.text, item)
+            else:
+                expl = self._explanation(aligner, q, stored, None, query_text=None, direction="v2t")
+                expl["source"] = "store"
+        return {"item": item, "plan": plan, "hparams": hparams or {}, **expl}
+
+    def _explain_visual_item(self, aligner: Aligner, stored: Tokens, q: Tokens, words: list[str], text: str,
+                             item: str) -> dict:
+        grid = self.model.patch_grid
+        p, n = grid[0] * grid[1], int(stored.mask[0].sum())
+        if n == p:
+            vis, frame = stored, None
+        elif n % p == 0:  # a video stored with every frame's patches: its middle frame
+            mid = middle_frame_index(n // p)
+            real = stored.feats[0][stored.mask[0]]
+            vis = Tokens(real[mid * p : (mid + 1) * p].unsqueeze(0), torch.ones(1, p, dtype=torch.bool),
+                         stored.pooled)
+            frame = mid
+        else:  # one token per frame: encode the middle frame's patches again, as tokenflow explain does
+            return self._explain_from_media(aligner, text, item)
+        expl = self._explanation(aligner, vis, q, words, query_text=text, direction="t2v")
+        return {**expl, "source": "store", "frame": frame}
+
+    def _explain_from_media(self, aligner: Aligner, text: str, item: str) -> dict:
+        from ..models.retrieval import RetrievalModel
+        from ..viz import explain
+
+        path = self.media_path(item)
+        expl = explain(RetrievalModel(self.model, aligner), path, text, aligner=aligner, direction="t2v")
+        return {**expl.to_dict(TOP_PAIRS), "source": "media", "frame": None}
+
+    def _explanation(self, aligner: Aligner, vis: Tokens, txt: Tokens, words: list[str] | None, *,
+                     query_text: str | None, direction: str) -> dict:
+        from ..viz.explain import Explanation
+
+        plan = aligner.plan(vis.to(self.device), txt.to(self.device))
+        flow = plan.t2v if direction == "t2v" else plan.v2t
+        if words is None or len(words) != plan.e.numel():
+            words = [f"#{t + 1}" for t in range(plan.e.numel())]  # stored texts keep features, not words
+        expl = Explanation(caption=query_text or "", tokens=words, grid=tuple(self.model.patch_grid),
+                           aligner=getattr(aligner, "name", type(aligner).__name__), direction=direction, d=plan.d.float().cpu(),
+                           e=plan.e.float().cpu(), c=plan.c.float().cpu(), flow=flow.float().cpu(),
+                           score=float((plan.c * flow).sum()), global_score=float(vis.pooled[0] @ txt.pooled[0]),
+                           image=None)
+        return expl.to_dict(TOP_PAIRS)
+
+
+def _quote(item_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(item_id, safe="")

@@ -1,0 +1,235 @@
+// tokenflow serve: the page. Plain JS, no build step. Every value from the server is put in the
+// page with textContent (never innerHTML), so an item id or a query cannot inject markup.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { info: null, last: null, file: null, fileUrl: null };
+
+function el(tag, attrs = {}, text = null) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+function status(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+// "lam=20, eps=0.05" -> {lam: 20, eps: 0.05}
+function parseHp(text) {
+  const out = {};
+  for (const part of text.split(/[,\s]+/).filter(Boolean)) {
+    const eq = part.indexOf("=");
+    if (eq < 1) throw new Error(`hyperparameter "${part}": write NAME=VALUE`);
+    const key = part.slice(0, eq), raw = part.slice(eq + 1);
+    out[key] = raw === "true" ? true : raw === "false" ? false : raw !== "" && !isNaN(Number(raw)) ? Number(raw) : raw;
+  }
+  return out;
+}
+
+async function api(path, body) {
+  let init;
+  if (state.info.query === "image") {
+    if (!state.file) throw new Error("choose an image to search with");
+    const form = new FormData();
+    form.append("request", JSON.stringify(body));
+    form.append("image", state.file);
+    init = { method: "POST", body: form };
+  } else {
+    init = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  }
+  const res = await fetch(path, init);
+  const data = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
+  if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+  return data;
+}
+
+async function init() {
+  const info = await (await fetch("api/info")).json();
+  state.info = info;
+  $("collection").textContent = `${info.count} ${info.kind === "visual" ? "images or videos" : "texts"}, ` +
+    `backbone ${info.backbone}; score = ${info.w_global} x global + ${info.w_fine} x fine`;
+  $("k").max = info.limits.max_k;
+  $("query").maxLength = info.limits.max_query_chars;
+  for (const [sel, first] of [["planA", info.default_plans[0]], ["planB", info.default_plans[1] || ""]]) {
+    if (sel === "planB") $(sel).append(el("option", { value: "" }, "(none)"));
+    for (const p of info.plans) $(sel).append(el("option", { value: p }, p));
+    $(sel).value = first;
+  }
+  if (info.query === "image") {
+    $("query").hidden = true;
+    $("image").hidden = false;
+    $("image").addEventListener("change", () => {
+      state.file = $("image").files[0] || null;
+      if (state.fileUrl) URL.revokeObjectURL(state.fileUrl);
+      state.fileUrl = state.file ? URL.createObjectURL(state.file) : null;
+    });
+  }
+  $("search").addEventListener("submit", (ev) => { ev.preventDefault(); search(); });
+  status("ready");
+}
+
+async function search() {
+  const plans = [], hparams = {};
+  try {
+    for (const [sel, hp] of [["planA", "hpA"], ["planB", "hpB"]]) {
+      const name = $(sel).value;
+      if (!name) continue;
+      plans.push({ name, hparams: parseHp($(hp).value) });
+    }
+    const body = { query: $("query").value, k: Number($("k").value), plans, hparams };
+    status("searching...");
+    const t0 = performance.now();
+    const data = await api("api/search", body);
+    state.last = { body, data };
+    render(data);
+    status(`${data.plans[0].results.length} results in ${Math.round(performance.now() - t0)} ms`);
+  } catch (e) {
+    status(e.message, true);
+  }
+}
+
+function render(data) {
+  const cols = $("columns");
+  cols.replaceChildren();
+  data.plans.forEach((plan, c) => {
+    const other = data.plans.length > 1 ? data.plans[1 - c].results.map((r) => r.id) : null;
+    const col = el("div", { class: "column", "data-plan": plan.plan });
+    const hp = Object.entries(plan.hparams || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+    col.append(el("h2", {}, `${plan.plan}${hp ? ` (${hp})` : ""}`));
+    const list = el("ol");
+    plan.results.forEach((r, i) => list.append(card(r, i, plan, other)));
+    col.append(list);
+    cols.append(col);
+  });
+}
+
+function card(r, i, plan, other) {
+  const li = el("li", { class: "result", "data-id": r.id, "data-rank": String(r.rank) });
+  li.append(el("span", { class: "rank" }, String(r.rank)));
+  if (r.media) li.append(el("img", { src: r.media, alt: r.id, loading: "lazy" }));
+  else li.append(el("span", { class: "text" }, r.id));
+  const meta = el("div", { class: "meta" });
+  const id = el("div", { class: "id" }, r.id);
+  if (other) {
+    const j = other.indexOf(r.id);
+    const badge = j < 0 ? ["new", "not in the other top k"] : j > i ? ["up", `up ${j - i}`] : j < i ? ["down", `down ${i - j}`] : null;
+    if (badge) {
+      id.append(el("span", { class: `badge ${badge[0]}`, title: "rank compared with the other plan" }, badge[1]));
+      li.classList.add("moved");
+    }
+  }
+  meta.append(id);
+  const s = el("div", { class: "scores" });
+  s.append(el("b", {}, `score ${r.score.toFixed(3)}`));
+  s.append(document.createTextNode(r.fine === null
+    ? ` = ${plan.w_global} x global ${r.global.toFixed(3)}`
+    : ` = ${plan.w_global} x global ${r.global.toFixed(3)} + ${plan.w_fine} x fine ${r.fine.toFixed(3)}`));
+  meta.append(s);
+  li.append(meta);
+  if (plan.plan !== "global") {
+    const why = el("button", { class: "why", type: "button" }, "why?");
+    why.addEventListener("click", () => explain(r, plan, li));
+    li.append(why);
+  }
+  return li;
+}
+
+async function explain(r, plan, li) {
+  document.querySelectorAll(".result.selected").forEach((n) => n.classList.remove("selected"));
+  li.classList.add("selected");
+  try {
+    status(`explaining ${r.id}...`);
+    const body = { query: state.last.body.query, item: r.id, plan: plan.plan, hparams: plan.hparams };
+    const ex = await api("api/explain", body);
+    await drawExplanation(ex, r);
+    status(`${plan.plan}: why ${r.id} matched`);
+  } catch (e) {
+    status(e.message, true);
+  }
+}
+
+function loadImage(src) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("cannot load the image"));
+    img.src = src;
+  });
+}
+
+// matplotlib's "jet", as tokenflow explain draws d
+function jet(t) {
+  const f = (x) => Math.round(255 * Math.max(0, Math.min(1, x)));
+  return [f(1.5 - Math.abs(4 * t - 3)), f(1.5 - Math.abs(4 * t - 2)), f(1.5 - Math.abs(4 * t - 1))];
+}
+
+async function drawExplanation(ex, r) {
+  const box = $("explain");
+  box.hidden = false;
+  $("ex-title").textContent = `${ex.plan} (${ex.direction}): ${r.id}` + (ex.frame !== null && ex.frame !== undefined ? `, frame ${ex.frame + 1}` : "");
+  const canvas = $("heat"), ctx = canvas.getContext("2d");
+  const W = canvas.width, [gh, gw] = ex.grid;
+  ctx.clearRect(0, 0, W, W);
+  const src = state.info.query === "image" ? state.fileUrl : r.media;
+  if (src) {
+    const img = await loadImage(src);
+    const side = Math.min(img.width, img.height);  // the centre square the model sees
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(img, (img.width - side) / 2, (img.height - side) / 2, side, side, 0, 0, W, W);
+  }
+  const lo = Math.min(...ex.d), hi = Math.max(...ex.d), cw = W / gw, ch = W / gh;
+  ctx.globalAlpha = 0.45;
+  ex.d.forEach((v, s) => {
+    const [R, G, B] = jet(hi > lo ? (v - lo) / (hi - lo) : 0.5);
+    ctx.fillStyle = `rgb(${R},${G},${B})`;
+    ctx.fillRect((s % gw) * cw, Math.floor(s / gw) * ch, cw, ch);
+  });
+  ctx.globalAlpha = 1;
+  ctx.strokeStyle = "rgba(255,255,255,0.5)";
+  for (let i = 1; i < gw; i++) { ctx.beginPath(); ctx.moveTo(i * cw, 0); ctx.lineTo(i * cw, W); ctx.stroke(); }
+  for (let i = 1; i < gh; i++) { ctx.beginPath(); ctx.moveTo(0, i * ch); ctx.lineTo(W, i * ch); ctx.stroke(); }
+  ex.top_pairs.forEach((p, n) => {
+    const x = (p.col + 0.5) * cw, y = (p.row + 0.5) * ch;
+    ctx.fillStyle = "crimson";
+    ctx.beginPath(); ctx.arc(x, y, 10, 0, 2 * Math.PI); ctx.fill();
+    ctx.fillStyle = "#fff"; ctx.font = "bold 12px sans-serif"; ctx.textAlign = "center"; ctx.textBaseline = "middle";
+    ctx.fillText(String(n + 1), x, y);
+  });
+  canvas.dataset.drawn = "1";
+  drawWords(ex);
+  drawPairs(ex);
+  $("ex-scores").textContent = `fine score ${ex.score.toFixed(4)} (sum of T x c), global ${ex.global_score.toFixed(4)}` +
+    (ex.source === "media" ? "; the middle frame encoded again (the store keeps one token per frame)" : "");
+}
+
+function drawWords(ex) {
+  const box = $("words");
+  box.replaceChildren();
+  const lo = Math.min(...ex.e), hi = Math.max(...ex.e);
+  const top = new Set(ex.top_pairs.map((p) => p.token));
+  ex.tokens.forEach((w, t) => {
+    const shade = 0.15 + 0.75 * (hi > lo ? (ex.e[t] - lo) / (hi - lo) : 0.5);
+    const span = el("span", { title: `e = ${ex.e[t].toFixed(4)}` }, w);
+    span.style.background = `rgba(37, 99, 235, ${shade})`;
+    span.style.color = shade > 0.6 ? "#fff" : "#000";
+    if (top.has(t)) span.classList.add("top");
+    box.append(span);
+  });
+}
+
+function drawPairs(ex) {
+  const body = $("pairs").querySelector("tbody");
+  body.replaceChildren();
+  ex.top_pairs.forEach((p, n) => {
+    const tr = el("tr");
+    for (const v of [String(n + 1), p.word, `(${p.row}, ${p.col})`, p.T_hat.toFixed(2), p.c.toFixed(3), p.T_hat_x_c.toFixed(3)]) {
+      tr.append(el("td", {}, v));
+    }
+    body.append(tr);
+  });
+}
+
+init().catch((e) => status(`cannot load the collection: ${e.message}`, true));
