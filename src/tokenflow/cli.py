@@ -378,6 +378,47 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
+def _serve(args) -> int:
+    from .serve import DEFAULT_PLANS, Limits
+    from .serve.app import LOOPBACK_HOSTS, create_app, run
+
+    hosts = None if "*" in args.allow_host else [*LOOPBACK_HOSTS, args.host, *args.allow_host]
+    app = create_app(args.index, args.model, aligner_names=args.aligner or DEFAULT_PLANS, w_global=args.w_global,
+                     w_fine=args.w_fine, limits=Limits(max_k=args.max_k, shortlist=args.shortlist),
+                     media_root=args.media_root, allowed_hosts=hosts, device=args.device)
+    info = app.state.engine.info()
+    print(f"tokenflow serve: {info['count']} {info['kind']} items, plans {' '.join(info['plans'])}; "
+          f"open http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    run(app, args.host, args.port)
+    return 0
+
+
+def _add_serve(sub) -> None:
+    from .align import list_aligners
+
+    p = sub.add_parser("serve", help="a local web page to search an index and see why each result matched")
+    p.add_argument("--index", required=True, nargs="+", type=Path, metavar="DIR",
+                   help="index folder(s) of one collection (tokenflow index)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="backbone folder that encoded the collection (default: the index's backbone, if a folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--aligner", nargs="+", default=None, choices=[*list_aligners(), "global"], metavar="NAME",
+                   help="plans the page offers, the first two side by side (default: tokenflow max-avg scan "
+                        "sinkhorn uniform); global (no plan) is always offered")
+    p.add_argument("--w-global", type=float, default=1.0, help="weight of the global similarity")
+    p.add_argument("--w-fine", type=float, default=1.0, help="weight of the fine-grained score")
+    p.add_argument("--shortlist", type=int, default=100, help="items re-ranked per query")
+    p.add_argument("--max-k", type=int, default=50, help="most results a query may ask for")
+    p.add_argument("--media-root", type=Path, default=None,
+                   help="folder every thumbnail must lie in (default: the deepest folder holding all item paths)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to this host name (default: loopback names and --host "
+                        "only; '*' answers any, e.g. behind a proxy)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.set_defaults(func=_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tokenflow`` parser with every subcommand."""
     from . import bench
@@ -393,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_train):
         add(sub)
     _add_prepare_frames(sub)
+    _add_serve(sub)
     return parser
 
 

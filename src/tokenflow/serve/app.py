@@ -22,7 +22,11 @@ capped (:class:`~tokenflow.serve.engine.Limits`); responses carry a strict Conte
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,7 +47,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
 
-__all__ = ["LOOPBACK_HOSTS", "create_app", "default_model"]
+__all__ = ["LOOPBACK_HOSTS", "create_app", "default_model", "run", "serve_in_thread"]
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -221,3 +225,33 @@ class BodyLimit:
             return message
 
         return await self.app(scope, limited, send)
+
+
+@contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", timeout: float = 20.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free port of ``host`` in a background thread; yields its base
+    URL (``http://127.0.0.1:PORT``) and stops the server on exit. For tests and notebooks."""
+    uvicorn = require("uvicorn", "serve", "tokenflow serve")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tokenflow-serve", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+            time.sleep(0.02)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+
+
+def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve ``app`` with uvicorn until interrupted."""
+    uvicorn = require("uvicorn", "serve", "tokenflow serve")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
