@@ -6,8 +6,9 @@ Two ways to reach the sampled frames, which give the same frames (same indices, 
   in the decoded stream). Always right, slow on long clips.
 - **seek**: read every packet's timestamp without decoding (the pts -> index map: the sorted
   presentation timestamps), then for each sampled frame seek to the keyframe before it and decode
-  forward to the frame whose pts is that index's. The next sampled frame is decoded on from
-  there when no keyframe lies between them. Any disagreement between the decoder and the map (a
+  forward to the frame whose pts is that index's, skipping the non-reference frames on the way
+  (nothing depends on them). The next sampled frame is decoded on from there when no keyframe
+  lies between them. Any disagreement between the decoder and the map (a
   frame without pts, a pts not in the map, the wanted frame passed over) falls back to decode.
 
 ``method="auto"`` seeks only when the timestamps can be trusted: every packet has a pts, no two
@@ -126,10 +127,20 @@ def _timeline(container, stream) -> _Timeline | None:
     return _Timeline(pts, sorted(index[p] for p in key), int(stream.frames or 0))
 
 
+def _decode_skipping(container, stream, keep: set[int]):
+    """Decode on from where the demuxer stands, skipping the non-reference frames whose pts is not
+    in ``keep``: no other frame depends on them, so the frames kept are decoded as without skipping."""
+    codec = stream.codec_context
+    for packet in container.demux(stream):
+        codec.skip_frame = "DEFAULT" if packet.pts in keep else "NONREF"
+        yield from packet.decode()
+
+
 def _seek_frames(container, stream, line: _Timeline, wanted: list[int]) -> dict | None:
     """The frames ``wanted`` (sorted indices) by seeking; None when the decoder disagrees with
     ``line`` (the caller then decodes from the start)."""
     index = {p: k for k, p in enumerate(line.pts)}
+    keep = {line.pts[t] for t in wanted}
     out: dict = {}
     frames, cur = None, -1  # the running decoder and the index of its last frame
     for target in wanted:
@@ -137,7 +148,7 @@ def _seek_frames(container, stream, line: _Timeline, wanted: list[int]) -> dict 
         key = line.keyframes[k] if k >= 0 else 0
         if frames is None or not key <= cur < target:  # no keyframe between: decode on; else seek
             container.seek(line.pts[target], stream=stream, backward=True, any_frame=False)
-            frames, cur = container.decode(stream), -1
+            frames, cur = _decode_skipping(container, stream, keep), -1
         while cur < target:
             frame = next(frames, None)
             if frame is None or frame.pts not in index:
