@@ -170,7 +170,7 @@ def test_a_text_store_answers_image_queries(tmp_path, synth, model_dir):
 def test_auto_index_kind_by_size():
     assert auto_settings(1000) == {"kind": "flat"}
     big = auto_settings(1_000_000)
-    assert big["kind"] == "ivf" and big["encoding"] == "sq8" and big["nlist"] == 4000 and big["nprobe"] == 62
+    assert big == {"kind": "ivf", "encoding": "sq8", "nlist": 1000, "nprobe": 31, "train_size": 64_000}
 
 
 def test_evaluate_reports_the_two_stage_metrics_apart(synth, model_dir, tmp_path, capsys):

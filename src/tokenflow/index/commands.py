@@ -156,12 +156,14 @@ def _encode(args) -> int:
 
 
 def auto_settings(n: int) -> dict:
-    """``--kind auto`` for a collection of ``n`` items: flat up to :data:`AUTO_FLAT_MAX`, else IVF
-    with about 4 sqrt(n) lists, 8-bit vectors and 1/64 of the lists probed (at least 16)."""
+    """``--kind auto`` for a collection of ``n`` items: flat up to :data:`AUTO_FLAT_MAX`; above it
+    IVF with about sqrt(n) lists trained on 64 points per list, 8-bit vectors, and 1/32 of the
+    lists probed (at least 16)."""
     if n <= AUTO_FLAT_MAX:
         return {"kind": "flat"}
-    nlist = int(4 * math.sqrt(n))
-    return {"kind": "ivf", "encoding": "sq8", "nlist": nlist, "nprobe": max(16, nlist // 64)}
+    nlist = int(math.sqrt(n))
+    return {"kind": "ivf", "encoding": "sq8", "nlist": nlist, "nprobe": max(16, nlist // 32),
+            "train_size": 64 * nlist}
 
 
 def _index(args) -> int:
