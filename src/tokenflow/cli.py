@@ -186,6 +186,10 @@ def _explain(args) -> int:
     expl = explain(args.model, args.media, args.caption, direction=args.direction, aligner=args.aligner,
                    num_frames=args.frames)
     render(expl, args.out, top=args.top)
+    words = [t for t in expl.tokens if not (t.startswith("<") and t.endswith(">"))]
+    if not words:
+        print(f"tokenflow explain: warning: the model knows none of the caption's words ({args.caption!r} became "
+              f"{' '.join(expl.tokens)}); the flows below carry no word's meaning", file=sys.stderr)
     for p in expl.top_pairs(args.top):
         print(f"{p['word']:>12} -> patch ({p['row']}, {p['col']}): T_hat {p['T_hat']:.2f} x c {p['c']:.2f} "
               f"= {p['T_hat_x_c']:.2f}")
@@ -215,8 +219,8 @@ def _add_make_data(sub) -> None:
     p.add_argument("--videos", type=_sizes, default=(200, 50, 50), help="train,val,test videos (even counts)")
     p.add_argument("--size", type=int, default=64, help="image and frame side in pixels")
     p.add_argument("--frames", type=int, default=16, help="frames per video")
-    p.add_argument("--format", choices=("jpg", "png"), default="jpg")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image files (default: jpg)")
+    p.add_argument("--seed", type=int, default=0, help="the generator's seed (same seed, same files)")
     p.add_argument("--unpaired", type=int, default=0, metavar="N",
                    help="also write N unpaired items and N unpaired captions per benchmark (for cs.unpaired_*)")
     p.set_defaults(func=_make_data)
@@ -256,7 +260,7 @@ def _add_prepare_frames(sub) -> None:
 
 def _add_convert_captions(sub) -> None:
     p = sub.add_parser("convert-captions", help="turn MSVD's raw-captions.pkl into JSON without running code")
-    p.add_argument("pickle", type=Path)
+    p.add_argument("pickle", type=Path, help="MSVD's raw-captions.pkl (read without running code)")
     p.add_argument("--out", type=Path, default=None, help="default: next to the pickle, .json")
     p.set_defaults(func=_convert)
 
@@ -318,7 +322,7 @@ def _add_demo(sub) -> None:
 
     p = sub.add_parser("demo", help="compare plans on the synthetic benchmark (nothing to download)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    p.add_argument("--quick", action="store_true", help="a smaller budget (about a minute on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="a smaller budget (about 75 s on 2 cores)")
     p.add_argument("--videos", action="store_true", help="the bindings task as MSR-VTT-style videos")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help=f"global (no plan), plan names, NAME:key=value,..., cs-aligner, or all (default: "
@@ -351,12 +355,13 @@ def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="figure 4: patch and word weights and the strongest flows of one match")
     p.add_argument("--model", required=True, type=Path, help="a trained model folder (run.out/best)")
     p.add_argument("--media", required=True, type=Path, help="an image or a video (its middle frame is shown)")
-    p.add_argument("--caption", required=True)
+    p.add_argument("--caption", required=True, help="the text of the match to explain")
     p.add_argument("--aligner", default=None, choices=list_aligners(), help="default: the model's plan")
-    p.add_argument("--direction", choices=("t2v", "v2t"), default="t2v")
+    p.add_argument("--direction", choices=("t2v", "v2t"), default="t2v",
+                   help="the plan of text->visual (t2v, default) or visual->text")
     p.add_argument("--top", type=int, default=4, help="arrows for this many word-patch pairs")
     p.add_argument("--frames", type=int, default=12, help="frames sampled from a video")
-    p.add_argument("--out", type=Path, default=Path("explain.png"))
+    p.add_argument("--out", type=Path, default=Path("explain.png"), help="figure (PNG, written atomically)")
     p.add_argument("--boxes", type=Path, default=None,
                    help="object boxes (tokenflow-boxes JSON, e.g. the scenes task's boxes.json): print pointing "
                         "accuracy, whether each object word's strongest patch lies in its object's box")
@@ -398,7 +403,7 @@ def _add_serve(sub) -> None:
 
     p = sub.add_parser("serve", help="a local web page to search an index and see why each result matched")
     p.add_argument("--index", required=True, nargs="+", type=Path, metavar="DIR",
-                   help="index folder(s) of one collection (tokenflow index)")
+                   help="index folder(s) of one collection, or its store folder (tokenflow index STORE)")
     p.add_argument("--model", type=Path, default=None,
                    help="backbone folder that encoded the collection (default: the index's backbone, if a folder)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")

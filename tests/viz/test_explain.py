@@ -97,7 +97,12 @@ def test_bad_inputs_are_named(synth, model_dir, tmp_path, capsys):
     assert "tokenflow explain:" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
     args[4] = str(test.item_paths[0])
     assert main([*args, "--json", str(tmp_path / "x.json")]) == 0
-    assert (tmp_path / "x.png").is_file() and "fine score" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert (tmp_path / "x.png").is_file() and "fine score" in out.out and "warning" not in out.err
+    assert "<bos>" not in out.out and "<eos>" not in out.out  # flows of words only
+    args[6] = "zebra xylophone"  # no word the tiny model knows
+    assert main(args) == 0
+    assert "knows none of the caption's words" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["mpa", "dive"])

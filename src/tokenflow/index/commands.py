@@ -310,7 +310,8 @@ def _add_encode(sub) -> None:
     p.add_argument("--shard-size", type=int, default=4096, help="items per shard (the unit of resuming)")
     p.add_argument("--batch-size", type=int, default=64, help="items encoded at once")
     p.add_argument("--frames", type=int, default=12, help="frames sampled per video")
-    p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames")
+    p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames",
+                   help="a video's tokens: one per frame (default), or every patch of every frame")
     p.add_argument("--max-words", type=int, default=None, help="tokens per caption (text stores)")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="unreadable media: stop, or skip and list them in the manifest")
@@ -352,7 +353,8 @@ def _add_search(sub, hparam) -> None:
     p.add_argument("--w-global", type=float, default=None, help="weight of the global similarity")
     p.add_argument("--w-fine", type=float, default=None, help="weight of the fine-grained score")
     p.add_argument("--frames", type=int, default=12, help="frames sampled per video query")
-    p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames")
+    p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames",
+                   help="a video's tokens: one per frame (default), or every patch of every frame")
     p.add_argument("--no-check-backbone", action="store_true",
                    help="search even when the model's weights differ from the store's backbone")
     p.add_argument("--device", default="cpu", help="where queries are encoded and re-ranked")
