@@ -14,8 +14,9 @@ from tokenflow.cli import main
 def test_serve_builds_the_app_it_runs(collection, monkeypatch, capsys):
     ran = {}
     monkeypatch.setattr(serve_app, "run", lambda app, host, port: ran.update(app=app, host=host, port=port))
-    # no --model: the index's backbone is the folder the collection was encoded with
-    assert main(["serve", "--index", str(collection.index), "--port", "8123", "--aligner", "scan", "max-avg",
+    # no --model: the index's backbone is the folder the collection was encoded with; the store
+    # folder names its index/, as for tokenflow search
+    assert main(["serve", "--index", str(collection.root / "store"), "--port", "8123", "--aligner", "scan", "max-avg",
                  "--max-k", "7"]) == 0
     assert (ran["host"], ran["port"]) == ("127.0.0.1", 8123)
     assert "open http://127.0.0.1:8123/" in capsys.readouterr().out

@@ -78,17 +78,19 @@ def create_app(index_dir: str | Path | Sequence[str | Path], model: DualEncoder 
                check_backbone: bool = True) -> FastAPI:
     """The app over a search index (see the module docstring).
 
-    ``model``: the backbone, a backbone folder, or None for :func:`default_model`.
+    ``index_dir``: an index folder, a store with its ``index/``, a store in parts, or a list of
+    them (as ``tokenflow search --index`` takes). ``model``: the backbone, a backbone folder, or None for :func:`default_model`.
     ``aligner_names``: the plans offered (plus ``"global"``). ``allowed_hosts``: Host headers
     answered (None: any, e.g. behind a proxy that checks them)."""
+    from ..index.commands import index_dirs
     from ..models.loading import load_backbone
 
-    first = index_dir if isinstance(index_dir, (str, Path)) else index_dir[0]
+    dirs = [d for p in ([index_dir] if isinstance(index_dir, (str, Path)) else index_dir) for d in index_dirs(Path(p))]
     if model is None:
-        model = default_model(first)
+        model = default_model(dirs[0])
     elif not isinstance(model, DualEncoder):
         model = load_backbone(model)
-    engine = Engine(index_dir, model, plans=aligner_names, w_global=w_global, w_fine=w_fine, limits=limits,
+    engine = Engine(dirs, model, plans=aligner_names, w_global=w_global, w_fine=w_fine, limits=limits,
                     media_root=media_root, device=device, check_backbone=check_backbone)
     app = FastAPI(title="tokenflow serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine

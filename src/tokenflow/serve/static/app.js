@@ -99,6 +99,10 @@ function render(data) {
     const col = el("div", { class: "column", "data-plan": plan.plan });
     const hp = Object.entries(plan.hparams || {}).map(([k, v]) => `${k}=${v}`).join(", ");
     col.append(el("h2", {}, `${plan.plan}${hp ? ` (${hp})` : ""}`));
+    if (other) {
+      col.append(el("p", { class: "legend" },
+        `up / down: rank here against ${data.plans[1 - c].plan}`));
+    }
     const list = el("ol");
     plan.results.forEach((r, i) => list.append(card(r, i, plan, other)));
     col.append(list);
