@@ -256,3 +256,34 @@ def test_prepare_frames_and_evaluate_with_the_cache(tmp_path, synth, capsys, mon
     capsys.readouterr()
     assert main([*ev[:-3], "--frames", "12", "--frame-cache", str(tmp_path / "c")]) == 2
     assert "was made with frames=6, this run needs frames=12" in capsys.readouterr().err
+
+
+def test_training_reads_the_cache_and_logs_the_same_loss(tmp_path, synth, monkeypatch):
+    yaml = pytest.importorskip("yaml")
+    from tokenflow.train import load_config, train
+
+    FrameCache.create(tmp_path / "c", frames=4, size=16)
+    prepare_frames(load_split("msrvtt", synth / "videos", "train").item_paths, FrameCache.open(tmp_path / "c"))
+
+    def run(out, **data):
+        cfg = {"data": {"dataset": "msrvtt", "root": str(synth / "videos"), "num_frames": 4, "test_split": None,
+                        **data},
+               "model": {"backbone": "tiny", "aligner": "tokenflow",
+                         "tiny": {"image_size": 16, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16}},
+               "optim": {"epochs": 1, "batch_size": 4, "warmup": 0},
+               "run": {"out": str(tmp_path / out), "deterministic": True, "log_every": 1, "progress": False,
+                       "max_steps": 1}}
+        (tmp_path / f"{out}.yaml").write_text(yaml.safe_dump(cfg))
+        train(load_config(tmp_path / f"{out}.yaml"))
+        log = [json.loads(ln) for ln in (tmp_path / out / "log.jsonl").read_text().splitlines() if ln.strip()]
+        return [r["loss"] for r in log if r["kind"] == "train"]
+
+    plain = run("plain")
+    with monkeypatch.context() as m:  # the training videos come from the cache (validation ones are decoded)
+        real = video.read_video_frames
+        train_paths = {str(p) for p in load_split("msrvtt", synth / "videos", "train").item_paths}
+        m.setattr("tokenflow.data.base.read_video_frames",
+                  lambda p, n: pytest.fail(f"decoded {p}") if str(p) in train_paths else real(p, n))
+        assert run("cached", frame_cache=str(tmp_path / "c")) == plain != []
+    with pytest.raises(UserError, match="made with frames=4, this run needs frames=6"):
+        run("other", frame_cache=str(tmp_path / "c"), num_frames=6)

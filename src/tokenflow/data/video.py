@@ -8,8 +8,8 @@ Two ways to reach the sampled frames, which give the same frames (same indices, 
   presentation timestamps), then for each sampled frame seek to the keyframe before it and decode
   forward to the frame whose pts is that index's, skipping the non-reference frames on the way
   (nothing depends on them). The next sampled frame is decoded on from there when no keyframe
-  lies between them. Any disagreement between the decoder and the map (a
-  frame without pts, a pts not in the map, the wanted frame passed over) falls back to decode.
+  lies between them. Any disagreement between the decoder and the map (a frame without pts, a
+  pts not in the map, the wanted frame passed over) falls back to decode.
 
 ``method="auto"`` seeks only when the timestamps can be trusted: every packet has a pts, no two
 frames share one, the container's frame count (when it states one) is the packet count, and
