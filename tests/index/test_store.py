@@ -38,7 +38,7 @@ def test_round_trip(tmp_path, dtype, atol):
     m = store.manifest
     assert (m["dim"], m["max_tokens"], m["dtype"], m["kind"], m["count"]) == (8, 7, dtype, "visual", 23)
     assert m["backbone"] == BACKBONE and m["format_version"] == 1 and "date" in m and "tokenflow" in m
-    rows = [22, 0, 7, 7, 13]  # any order, repeats, across shards
+    rows = [22, 0, 7, 7, 13, 2, 1, 3]  # any order, repeats, runs, across shards
     back = store.tokens(rows)
     torch.testing.assert_close(back.mask, tok.mask[rows])
     torch.testing.assert_close(back.feats, tok.feats[rows], atol=atol, rtol=0)

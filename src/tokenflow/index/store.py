@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,6 +310,7 @@ class FeatureStore:
             for f in [*s["files"].values(), s["meta"]]:
                 _check_file(self.folder / f["path"], f, verify)
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
+        self._rows: dict[int, dict[str, _RowFile]] = {}
         self._ids: list[str] | None = None
         self._paths: list[str | None] | None = None
 
@@ -365,7 +367,11 @@ class FeatureStore:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def tokens(self, rows: Sequence[int] | np.ndarray, dtype: torch.dtype = torch.float32) -> Tokens:
-        """Tokens of ``rows`` (in that order), read from the memory maps: only those rows are read."""
+        """Tokens of ``rows`` (in that order), read with positioned reads of just those rows.
+
+        No memory map is involved, so a long-running search holds only what it reads: the
+        kernel's read-ahead of mapped pages would otherwise grow the process towards the size of
+        the store as queries touch more of it."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows out of range for {self!r}")
@@ -376,14 +382,60 @@ class FeatureStore:
         for k in np.unique(shard_of):
             sel = np.nonzero(shard_of == k)[0]
             local = rows[sel] - self._offsets[k]
-            order = np.argsort(local, kind="stable")  # sorted reads from the memory map
-            a = self.shard(int(k))
-            f = np.asarray(a["tokens"][local[order]], dtype=np.float32)
-            if "scales" in a:
-                f *= np.asarray(a["scales"][local[order]], dtype=np.float32)[..., None]
-            feats[sel[order]], mask[sel[order]] = f, a["mask"][local[order]]
-            pooled[sel[order]] = a["global"][local[order]]
+            files = self._row_files(int(k))
+            f = files["tokens"].read(local).astype(np.float32)
+            if "scales" in files:
+                f *= files["scales"].read(local).astype(np.float32)[..., None]
+            feats[sel], mask[sel], pooled[sel] = f, files["mask"].read(local), files["global"].read(local)
         return Tokens(torch.from_numpy(feats).to(dtype), torch.from_numpy(mask), torch.from_numpy(pooled).to(dtype))
+
+    def _row_files(self, k: int) -> dict[str, _RowFile]:
+        if k not in self._rows:
+            self._rows[k] = {key: _RowFile(self.folder / f["path"])
+                             for key, f in self.manifest["shards"][k]["files"].items()}
+        return self._rows[k]
+
+
+class _RowFile:
+    """Rows of a C-ordered ``.npy`` file read with ``os.pread`` (the header parsed once)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                self.offset = f.tell()
+        except (ValueError, OSError) as e:
+            raise FileError(f"{path}: not a readable .npy file ({e})") from None
+        if fortran or dtype.hasobject:
+            raise FileError(f"{path}: not a C-ordered plain array")
+        self.shape, self.dtype = shape, dtype
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """``array[rows]`` (rows in any order); runs of consecutive rows are read at once."""
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        order = np.argsort(rows, kind="stable")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            start = 0
+            while start < len(order):
+                end = start + 1
+                while end < len(order) and rows[order[end]] == rows[order[end - 1]] + 1:
+                    end += 1
+                first, count = int(rows[order[start]]), end - start
+                data = os.pread(fd, count * self.row_bytes, self.offset + first * self.row_bytes)
+                if len(data) != count * self.row_bytes:
+                    raise FileError(f"{self.path}: truncated (rows {first}..{first + count - 1} not all there)")
+                flat[order[start:end]] = np.frombuffer(data, dtype=np.uint8).reshape(count, self.row_bytes)
+                start = end
+        finally:
+            os.close(fd)
+        return out
 
 
 def _read_manifest(folder: Path) -> dict:
