@@ -34,3 +34,13 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert "tokenflow" in capsys.readouterr().out
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    from tokenflow.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps them here
+    missing = [f"{name} {action.dest}" for name, sub in commands.items() for action in sub._actions
+               if action.help is None and action.dest != "help"]
+    assert not missing, f"options without help text: {missing}"

@@ -1,5 +1,6 @@
 """The ``tokenflow`` command: ``demo``, ``make-data``, ``train``, ``ablate``, ``evaluate``, ``explain``,
-``encode``, ``index``, ``search`` (:mod:`tokenflow.index.commands`), ``convert-captions``, ``bench``.
+``encode``, ``index``, ``search`` (:mod:`tokenflow.index.commands`), ``serve``, ``prepare-frames``,
+``convert-captions``, ``bench``.
 
 Exit status: 0 done; 2 an error the user can fix (:class:`~tokenflow.errors.UserError`, a missing
 file, a bad value), printed as one message; 3 training diverged; 1 a bug, with its traceback.
@@ -244,7 +245,8 @@ def _prepare_frames(args) -> int:
 def _add_prepare_frames(sub) -> None:
     p = sub.add_parser("prepare-frames", help="decode the sampled frames of a video dataset once, into a cache "
                                               "that evaluate --frame-cache and data.frame_cache read")
-    p.add_argument("--dataset", required=True, choices=("msrvtt", "msvd", "activitynet"))
+    p.add_argument("--dataset", required=True, choices=("msrvtt", "msvd", "activitynet"),
+                   help="video dataset format of --root")
     p.add_argument("--root", required=True, type=Path, help="dataset folder in its standard layout")
     p.add_argument("--split", nargs="+", default=None, help="splits whose videos to prepare (default: all videos)")
     p.add_argument("--media", type=Path, default=None, help="video folder if not the default one")
@@ -407,7 +409,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--model", type=Path, default=None,
                    help="backbone folder that encoded the collection (default: the index's backbone, if a folder)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--aligner", nargs="+", default=None, choices=[*list_aligners(), "global"], metavar="NAME",
                    help="plans the page offers, the first two side by side (default: tokenflow max-avg scan "
                         "sinkhorn uniform); global (no plan) is always offered")

@@ -74,7 +74,7 @@ def test_search_prints_and_writes_the_exhaustive_top(built, synth, model_dir, tm
         assert [r["id"] for r in block["results"]] == [split.item_ids[i] for i in top.indices.tolist()]
         torch.testing.assert_close(torch.tensor([r["score"] for r in block["results"]]), top.values,
                                    rtol=1e-4, atol=1e-4)
-        assert all(r["path"].endswith(".jpg") for r in block["results"])
+        assert all(r["path"].endswith(".jpg") and r["path"].startswith("/") for r in block["results"])
         assert f"query: {texts[q]}" in printed and block["results"][0]["id"] in printed
 
 
@@ -164,7 +164,9 @@ def test_a_text_store_answers_image_queries(tmp_path, synth, model_dir):
     out = tmp_path / "r.json"
     assert main(["search", "--index", str(store), "--image", str(split.item_paths[0]), "--k", "4",
                  "--json", str(out)]) == 0
-    assert len(json.loads(out.read_text())["queries"][0]["results"]) == 4
+    results = json.loads(out.read_text())["queries"][0]["results"]
+    assert len(results) == 4 and all(r["text"] == split.texts[int(r["id"]) - 1] for r in results)
+    assert FeatureStore(store).texts == split.texts[:20]
 
 
 def test_auto_index_kind_by_size():

@@ -278,3 +278,14 @@ def test_a_rebuild_swaps_the_index_whole(collection, tmp_path):
     assert info["settings"]["kind"] == "hnsw"
     assert sorted(p.name for p in first.glob("faiss*.index")) == [info["file"]] != [name1]
     assert [r.ids for r in Searcher(first).search(txt, k=5)] == before
+
+
+def test_with_plan_shares_the_index_and_leaves_the_searcher_as_it_was(collection):
+    _, vis, index_dir = collection
+    base = Searcher(index_dir)
+    other = base.with_plan(get_aligner("max-avg"), w_fine=2.0)
+    assert base.aligner is None and base.w_fine == 1.0 and other.indexes is base.indexes
+    txt = rand(3, 5, seed=8)
+    ref = exhaustive(vis, txt, get_aligner("max-avg"), w_fine=2.0)
+    for q, res in enumerate(other.search(txt, k=4, shortlist=N)):
+        assert res.ids == [f"v{i}" for i in torch.topk(ref[q], 4).indices.tolist()]

@@ -257,7 +257,8 @@ def _search(args) -> int:
               "hparams": None if aligner is None else aligner.hparams(), "w_global": w_global, "w_fine": w_fine,
               "k": args.k, "shortlist": args.shortlist, "seconds": round(seconds, 4), "queries": []}
     for label, res in zip(labels, results, strict=True):
-        rows = [{"rank": r + 1, "id": res.ids[r], "path": paths[res.stores[r]][res.rows[r]],
+        source = "text" if searcher.kind == "text" else "path"
+        rows = [{"rank": r + 1, "id": res.ids[r], source: paths[res.stores[r]][res.rows[r]],
                  "score": float(res.scores[r]), "global": float(res.global_scores[r]),
                  "fine": None if res.fine_scores is None else float(res.fine_scores[r])} for r in range(len(res.ids))]
         report["queries"].append({"query": label, "results": rows})
@@ -277,7 +278,8 @@ def format_results(report: dict) -> str:
         lines.append(f"{'rank':>4}  {'score':>8}  {'global':>8}  {'fine':>8}  id")
         for r in q["results"]:
             fine = "" if r["fine"] is None else f"{r['fine']:.4f}"
-            lines.append(f"{r['rank']:>4}  {r['score']:>8.4f}  {r['global']:>8.4f}  {fine:>8}  {r['id']}")
+            text = f"  {r['text']}" if "text" in r else ""
+            lines.append(f"{r['rank']:>4}  {r['score']:>8.4f}  {r['global']:>8.4f}  {fine:>8}  {r['id']}{text}")
     return "\n".join(lines)
 
 

@@ -67,9 +67,10 @@ def encode_store(backbone: DualEncoder, source: RetrievalSplit | Sequence[str], 
                                                       on_error=on_error, workers=workers, progress=progress)
                     w.note_skipped(skipped)
                     if tok is not None:
-                        w.add(tok, [source.item_ids[i] for i in kept], [source.item_paths[i] for i in kept])
-                else:
+                        w.add(tok, [source.item_ids[i] for i in kept],
+                              [Path(source.item_paths[i]).resolve() for i in kept])
+                else:  # a text store keeps each text where a visual store keeps the file's path
                     w.add(encode_texts(backbone, [source[i] for i in chunk], batch_size=batch_size),
-                          [ids[i] for i in chunk])
+                          [ids[i] for i in chunk], [source[i] for i in chunk])
             w.flush(inputs_end=min(a + shard_size, n))
     return FeatureStore(folder)

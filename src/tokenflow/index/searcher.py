@@ -11,6 +11,7 @@ direction of the query: text queries over a visual store use ``s_t2v`` (a column
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,16 @@ class Searcher:
         self.aligner = None if aligner is None else aligner.to(device).eval()
         if model is not None:
             self._check_model(model, check_backbone)
+
+    def with_plan(self, aligner: Aligner | None, *, w_global: float | None = None,
+                  w_fine: float | None = None) -> Searcher:
+        """A searcher over the same loaded indexes and stores with another plan (and weights);
+        this one is left as it is."""
+        other = copy.copy(self)
+        other.aligner = None if aligner is None else aligner.to(self.device).eval()
+        other.w_global = self.w_global if w_global is None else w_global
+        other.w_fine = self.w_fine if w_fine is None else w_fine
+        return other
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.stores)

@@ -6,7 +6,8 @@ Layout of a store folder (every file written atomically, ``manifest.json`` last)
     shard-00000.scales.npy   [n, L] float32 per-token scale (int8 only): feats = tokens * scale
     shard-00000.mask.npy     bool [n, L], True where a token is real (padded features are zeros)
     shard-00000.global.npy   [n, D] float32 global features
-    shard-00000.json         the shard's ids, paths, skipped inputs and the sha256 of its files;
+    shard-00000.json         the shard's ids, paths (a text store: the texts), skipped inputs and
+                             the sha256 of its files;
                              written after its ``.npy`` files, so it marks the shard finished
     manifest.json            format version, backbone (name + sha256), kind, dim, max_tokens,
                              dtype, count, shards (rows, files with bytes and sha256), version, date
@@ -338,9 +339,18 @@ class FeatureStore:
 
     @property
     def paths(self) -> list[str | None]:
+        """The source of every row: a visual item's file (absolute when written by
+        :func:`~tokenflow.index.encode_store`), or a text store's text itself."""
         if self._paths is None:
             self._load_meta()
         return self._paths
+
+    @property
+    def texts(self) -> list[str | None]:
+        """A text store's texts, in row order (``paths`` under its own name)."""
+        if self.kind != "text":
+            raise AttributeError(f"{self.folder} is a store of {self.kind} items, not of texts")
+        return self.paths
 
     def shard(self, k: int) -> dict[str, np.ndarray]:
         """The memory-mapped arrays of shard ``k`` (``tokens``, ``mask``, ``global``, ``scales``)."""

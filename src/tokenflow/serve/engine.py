@@ -17,7 +17,6 @@ per frame has no patch tokens in the store, so its middle frame is encoded again
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 from collections import OrderedDict
@@ -215,9 +214,7 @@ class Engine:
 
     def _searcher(self, aligner: Aligner | None, w_global: float, w_fine: float) -> Searcher:
         """A searcher sharing the base one's loaded index and stores, with another plan and weights."""
-        s = copy.copy(self.base)
-        s.aligner, s.w_global, s.w_fine = aligner, w_global, w_fine
-        return s
+        return self.base.with_plan(aligner, w_global=w_global, w_fine=w_fine)
 
     def _results(self, res) -> list[dict]:
         out = []

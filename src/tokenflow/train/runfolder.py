@@ -37,7 +37,7 @@ __all__ = ["KILL_ENV", "KILL_POINTS", "SAFE_TO_CHANGE", "config_changes", "forma
 #: learning-rate schedule), ``run.device`` and ``run.deterministic`` (the kernels), and every
 #: key of ``data``, ``model``, ``optim``, ``distill`` and ``cs`` not listed.
 SAFE_TO_CHANGE = frozenset({"run.out", "run.log_every", "run.progress", "run.save_every", "run.eval_batch_size",
-                            "data.workers", "data.cache"})
+                            "data.workers", "data.cache", "data.frame_cache"})
 
 _ABSENT = "(absent)"
 
