@@ -188,3 +188,19 @@ def test_evaluate_reports_the_two_stage_metrics_apart(synth, model_dir, tmp_path
     report = json.loads(out.read_text())
     assert report["metrics_rerank"]["t2v"] == report["metrics"]["t2v"]
     assert main([*argv, "--rerank-top", "0"]) == 2
+
+
+def test_an_unfinished_part_or_other_inputs_are_refused(tmp_path, synth, model_dir, built, capsys):
+    import shutil
+
+    store = tmp_path / "parts"
+    shutil.copytree(built, store / "part-000", ignore=shutil.ignore_patterns("index"))
+    (store / "part-001").mkdir()  # a rank that died before its first shard
+    assert main(["index", str(store)]) == 2
+    assert "part-001 are unfinished" in capsys.readouterr().err
+    # resuming a store with other inputs (here: the val split into the test split's store)
+    part = store / "part-000"
+    (part / "manifest.json").unlink()
+    assert main(["encode", "--model", str(model_dir), "--dataset", "flickr30k", "--root", str(synth / "images"),
+                 "--split", "val", "--out", str(part), "--dtype", "fp32", "--shard-size", "8", "--quiet"]) == 2
+    assert "hold other inputs" in capsys.readouterr().err

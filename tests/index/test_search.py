@@ -289,3 +289,27 @@ def test_with_plan_shares_the_index_and_leaves_the_searcher_as_it_was(collection
     ref = exhaustive(vis, txt, get_aligner("max-avg"), w_fine=2.0)
     for q, res in enumerate(other.search(txt, k=4, shortlist=N)):
         assert res.ids == [f"v{i}" for i in torch.topk(ref[q], 4).indices.tolist()]
+
+
+def test_scores_are_exact_whatever_the_index_stores(tmp_path):
+    """An 8-bit index chooses the shortlist; the scores come from the stored float32 features."""
+    vis = rand(300, 4, seed=9, dim=16)
+    write_store(tmp_path / "s", vis, [str(i) for i in range(300)], kind="visual", backbone=BACKBONE, dtype="fp32")
+    txt = rand(4, 3, seed=10, dim=16)
+    ref = txt.pooled @ vis.pooled.T
+    for res_q, q in zip(Searcher(Indexer("hnsw", encoding="sq8", m=8).index(tmp_path / "s")).search(txt, k=5),
+                        range(4), strict=True):
+        exact = ref[q, [int(i) for i in res_q.ids]]
+        torch.testing.assert_close(res_q.scores, exact)
+        torch.testing.assert_close(res_q.global_scores, exact)
+
+
+def test_an_empty_shortlist_gives_an_empty_result(collection, monkeypatch):
+    import numpy as np
+
+    _, _, index_dir = collection
+    searcher = Searcher(index_dir, aligner=get_aligner("tokenflow"))
+    monkeypatch.setattr(searcher.indexes[0], "search",
+                        lambda x, k: (np.full((len(x), k), -np.inf, dtype=np.float32), np.full((len(x), k), -1)))
+    (res,) = searcher.search(rand(1, 3, seed=11), k=3)
+    assert res.ids == [] and len(res.scores) == 0

@@ -166,6 +166,7 @@ def bad(client, path, status, match, **kw):
     ({"query": "x", "plans": ["mpa"]}, "unknown plan 'mpa'"),
     ({"query": "x", "plans": ["tokenflow"], "hparams": {"tokenflow": {"lam": "fast"}}}, "lam='fast'"),
     ({"query": "x", "plans": ["tokenflow"], "hparams": {"tokenflow": {"lam": 1e9}}}, "beyond what this server"),
+    ({"query": "x", "plans": ["tokenflow"], "hparams": {"tokenflow": {"lam": float("inf")}}}, "not a finite number"),
     ({"query": "x", "plans": [{"name": "sinkhorn", "hparams": {"n_iter": 10**8}}]}, "beyond what this server"),
     ({"query": "x", "plans": ["tokenflow"], "hparams": {"tokenflow": {"alpha": 1}}}, "no hyperparameter 'alpha'"),
     ({"query": "x", "plans": ["tokenflow"], "hparams": {"tokenflow": [1]}}, "must be an object"),
@@ -304,3 +305,13 @@ def test_videos_are_explained_on_their_middle_frame(collection):
     middle = frames[len(frames) // 2 - 1].convert("RGB")
     middle.thumbnail((256, 256))
     assert thumb.tobytes() == middle.tobytes()
+
+
+def test_a_text_collection_serves_no_media(text_client, collection):
+    from tokenflow.index import FeatureStore
+
+    from urllib.parse import quote
+
+    item = FeatureStore(collection.text_index.parent).ids[0]
+    r = text_client.get(f"/media/{quote(item)}")
+    assert r.status_code == 404 and "no media" in r.json()["error"]

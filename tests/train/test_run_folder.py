@@ -139,6 +139,30 @@ def test_a_checkpoint_without_config_still_resumes_with_a_warning(interrupted, c
     assert "cannot be checked" in capsys.readouterr().err
 
 
+def test_a_checkpoint_from_an_older_version_resumes_without_a_false_change(interrupted, capsys):
+    """A config saved before data.max_words and data.frame_cache existed (with the old
+    model.max_text_len) is read in today's form: nothing changed, so --resume goes on."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path, out = interrupted
+    ckpt = out / "last.safetensors"
+    with safe_open(str(ckpt), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    config = json.loads(meta["config"])
+    words = config["data"].pop("max_words")
+    config["data"].pop("frame_cache")
+    config["model"]["max_text_len"] = words
+    changed = {**config, "optim": {**config["optim"], "lr": 0.123}}  # a real change is still refused
+    save_file(tensors, str(ckpt), metadata={**meta, "config": json.dumps(changed)})
+    with pytest.raises(Exception, match=r"optim.lr: 0.123 -> ") as refused:
+        train(load_config(path), resume=True)
+    assert "max_words" not in str(refused.value) and "frame_cache" not in str(refused.value)
+    save_file(tensors, str(ckpt), metadata={**meta, "config": json.dumps(config)})
+    assert train(load_config(path), resume=True)["steps"] == 2
+
+
 def test_config_changes_flattens_sections():
     a = {"optim": {"lr": 1, "betas": [0.9, 0.98]}, "run": {"log_every": 1}, "model": {"hparams": {"lam": 1}}}
     b = {"optim": {"lr": 1, "betas": [0.9, 0.99]}, "run": {"log_every": 7}, "model": {"hparams": {}}}

@@ -75,7 +75,11 @@ class FrameCache:
             raise ValueError(f"need frames >= 1 and size >= 0, got {frames}, {size}")
         root = Path(root)
         if (root / MANIFEST).is_file():
-            return cls.open(root, frames=frames, size=size)
+            cache = cls.open(root, frames=frames, size=size)
+            if cache.size != size:  # reading, a size-0 cache serves any size; writing, it must match
+                raise UserError(f"frame cache {cache.manifest} was made with size={cache.size}; preparing it "
+                                f"with size={size} would mix two sizes: use another --out")
+            return cache
         root.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "frames": frames, "size": size, "resize": RESIZE, "tokenflow": __version__}
         write_text_atomic(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")

@@ -2,7 +2,7 @@
 
 Files under ``root``: ``MSRVTT_data.json`` (``videos``: video_id, split; ``sentences``:
 video_id, caption), ``MSRVTT_train.9k.csv`` and ``MSRVTT_train.7k.csv`` (column ``video_id``; the
-7k one only for ``train-7k``), ``MSRVTT_JSFUSION_test.csv
+7k one only for ``train-7k``), ``MSRVTT_JSFUSION_test.csv``
 (columns ``video_id``, ``sentence``: the 1,000 test pairs) and the videos in
 ``root/MSRVTT_Videos`` (``<video_id>.mp4``).
 

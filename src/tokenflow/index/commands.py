@@ -7,9 +7,11 @@ at scale. Building and searching are separate steps, as in ColBERT:
 
 Under ``torchrun`` every rank of ``encode`` writes its own part of the collection
 (``STORE/part-RRR``, a complete store each); ``index STORE`` then indexes every part and
-``search --index STORE`` searches them all and merges their top k exactly, as one index over the
-whole collection would. The same holds when parts live on different machines: each serves its
-FAISS shards, and one merger takes the best k of their answers.
+``search --index STORE`` searches them all and merges their shortlists, which with flat indexes
+is exactly what one index over the whole collection gives. Parts on different machines follow
+the same plan: each serves its FAISS shards, and one merger takes the best shortlist of their
+answers and re-ranks it (merging each machine's own re-ranked top k instead re-ranks one
+shortlist per machine, a longer one in all).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import FileError, UserError
 
 __all__ = ["AUTO_FLAT_MAX", "add_parsers", "index_dirs", "media_split", "store_parts"]
 
@@ -39,10 +41,14 @@ def store_parts(folder: Path) -> list[Path]:
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
         return [folder]
-    parts = sorted(p for p in folder.glob("part-*") if (p / MANIFEST).is_file())
+    parts = sorted(p for p in folder.glob("part-*") if p.is_dir())
     if not parts:
         raise FileNotFoundError(f"{folder}: no feature store here ({MANIFEST} not found, and no part-*/{MANIFEST}); "
                                 "write one with tokenflow encode")
+    unfinished = [p.name for p in parts if not (p / MANIFEST).is_file()]
+    if unfinished:  # a rank that died: searching the others would quietly miss its items
+        raise FileError(f"{folder}: parts {', '.join(unfinished)} are unfinished (no {MANIFEST}); run the same "
+                        "tokenflow encode again to finish them")
     return parts
 
 
@@ -197,8 +203,6 @@ def _queries(args, searcher):
     files, modality = (args.image, "image") if args.image else (args.video, "video")
     if not files:
         raise UserError("tokenflow search needs queries: --text, --queries FILE, --image or --video")
-    if searcher.model is None:
-        raise UserError(f"--{modality} queries need --model to encode them")
     from ..eval.evaluate import encode_items
 
     tokens, kept, skipped = encode_items(searcher.model, media_split([Path(f) for f in files], modality, "queries"),
@@ -209,8 +213,8 @@ def _queries(args, searcher):
 
 
 def _search_model(args, dirs: list[Path]):
-    """(backbone or None, aligner, plan name, head): ``--model``, else the folder that encoded the
-    store when it is still there; with neither, global-only search of pre-encoded queries."""
+    """(backbone, aligner, plan name, head): ``--model``, else the folder that encoded the store
+    when it is still there; with neither, an error."""
     from ..models.retrieval import load_for_scoring
     from .store import FeatureStore
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data.base import OnError, RetrievalSplit
+from ..errors import FileError
 from ..eval.evaluate import encode_items, encode_texts
 from ..models.base import DualEncoder, VideoTokens
 from .store import FeatureStore, StoreDtype, StoreWriter
@@ -58,6 +59,7 @@ def encode_store(backbone: DualEncoder, source: RetrievalSplit | Sequence[str], 
                      shard_size=shard_size, max_tokens=None if visual else backbone.max_text_len) as w:
         w.skip_done()
         start = w.shards[-1].get("inputs_end", 0) if w.shards else 0
+        _check_same_inputs(w, source.item_ids if visual else ids, start)
         for a in range(start, n, shard_size):
             for b in range(a, min(a + shard_size, n), step):
                 chunk = list(range(b, min(b + step, a + shard_size, n)))
@@ -74,3 +76,14 @@ def encode_store(backbone: DualEncoder, source: RetrievalSplit | Sequence[str], 
                           [ids[i] for i in chunk], [source[i] for i in chunk])
             w.flush(inputs_end=min(a + shard_size, n))
     return FeatureStore(folder)
+
+
+def _check_same_inputs(writer: StoreWriter, ids: Sequence[str], start: int) -> None:
+    """The finished shards of a resumed store hold the first ``start`` inputs of this run (in
+    order; a visual store may have skipped unreadable ones), else the inputs changed."""
+    stored = [i for shard in writer.shards for i in shard["ids"]]
+    it = iter(ids[:start])
+    if start > len(ids) or not all(any(i == j for j in it) for i in stored):
+        raise FileError(f"{writer.folder}: its finished shards hold other inputs than this run's first {start} "
+                        f"(the collection, its order or the number of torchrun ranks changed); encode into a new "
+                        f"folder")

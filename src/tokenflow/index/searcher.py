@@ -2,11 +2,14 @@
 
 Stage 1: FAISS returns the ``shortlist`` items of highest global similarity
 ``mu_bar . omega_bar`` (over several stores: each store's shortlist, merged, then the best
-``shortlist`` of them, so several stores give exactly what one index over all would).
+``shortlist`` of them: with exact (flat) indexes, several stores give exactly what one index
+over all would; approximate ones may differ as any approximate search does).
 Stage 2: any aligner re-scores the shortlist; the ranking score is, as in
 :func:`tokenflow.eval.evaluate.similarity`, ``w_global * global + w_fine * s_dir`` with the
 direction of the query: text queries over a visual store use ``s_t2v`` (a column of the
-[visual, text] matrix), visual queries over a text store use ``s_v2t`` (a row).
+[visual, text] matrix), visual queries over a text store use ``s_v2t`` (a row). The global term
+is recomputed from the stored float32 global features, so quantised index vectors change which
+items are shortlisted, never their scores.
 """
 
 from __future__ import annotations
@@ -155,19 +158,27 @@ class Searcher:
         return out
 
     def _rerank(self, query: Tokens, g: np.ndarray, stores: np.ndarray, rows: np.ndarray, k: int) -> SearchResult:
-        g = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))
+        """Score the shortlist exactly: the global term from the stored float32 global features
+        (FAISS's own scores are approximate with fp16/sq8 vectors), plus the plan's."""
+        if len(rows) == 0:  # an approximate index found nothing in the lists it probed
+            none = torch.zeros(0)
+            return SearchResult([], none, none, None if self.aligner is None else none, [], [])
+        uniq = np.unique(stores)
+        perm = torch.from_numpy(np.concatenate([np.nonzero(stores == s)[0] for s in uniq]))
         fine = None
-        score = self.w_global * g
         if self.aligner is not None and self.w_fine != 0:
-            cands = Tokens.cat([self.stores[s].tokens(rows[stores == s]) for s in np.unique(stores)])
-            order = np.concatenate([np.nonzero(stores == s)[0] for s in np.unique(stores)])
-            fine_sorted = self._fine(query, cands)
-            fine = torch.empty_like(fine_sorted)
-            fine[torch.from_numpy(order)] = fine_sorted
-            score = score + self.w_fine * fine
+            cands = Tokens.cat([self.stores[s].tokens(rows[stores == s]) for s in uniq])
+            pooled = cands.pooled
+            fine = torch.empty(len(rows))
+            fine[perm] = self._fine(query, cands)
+        else:
+            pooled = torch.from_numpy(np.concatenate([self.stores[s].global_rows(rows[stores == s]) for s in uniq]))
+        glob = torch.empty(len(rows))
+        glob[perm] = pooled.float() @ query.pooled.float().reshape(-1)
+        score = self.w_global * glob if fine is None else self.w_global * glob + self.w_fine * fine
         top = torch.argsort(score, descending=True, stable=True)[:k]
         ids = [self.stores[int(stores[t])].ids[int(rows[t])] for t in top.tolist()]
-        return SearchResult(ids, score[top], g[top], None if fine is None else fine[top],
+        return SearchResult(ids, score[top], glob[top], None if fine is None else fine[top],
                             [int(stores[t]) for t in top.tolist()], [int(rows[t]) for t in top.tolist()])
 
     @torch.no_grad()

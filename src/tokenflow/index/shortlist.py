@@ -113,8 +113,8 @@ class Indexer:
     def _build(self, faiss, store: FeatureStore):
         s, d, n = self.settings, store.dim, len(store)
         code = _FACTORY_CODE[s.encoding]
-        if s.kind == "ivf":
-            s = dataclasses.replace(s, nlist=max(1, min(s.nlist, n // 39)))
+        if s.kind == "ivf":  # FAISS wants at least 39 training points per list
+            s = dataclasses.replace(s, nlist=max(1, min(s.nlist, n // 39, s.train_size // 39)))
         factory = {"flat": "Flat", "hnsw": f"HNSW{s.m},{code}", "ivf": f"IVF{s.nlist},{code}"}[s.kind]
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
         if s.kind == "hnsw":
@@ -129,7 +129,7 @@ class Indexer:
 
 
 def _rows_global(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
-    return store.tokens(rows).pooled.numpy()
+    return store.global_rows(rows)
 
 
 def load_index(index_dir: str | Path):
@@ -139,18 +139,18 @@ def load_index(index_dir: str | Path):
     reads the new ``index.json`` once more."""
     faiss = _faiss()
     index_dir = Path(index_dir)
-    for attempt in range(2):
+    for attempt in range(3):  # a rebuild may remove the file index.json named a moment ago
         info, settings = _read_settings(index_dir)
         path = index_dir / info.get("file", "faiss.index")
-        if path.is_file() or attempt:
+        try:
+            index = faiss.read_index(str(path))
             break
+        except RuntimeError as e:
+            if path.is_file() or attempt == 2:
+                raise FileError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
     store = FeatureStore(index_dir / info["store"])
     if sha256_file(store.folder / MANIFEST) != info["store_manifest_sha256"]:
         raise FileError(f"{index_dir}: built over another version of the store {store.folder}; build the index again")
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as e:
-        raise FileError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
     if index.ntotal != len(store):
         raise FileError(f"{path}: {index.ntotal} vectors, the store {store.folder} has {len(store)}")
     if settings.kind == "ivf":

@@ -13,8 +13,9 @@ Layout of a store folder (every file written atomically, ``manifest.json`` last)
                              dtype, count, shards (rows, files with bytes and sha256), version, date
 
 A killed writer leaves at most temporary files and unfinished shards (no ``shard-*.json``); a
-re-run removes them and keeps every finished shard. Readers memory-map the ``.npy`` files
-(``np.load(mmap_mode="r")``), so ``FeatureStore.tokens(rows)`` reads only the rows asked for.
+re-run removes them and keeps every finished shard. ``FeatureStore.tokens(rows)`` and
+``global_rows(rows)`` read only the rows asked for (positioned reads); ``shard(k)`` memory-maps a
+whole shard for sequential passes such as building an index.
 """
 
 from __future__ import annotations
@@ -399,6 +400,18 @@ class FeatureStore:
             feats[sel], mask[sel], pooled[sel] = f, files["mask"].read(local), files["global"].read(local)
         return Tokens(torch.from_numpy(feats).to(dtype), torch.from_numpy(mask), torch.from_numpy(pooled).to(dtype))
 
+    def global_rows(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """[n, D] float32 global features of ``rows`` (in that order), nothing else read."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows out of range for {self!r}")
+        out = np.zeros((rows.size, self.dim), dtype=np.float32)
+        shard_of = np.searchsorted(self._offsets, rows, side="right") - 1
+        for k in np.unique(shard_of):
+            sel = np.nonzero(shard_of == k)[0]
+            out[sel] = self._row_files(int(k))["global"].read(rows[sel] - self._offsets[k])
+        return out
+
     def _row_files(self, k: int) -> dict[str, _RowFile]:
         if k not in self._rows:
             self._rows[k] = {key: _RowFile(self.folder / f["path"])
@@ -438,9 +451,14 @@ class _RowFile:
                 while end < len(order) and rows[order[end]] == rows[order[end - 1]] + 1:
                     end += 1
                 first, count = int(rows[order[start]]), end - start
-                data = os.pread(fd, count * self.row_bytes, self.offset + first * self.row_bytes)
-                if len(data) != count * self.row_bytes:
-                    raise FileError(f"{self.path}: truncated (rows {first}..{first + count - 1} not all there)")
+                want, pos, parts = count * self.row_bytes, self.offset + first * self.row_bytes, []
+                while want:  # a single read returns at most about 2 GiB
+                    part = os.pread(fd, min(want, 1 << 30), pos)
+                    if not part:
+                        raise FileError(f"{self.path}: truncated (rows {first}..{first + count - 1} not all there)")
+                    parts.append(part)
+                    want, pos = want - len(part), pos + len(part)
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
                 flat[order[start:end]] = np.frombuffer(data, dtype=np.uint8).reshape(count, self.row_bytes)
                 start = end
         finally:

@@ -166,10 +166,13 @@ async def _read(request: Request, engine: Engine) -> tuple[dict, Query]:
     image = None
     if ctype.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=2, max_part_size=64 * 1024)
-        raw, upload = form.get("request", "{}"), form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise RequestError("multipart request without an 'image' file", 400)
-        data = await upload.read(engine.limits.max_upload_bytes + 1)
+        try:  # an upload over 1 MB spills to a temporary file: closed here, not at garbage collection
+            raw, upload = form.get("request", "{}"), form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise RequestError("multipart request without an 'image' file", 400)
+            data = await upload.read(engine.limits.max_upload_bytes + 1)
+        finally:
+            await form.close()
         image = await run_in_threadpool(decode_upload, data, engine.limits.max_upload_bytes,
                                         engine.limits.max_image_pixels)
     elif ctype.startswith("application/json"):

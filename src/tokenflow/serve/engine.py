@@ -91,7 +91,9 @@ class Engine:
         for s, store in enumerate(self.base.stores):
             for r, item_id in enumerate(store.ids):
                 self.items.setdefault(item_id, (s, r))  # an id repeated across shards: the first
-        self.media = MediaRoot([p for store in self.base.stores for p in store.paths], media_root)
+        # A text store keeps its texts where a visual one keeps file paths: no media to serve then.
+        self.media = MediaRoot([p for store in self.base.stores for p in store.paths] if self.kind == "visual" else [],
+                               media_root)
         self._aligners: OrderedDict[tuple, Aligner] = OrderedDict()
         self._lock = threading.Lock()
         self._busy = threading.BoundedSemaphore(max(1, limits.workers))
@@ -173,8 +175,9 @@ class Engine:
                                    f"{', '.join(sorted(known)) or 'none'}", 400)
             if not isinstance(value, (bool, int, float, str)) or (isinstance(value, str) and len(value) > 40):
                 raise RequestError(f"{name}: {key} must be a number, a boolean or a short name, got {value!r}", 400)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-                    and abs(value) > self.limits.max_hparam:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RequestError(f"{name}: {key}={value!r} is not a finite number", 400)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > self.limits.max_hparam:
                 raise RequestError(f"{name}: {key}={value!r} is beyond what this server accepts "
                                    f"(|value| <= {self.limits.max_hparam:g})", 400)
         problems = hparam_problems(name, hparams)
@@ -236,6 +239,8 @@ class Engine:
     def media_path(self, item: object) -> Path:
         """The checked file of an item (see :meth:`MediaRoot.resolve`)."""
         s, r = self.locate(item)
+        if self.kind != "visual":
+            raise RequestError("a collection of texts has no media to show", 404)
         return self.media.resolve(self.base.stores[s].paths[r])
 
     def explain(self, query: Query, item: object, plan: object, hparams: object = None) -> dict:

@@ -9,6 +9,7 @@ and the tests use it.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import threading
 import time
@@ -34,7 +35,7 @@ class LoadResult:
         ordered = sorted(self.latencies)
         if not ordered:
             return float("nan")
-        return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
     def summary(self) -> dict:
         n = len(self.latencies)

@@ -67,6 +67,16 @@ __all__ = ["Trainer", "build_model", "deterministic_algorithms", "evaluate_shard
 
 
 # -- building blocks ---------------------------------------------------------------------------
+def _resolved(config: dict) -> dict:
+    """A saved configuration in this version's resolved form (keys added since, with their
+    defaults; renamed keys moved), so that only real changes count on ``--resume``; as saved when
+    this version cannot read it."""
+    try:
+        return json.loads(json.dumps(TrainConfig.model_validate(config).model_dump(mode="json")))
+    except Exception:  # noqa: BLE001 (any validation failure: compare the raw form, which refuses it)
+        return config
+
+
 def build_model(cfg: TrainConfig, train_split: RetrievalSplit) -> RetrievalModel:
     """Backbone (a local folder, or a new tiny encoder whose vocabulary comes from the training
     captions) + plan + fusion weights + logit scale."""
@@ -353,7 +363,7 @@ class Trainer:
                 print(f"tokenflow train: warning: {ckpt} was written by a tokenflow that did not store the "
                       "configuration; the resumed configuration cannot be checked against it", file=sys.stderr)
             return False
-        self.changes = config_changes(saved["config"], self.config_json)
+        self.changes = config_changes(_resolved(saved["config"]), self.config_json)
         if self.changes and not self.force_config:
             raise ConfigError(f"--resume: the configuration differs from the one {ckpt} was trained with "
                               f"(tokenflow {saved['tokenflow_version']}, {saved['date']}):\n"
