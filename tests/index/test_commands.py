@@ -88,6 +88,7 @@ def test_parts_from_ranks_merge_to_one_collection(tmp_path, synth, model_dir, bu
                         "flickr30k", "--root", str(synth / "images"), "--out", str(store), "--dtype", "fp32",
                         "--quiet"], env={**env, "RANK": str(rank)}, check=True, capture_output=True)
     parts = [FeatureStore(store / f"part-00{r}") for r in (0, 1)]
+    assert parts[0].tokens_info == {"modality": "image"}
     whole = FeatureStore(built)
     assert parts[0].ids + parts[1].ids == whole.ids
     assert main(["index", str(store), "--kind", "flat"]) == 0
@@ -160,6 +161,7 @@ def test_a_text_store_answers_image_queries(tmp_path, synth, model_dir):
     store = tmp_path / "texts"
     assert main(["encode", "--model", str(model_dir), "--texts", str(captions), "--out", str(store), "--quiet"]) == 0
     assert FeatureStore(store).kind == "text" and FeatureStore(store).ids[:2] == ["1", "2"]
+    assert FeatureStore(store).tokens_info == {"modality": "text"}
     assert main(["index", str(store)]) == 0
     out = tmp_path / "r.json"
     assert main(["search", "--index", str(store), "--image", str(split.item_paths[0]), "--k", "4",

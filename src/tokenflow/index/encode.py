@@ -55,8 +55,10 @@ def encode_store(backbone: DualEncoder, source: RetrievalSplit | Sequence[str], 
         if len(ids) != n:
             raise ValueError(f"{n} texts but {len(ids)} ids")
     step = max(batch_size, 1) * 8  # inputs encoded per call: memory bounded, shard boundaries kept
-    with StoreWriter(folder, kind="visual" if visual else "text", backbone=info, dtype=dtype,
-                     shard_size=shard_size, max_tokens=None if visual else backbone.max_text_len) as w:
+    tokens = {"modality": "text"} if not visual else {"modality": source.modality} if source.modality == "image" \
+        else {"modality": "video", "video_tokens": video_tokens, "frames": num_frames}
+    with StoreWriter(folder, kind="visual" if visual else "text", backbone=info, dtype=dtype, shard_size=shard_size,
+                     max_tokens=None if visual else backbone.max_text_len, tokens=tokens) as w:
         w.skip_done()
         start = w.shards[-1].get("inputs_end", 0) if w.shards else 0
         _check_same_inputs(w, source.item_ids if visual else ids, start)

@@ -10,7 +10,8 @@ Layout of a store folder (every file written atomically, ``manifest.json`` last)
                              the sha256 of its files;
                              written after its ``.npy`` files, so it marks the shard finished
     manifest.json            format version, backbone (name + sha256), kind, dim, max_tokens,
-                             dtype, count, shards (rows, files with bytes and sha256), version, date
+                             dtype, tokens (modality, video tokens, frames), count, shards
+                             (rows, files with bytes and sha256), version, date
 
 A killed writer leaves at most temporary files and unfinished shards (no ``shard-*.json``); a
 re-run removes them and keeps every finished shard. ``FeatureStore.tokens(rows)`` and
@@ -45,7 +46,7 @@ StoreDtype = Literal["fp16", "fp32", "int8"]
 StoreKind = Literal["visual", "text"]
 _NP_DTYPE = {"fp16": np.float16, "fp32": np.float32, "int8": np.int8}
 #: Settings that every shard of a store shares; a re-run with other values is refused.
-_SHARED = ("kind", "backbone", "dim", "max_tokens", "dtype", "shard_size")
+_SHARED = ("kind", "backbone", "dim", "max_tokens", "dtype", "shard_size", "tokens")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -96,10 +97,12 @@ class StoreWriter:
         shard_size: rows per shard (the last one may hold fewer).
         max_tokens: L of the store; default: that of the first batch. A later batch with more
             columns is accepted only when the extra columns are padding everywhere.
+        tokens: what a row's tokens are, kept in the manifest (e.g. ``{"modality": "video",
+            "video_tokens": "patches", "frames": 12}``), so readers need not guess it from L.
     """
 
     def __init__(self, folder: str | Path, *, kind: StoreKind, backbone: dict, dtype: StoreDtype = "fp16",
-                 shard_size: int = 4096, max_tokens: int | None = None):
+                 shard_size: int = 4096, max_tokens: int | None = None, tokens: dict | None = None):
         if kind not in ("visual", "text"):
             raise ValueError(f"kind must be 'visual' or 'text', got {kind!r}")
         if dtype not in _NP_DTYPE:
@@ -110,7 +113,7 @@ class StoreWriter:
             raise ValueError("backbone must name the encoder: {'name': ..., 'sha256': ...}")
         self.folder = Path(folder)
         self.settings = {"kind": kind, "backbone": dict(backbone), "dim": None, "max_tokens": max_tokens,
-                         "dtype": dtype, "shard_size": shard_size}
+                         "dtype": dtype, "shard_size": shard_size, "tokens": tokens}
         self._lock = folder_lock(self.folder)
         self._lock.__enter__()
         self._closed = False
@@ -138,7 +141,7 @@ class StoreWriter:
             if not _files_match(self.folder, meta):
                 break  # a damaged shard and all after it are written again
             mine = {key: self.settings[key] for key in _SHARED if self.settings[key] is not None}
-            theirs = {key: meta["settings"][key] for key in mine}
+            theirs = {key: meta["settings"].get(key) for key in mine}
             if mine != theirs:
                 raise FileError(f"{self.folder}: holds shards written with other settings ({meta_path.name}: "
                                 f"{theirs}, now {mine}); choose another folder or remove it")
@@ -307,6 +310,7 @@ class FeatureStore:
         m = self.manifest
         self.kind, self.dim, self.max_tokens, self.dtype = m["kind"], m["dim"], m["max_tokens"], m["dtype"]
         self.backbone = m["backbone"]
+        self.tokens_info: dict | None = m.get("tokens")  # modality, video_tokens, frames (see StoreWriter)
         self._offsets = np.cumsum([0] + [s["rows"] for s in m["shards"]])
         for s in m["shards"]:
             for f in [*s["files"].values(), s["meta"]]:

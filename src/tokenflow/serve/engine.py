@@ -265,9 +265,15 @@ class Engine:
                              item: str) -> dict:
         grid = self.model.patch_grid
         p, n = grid[0] * grid[1], int(stored.mask[0].sum())
-        if n == p:
+        info = self.base.stores[0].tokens_info or {}  # what the rows are; older stores: guessed from n
+        kind = {"image": "patches", "video": info.get("video_tokens")}.get(info.get("modality"))
+        if kind is None:
+            kind = "patches" if n == p else "video-patches" if n % p == 0 else "frames"
+        elif kind == "patches" and info.get("modality") == "video":
+            kind = "video-patches"
+        if kind == "patches" and n == p:
             vis, frame = stored, None
-        elif n % p == 0:  # a video stored with every frame's patches: its middle frame
+        elif kind == "video-patches" and n % p == 0:  # every frame's patches: its middle frame
             mid = middle_frame_index(n // p)
             real = stored.feats[0][stored.mask[0]]
             vis = Tokens(real[mid * p : (mid + 1) * p].unsqueeze(0), torch.ones(1, p, dtype=torch.bool),
