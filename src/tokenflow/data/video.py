@@ -167,7 +167,9 @@ def _read_seeking(path: Path, num_frames: int, method: Method) -> list | None:
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Slice threads, not frame threads: a frame-threaded decoder refills its pipeline after every
+        # seek (measured on 2-3 min H.264 clips: 0.17 s a video with slices, 0.22 s with AUTO).
+        stream.thread_type = "SLICE"
         line = _timeline(container, stream)
         if line is None or not line.pts or (method == "auto" and not line.trusted()):
             return None
