@@ -244,6 +244,8 @@ def test_an_uploaded_image_searches_a_text_collection_and_is_explained(text_clie
         vis = model.encode_images(model.preprocess(Image.open(image_path).convert("RGB")).unsqueeze(0))
     want = Searcher(collection.text_index, model=model, aligner=get_aligner("tokenflow")).search(vis, k=4)[0]
     assert [x["id"] for x in col["results"]] == want.ids and all(x["media"] is None for x in col["results"])
+    texts = FeatureStore(collection.text_index.parent).texts
+    assert all(x["text"] in texts for x in col["results"])  # the page shows the text, not only its id
     item = want.ids[0]
     r = upload(text_client, "/api/explain", {"item": item, "plan": "tokenflow"}, data)
     assert r.status_code == 200, r.text

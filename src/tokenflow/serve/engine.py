@@ -227,7 +227,8 @@ class Engine:
             out.append({"rank": rank + 1, "id": item_id, "score": float(res.scores[rank]),
                         "global": float(res.global_scores[rank]),
                         "fine": None if res.fine_scores is None else float(res.fine_scores[rank]),
-                        "media": f"/media/{_quote(item_id)}" if has_media else None})
+                        "media": f"/media/{_quote(item_id)}" if has_media else None,
+                        "text": store.paths[res.rows[rank]] if self.kind == "text" else None})
         return out
 
     def locate(self, item: object) -> tuple[int, int]:

@@ -114,7 +114,7 @@ function card(r, i, plan, other) {
   const li = el("li", { class: "result", "data-id": r.id, "data-rank": String(r.rank) });
   li.append(el("span", { class: "rank" }, String(r.rank)));
   if (r.media) li.append(el("img", { src: r.media, alt: r.id, loading: "lazy" }));
-  else li.append(el("span", { class: "text" }, r.id));
+  else li.append(el("span", { class: "text" }, r.text || r.id));
   const meta = el("div", { class: "meta" });
   const id = el("div", { class: "id" }, r.id);
   if (other) {
