@@ -21,6 +21,14 @@ def make_tokens(n, length, dim, *, gen, dtype=torch.float64, min_real=1, normali
     return Tokens(feats.to(dtype), mask, pooled.to(dtype))
 
 
+def pad_tokens(tok, extra, fill):
+    """``tok`` with ``extra`` padding positions appended, their features all ``fill``."""
+    n, _, dim = tok.feats.shape
+    feats = torch.cat([tok.feats, torch.full((n, extra, dim), fill, dtype=tok.dtype)], 1)
+    mask = torch.cat([tok.mask, torch.zeros(n, extra, dtype=torch.bool)], 1)
+    return Tokens(feats, mask, tok.pooled)
+
+
 #: Peer methods with learned heads (built for one feature size D): tests/align/test_peers.py.
 PEER_PLANS = ("wti", "xclip")
 

@@ -6,7 +6,7 @@ import torch
 from tokenflow import Aligner, Tokens, get_aligner, list_aligners
 from tokenflow.align import get_aligner_class
 
-from .conftest import aligner_cases, case_id, make_tokens
+from .conftest import aligner_cases, case_id, make_tokens, pad_tokens
 from .naive import naive_pairwise
 
 CASES = aligner_cases()
@@ -87,14 +87,8 @@ def test_extra_padding_and_nan_padding_do_not_change_scores(case, gen):
     vis, txt = make_tokens(3, 5, 8, gen=gen), make_tokens(4, 6, 8, gen=gen)
     base = aligner.pairwise(vis, txt)
 
-    def pad(tok, extra, fill):
-        n, _, dim = tok.feats.shape
-        feats = torch.cat([tok.feats, torch.full((n, extra, dim), fill, dtype=tok.dtype)], 1)
-        mask = torch.cat([tok.mask, torch.zeros(n, extra, dtype=torch.bool)], 1)
-        return Tokens(feats, mask, tok.pooled)
-
     for fill in (-7e3, float("nan")):
-        padded = aligner.pairwise(pad(vis, 3, fill), pad(txt, 4, fill))
+        padded = aligner.pairwise(pad_tokens(vis, 3, fill), pad_tokens(txt, 4, fill))
         torch.testing.assert_close(padded.v2t, base.v2t, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(padded.t2v, base.t2v, rtol=1e-10, atol=1e-12)
 

@@ -9,7 +9,7 @@ import torch
 from tokenflow import Tokens, get_aligner
 from tokenflow.losses.set_losses import global_discriminative_loss, intra_set_divergence
 
-from .conftest import make_tokens
+from .conftest import make_tokens, pad_tokens
 from .naive import assignment as naive_assignment
 
 DIM, HEADS = 8, 2
@@ -136,13 +136,8 @@ def test_set_scores_ignore_padding_and_chunking(name, gen, monkeypatch):
             torch.testing.assert_close(aligner.pairwise(vis, txt).v2t.detach(), base.v2t.detach(), rtol=1e-10,
                                        atol=1e-12)
 
-    def pad(tok, extra, fill):
-        n, _, d = tok.feats.shape
-        return Tokens(torch.cat([tok.feats, torch.full((n, extra, d), fill, dtype=tok.dtype)], 1),
-                      torch.cat([tok.mask, torch.zeros(n, extra, dtype=torch.bool)], 1), tok.pooled)
-
     for fill in (-7e3, float("nan")):
-        padded = aligner.pairwise(pad(vis, 3, fill), pad(txt, 2, fill))
+        padded = aligner.pairwise(pad_tokens(vis, 3, fill), pad_tokens(txt, 2, fill))
         torch.testing.assert_close(padded.v2t, base.v2t, rtol=1e-10, atol=1e-12)
 
 
