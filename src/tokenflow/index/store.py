@@ -387,17 +387,11 @@ class FeatureStore:
         No memory map is involved, so a long-running search holds only what it reads: the
         kernel's read-ahead of mapped pages would otherwise grow the process towards the size of
         the store as queries touch more of it."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-            raise IndexError(f"rows out of range for {self!r}")
+        rows = self._check_rows(rows)
         feats = np.zeros((rows.size, self.max_tokens, self.dim), dtype=np.float32)
         mask = np.zeros((rows.size, self.max_tokens), dtype=bool)
         pooled = np.zeros((rows.size, self.dim), dtype=np.float32)
-        shard_of = np.searchsorted(self._offsets, rows, side="right") - 1
-        for k in np.unique(shard_of):
-            sel = np.nonzero(shard_of == k)[0]
-            local = rows[sel] - self._offsets[k]
-            files = self._row_files(int(k))
+        for sel, files, local in self._by_shard(rows):
             f = files["tokens"].read(local).astype(np.float32)
             if "scales" in files:
                 f *= files["scales"].read(local).astype(np.float32)[..., None]
@@ -406,15 +400,25 @@ class FeatureStore:
 
     def global_rows(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """[n, D] float32 global features of ``rows`` (in that order), nothing else read."""
+        rows = self._check_rows(rows)
+        out = np.zeros((rows.size, self.dim), dtype=np.float32)
+        for sel, files, local in self._by_shard(rows):
+            out[sel] = files["global"].read(local)
+        return out
+
+    def _check_rows(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows out of range for {self!r}")
-        out = np.zeros((rows.size, self.dim), dtype=np.float32)
+        return rows
+
+    def _by_shard(self, rows: np.ndarray):
+        """Per shard holding some of ``rows``: (their positions in ``rows``, the shard's row files,
+        their rows within the shard)."""
         shard_of = np.searchsorted(self._offsets, rows, side="right") - 1
         for k in np.unique(shard_of):
             sel = np.nonzero(shard_of == k)[0]
-            out[sel] = self._row_files(int(k))["global"].read(rows[sel] - self._offsets[k])
-        return out
+            yield sel, self._row_files(int(k)), rows[sel] - self._offsets[k]
 
     def _row_files(self, k: int) -> dict[str, _RowFile]:
         if k not in self._rows:
