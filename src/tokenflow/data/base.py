@@ -36,6 +36,7 @@ __all__ = [
     "collate_media",
     "find_media",
     "load_image",
+    "media_files",
 ]
 
 OnError = Literal["fail", "skip"]
@@ -139,6 +140,15 @@ def load_image(path: str | Path):
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise MediaError(path, f"cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def media_files(folder: str | Path, modality: str, *, recursive: bool = False) -> list[Path]:
+    """The image (or, ``modality="video"``, video) files in ``folder`` (and its subfolders when
+    ``recursive``), sorted; chosen by extension (:data:`IMAGE_EXTENSIONS`, :data:`VIDEO_EXTENSIONS`)."""
+    exts = VIDEO_EXTENSIONS if modality == "video" else IMAGE_EXTENSIONS
+    folder = Path(folder)
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in entries if p.is_file() and p.suffix.lower() in exts)
 
 
 def find_media(folder: Path, ids: Sequence[str], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:

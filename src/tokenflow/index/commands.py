@@ -83,12 +83,11 @@ def media_split(files: list[Path], modality: str, name: str):
 
 
 def _folder_files(folder: Path, modality: str) -> list[Path]:
-    from ..data.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+    from ..data.base import media_files
 
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
-    exts = VIDEO_EXTENSIONS if modality == "video" else IMAGE_EXTENSIONS
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    return media_files(folder, modality, recursive=True)
 
 
 def _read_lines(path: Path, what: str) -> list[str]:

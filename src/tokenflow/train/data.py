@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..data.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaDataset, RetrievalSplit, collate_media
+from ..data.base import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaDataset, RetrievalSplit, collate_media,
+                         media_files)
 
 __all__ = ["PairDataset", "StepBatchSampler", "epoch_order"]
 
@@ -102,9 +103,9 @@ class UnpairedPool:
         self.media = None
         self.texts: list[str] = []
         if media is not None:
-            exts = VIDEO_EXTENSIONS if modality == "video" else IMAGE_EXTENSIONS
-            files = sorted(str(p) for p in Path(media).iterdir() if p.suffix.lower() in exts)
+            files = [str(p) for p in media_files(media, modality)]
             if not files:
+                exts = VIDEO_EXTENSIONS if modality == "video" else IMAGE_EXTENSIONS
                 raise ValueError(f"cs.unpaired_media: {media} holds no {modality} files ({', '.join(exts)})")
             self.media = MediaDataset(_Files(files, modality), preprocess, num_frames=num_frames, on_error=on_error)
         if texts is not None:
