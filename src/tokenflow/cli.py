@@ -88,7 +88,6 @@ def _evaluate(args) -> int:
         from .data.frame_cache import with_frame_cache
 
         split = with_frame_cache(split, args.frame_cache, args.frames, backbone.preprocess, backbone.image_size)
-    head = head or {}
     if args.w_global is None:
         args.w_global = head.get("w_global", 1.0)
     if args.w_fine is None:
