@@ -8,8 +8,9 @@ libx264 at its defaults (preset veryfast, crf 23, keyint 250 with scene cuts), a
 background that pans, a moving square, and a cut to another texture every 6 s, so the GOPs
 look like a real encode's. Six MSR-VTT-like clips (10-30 s) and three ActivityNet-like ones
 (2-3 min); ``--quick``: three of 4-6 s and one of 30 s. For every group and every reader it
-reports videos/s with 0 and 2 DataLoader worker processes (one video per item, frames as uint8
-arrays), then the training data loader (``PairDataset`` + ``collate_media``, batches of 4,
+reports videos/s with 0 and 2 DataLoader worker processes (one video per item, frames as a uint8
+tensor; each video read at least twice, in a balanced order, so that two workers get equal shares;
+the median of ``--rounds`` passes, interleaved between readers), then the training data loader (``PairDataset`` + ``collate_media``, batches of 4,
 clip_preprocess at 224) with and without the cache. Every path is checked to give the frames of
 decoding from the start before it is timed. Files are in the page cache (written just before).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -76,12 +78,14 @@ class Frames(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
-        return np.stack([np.asarray(f) for f in self.reader(self.paths[i])])
+    def __getitem__(self, i: int) -> torch.Tensor:
+        frames = self.reader(self.paths[i])
+        # A tensor, so that a worker hands it over in shared memory, as the training loader does.
+        return torch.from_numpy(frames if isinstance(frames, np.ndarray) else np.stack([np.asarray(f) for f in frames]))
 
 
-def cached(cache: FrameCache, path: Path) -> list:
-    return cache.read(path)
+def cached(cache: FrameCache, path: Path) -> np.ndarray:
+    return cache.read_array(path)
 
 
 def timed(loader, batches: list, full: list) -> float:
@@ -94,12 +98,24 @@ def timed(loader, batches: list, full: list) -> float:
     return time.perf_counter() - t0
 
 
-def videos_per_s(paths: list[Path], reader, workers: int, repeat: int = 1) -> float:
-    """Each video read ``repeat`` times, one per item, by ``workers`` loader processes."""
-    full, batches = [[i] for i in range(len(paths) * repeat)], []
-    loader = torch.utils.data.DataLoader(Frames(paths * repeat, reader), batch_sampler=batches, num_workers=workers,
-                                         persistent_workers=workers > 0, collate_fn=lambda b: b[0])
-    return len(full) / timed(loader, batches, full)
+def balanced(paths: list[Path], reads: int) -> list[Path]:
+    """The videos in turn, forwards then backwards, ``reads`` items in all (rounded up to whole
+    turns): two workers taking items in turn then get the same share of long and short videos."""
+    turn = paths + paths[::-1]
+    return (turn * -(-reads // len(turn)))[: max(reads, len(turn))]
+
+
+class Timer:
+    """One loader per reader (persistent workers), timed in interleaved rounds."""
+
+    def __init__(self, items: list[Path], reader, workers: int):
+        self.full, self.batches = [[i] for i in range(len(items))], []
+        self.loader = torch.utils.data.DataLoader(Frames(items, reader), batch_sampler=self.batches,
+                                                  num_workers=workers, persistent_workers=workers > 0,
+                                                  collate_fn=lambda b: b[0])
+
+    def videos_per_s(self) -> float:
+        return len(self.full) / timed(self.loader, self.batches, self.full)
 
 
 def train_items_per_s(paths: list[Path], cache_root: Path | None, frames: int, workers: int, captions: int) -> float:
@@ -132,11 +148,18 @@ def measure(groups: dict[str, list[Path]], cache: FrameCache, args) -> list[dict
     rows = []
     for group, paths in groups.items():
         for workers in args.workers:
-            row = {"group": group, "videos": len(paths), "workers": workers}
-            for name, reader in readers.items():
-                row[name] = videos_per_s(paths, reader, workers, repeat=max(1, 60 // len(paths)) if name == "cache" else 1)
-                print(json.dumps(row), file=sys.stderr, flush=True)
+            row = {"group": group, "videos": len(paths), "workers": workers, "rounds": args.rounds}
+            timers = {name: Timer(balanced(paths, 60 if name == "cache" else 6), reader, workers)
+                      for name, reader in readers.items()}
+            runs = {name: [] for name in readers}
+            for _ in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every reader
+                for name, timer in timers.items():
+                    runs[name].append(timer.videos_per_s())
+            for name, r in runs.items():
+                row[name], row[f"{name} reads"], row[f"{name} runs"] = statistics.median(r), len(timers[name].full), r
+            print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
+            del timers
     return rows
 
 
@@ -146,6 +169,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/tokenflow-video-io"), help="videos and cache")
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--rounds", type=int, default=3, help="timed passes per reader (median reported)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "video-io.json")
     args = p.parse_args()
     lengths = {"short (10-30 s)": [10, 14, 18, 22, 26, 30], "long (2-3 min)": [120, 150, 180]}

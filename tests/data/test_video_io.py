@@ -23,7 +23,7 @@ from tokenflow.models import TinyCLIP, TinyConfig, WordTokenizer
 av = pytest.importorskip("av")
 
 
-def write_coded(path, n, size=64, fps=30, pts_ms=None, fmt="mp4", codec="libx264"):
+def write_coded(path, n, size=64, fps=30, pts_ms=None, fmt="mp4", codec="libx264", x264_params=None):
     """A texture panning under three 16 x 16 grey blocks that spell the frame index in base 16,
     so the pixels tell the index; x264 makes I, P and B frames of it. ``pts_ms``: frame times in
     milliseconds (variable frame rate)."""
@@ -34,6 +34,8 @@ def write_coded(path, n, size=64, fps=30, pts_ms=None, fmt="mp4", codec="libx264
         st.width = st.height = size
         st.pix_fmt = "yuv420p"
         st.options = {"crf": "12", "preset": "veryfast"} if codec == "libx264" else {"qscale": "1"}
+        if x264_params:
+            st.options = {**st.options, "x264-params": x264_params}
         if pts_ms is not None:
             st.codec_context.time_base = fractions.Fraction(1, 1000)
         for t in range(n):
@@ -79,9 +81,88 @@ def test_seeking_picks_the_frames_of_decoding_from_the_start(clips, name, n, mon
         want = read_video_frames(clips[name], num, method="decode")
         assert same_frames(read_video_frames(clips[name], num, method="seek"), want)
         assert same_frames(read_video_frames(clips[name], num), want)
-    # and "auto" did seek: decoding from the start is not reached
+    # and "auto" did seek on the container's index: neither the packet pass nor decoding from the start is reached
     monkeypatch.setattr(video, "_read_decoding", lambda *a: pytest.fail("decoded from the start"))
-    assert len(read_video_frames(clips[name], 12)) == 12
+    monkeypatch.setattr(video, "_timeline", lambda *a: pytest.fail("read every packet"))
+    assert same_frames(read_video_frames(clips[name], 12), decoded)
+
+
+def test_open_gops_seek_to_the_frames_shown_before_their_keyframe(tmp_path, monkeypatch):
+    """In an open GOP, B frames decoded after a keyframe are shown before it and need the GOP before."""
+    path = write_coded(tmp_path / "open.mp4", 395, x264_params="open-gop=1:keyint=40:min-keyint=40:scenecut=0")
+    with av.open(str(path)) as c:
+        shown = [(f.key_frame, f.pts) for f in c.decode(video=0)]
+    keys = [k for k, (key, _) in enumerate(shown) if key]
+    with av.open(str(path)) as c:
+        order = [p.pts for p in c.demux(video=0) if p.size]
+    leading = {k - 1 for k in keys[1:] if order.index(shown[k - 1][1]) > order.index(shown[k][1])}
+    assert len(keys) >= 9 and leading  # some frame just before a keyframe is decoded after it
+    for num in (5, 16, 40):  # 5 on 395 frames samples frame 39, shown just before the keyframe at 40
+        want = read_video_frames(path, num, method="decode")
+        assert [index_of(f) for f in want] == uniform_frame_indices(395, num)
+        monkeypatch.setattr(video, "_read_decoding", lambda *a: pytest.fail("decoded from the start"))
+        assert same_frames(read_video_frames(path, num), want)
+        monkeypatch.undo()
+    assert leading & set(uniform_frame_indices(395, 5)) or leading & set(uniform_frame_indices(395, 40))
+
+
+def test_when_the_decoder_disagrees_with_the_index_the_packets_are_read(clips, monkeypatch):
+    want = read_video_frames(clips["long"], 12, method="decode")
+    real = video._index_timeline
+
+    def off_by_one(container, stream):  # an index whose presentation times are one frame late
+        line = real(container, stream)
+        step = line.pts[1] - line.pts[0]
+        return video._Timeline([p + step for p in line.pts], line.keyframes, line.stated)
+
+    calls = []
+    packets = video._timeline
+    monkeypatch.setattr(video, "_index_timeline", off_by_one)
+    monkeypatch.setattr(video, "_timeline", lambda *a: calls.append(1) or packets(*a))
+    monkeypatch.setattr(video, "_read_decoding", lambda *a: pytest.fail("decoded from the start"))
+    assert same_frames(read_video_frames(clips["long"], 12), want) and calls == [1]
+
+
+class _Entry:
+    def __init__(self, ts, key=False, discard=False):
+        self.timestamp, self.is_keyframe, self.is_discard = ts, key, discard
+
+
+class _Packet:
+    def __init__(self, pts):
+        self.pts, self.size, self.is_discard = pts, 1, False
+
+
+class _Stream:
+    def __init__(self, entries, frames=None):
+        self.index_entries, self.frames = entries, len(entries) if frames is None else frames
+
+
+class _Container:
+    def __init__(self, pts):
+        self.pts = pts
+
+    def demux(self, stream):
+        return (_Packet(p) for p in self.pts)
+
+
+def test_the_index_timeline_is_refused_unless_it_holds():
+    dts = [-2 + k for k in range(12)]  # decoding times; two frames of reordering delay
+    pts = [0, 3, 1, 2, 4, 7, 5, 6, 8, 11, 9, 10]  # presentation times, packet order
+    good = [_Entry(t, key=k in (0, 4, 8)) for k, t in enumerate(dts)]
+    line = video._index_timeline(_Container(pts), _Stream(good))
+    assert line.pts == list(range(12)) and line.keyframes == [0, 4, 8] and line.trusted()
+    refused = {
+        "frame count other than the index's": (pts, _Stream(good, frames=13)),
+        "no frame count": (pts, _Stream(good, frames=0)),
+        "variable frame rate": (pts, _Stream([_Entry(t * (1 + (k % 2)), key=k == 0) for k, t in enumerate(range(12))])),
+        "first frame not a keyframe": (pts, _Stream([_Entry(t, key=k == 4) for k, t in enumerate(dts)])),
+        "a frame dropped by an edit list": (pts, _Stream([_Entry(t, key=k == 0, discard=k == 1) for k, t in enumerate(dts)])),
+        "first GOP off the decoding times": ([0, 3, 1, 5, 4, 7, 2, 6, 8, 11, 9, 10], _Stream(good)),
+        "a packet without pts": ([0, None, 1, 2] + pts[4:], _Stream(good)),
+    }
+    for why, (packets, stream) in refused.items():
+        assert video._index_timeline(_Container(packets), stream) is None, why
 
 
 def test_variable_frame_rate_is_decoded_from_the_start_unless_told_to_seek(clips, monkeypatch):

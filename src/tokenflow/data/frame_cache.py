@@ -109,18 +109,24 @@ class FrameCache:
         """Where the frames of ``video`` live (named by its stem, like the dataset's video ids)."""
         return self.root / f"{Path(video).stem}.npy"
 
-    def read(self, video: str | Path) -> list | None:
-        """The cached frames of ``video`` as PIL images, or None when it has none (or an unreadable file)."""
-        require("PIL", "train", "reading cached video frames")
-        from PIL import Image
-
+    def read_array(self, video: str | Path) -> np.ndarray | None:
+        """The cached frames of ``video`` as one uint8 array [F, H, W, 3], or None when it has none
+        (or an unreadable file)."""
         try:
             arr = np.load(self.file_for(video), allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or not 0 < len(arr) <= self.frames:
             return None
-        return [Image.fromarray(a) for a in arr]
+        return arr
+
+    def read(self, video: str | Path) -> list | None:
+        """The cached frames of ``video`` as PIL images, or None when it has none (or an unreadable file)."""
+        require("PIL", "train", "reading cached video frames")
+        from PIL import Image
+
+        arr = self.read_array(video)
+        return None if arr is None else [Image.fromarray(a) for a in arr]
 
     def write(self, video: str | Path, frames: Sequence) -> Path:
         """Store the sampled ``frames`` of ``video`` (PIL images), resized, atomically."""

@@ -4,17 +4,31 @@ Two ways to reach the sampled frames, which give the same frames (same indices, 
 
 - **decode**: decode from frame 0 up to the last sampled frame (the frame index is the position
   in the decoded stream). Always right, slow on long clips.
-- **seek**: read every packet's timestamp without decoding (the pts -> index map: the sorted
-  presentation timestamps), then for each sampled frame seek to the keyframe before it and decode
-  forward to the frame whose pts is that index's, skipping the non-reference frames on the way
-  (nothing depends on them). The next sampled frame is decoded on from there when no keyframe
-  lies between them. Any disagreement between the decoder and the map (a frame without pts, a
-  pts not in the map, the wanted frame passed over) falls back to decode.
+- **seek**: build the pts -> index map (the sorted presentation timestamps), then for each
+  sampled frame seek to the keyframe before it and decode forward to the frame whose pts is that
+  index's, skipping the non-reference frames on the way (nothing depends on them). The next
+  sampled frame is decoded on from there when no keyframe lies between them. Any disagreement
+  between the decoder and the map (a frame without pts, a pts not in the map, the wanted frame
+  passed over) means the map was wrong.
 
-``method="auto"`` seeks only when the timestamps can be trusted: every packet has a pts, no two
-frames share one, the container's frame count (when it states one) is the packet count, and
-the pts are an affine function of the index (constant frame rate). Otherwise it decodes, with
-the handling of containers that over-state their frame count.
+The map comes from one of two places:
+
+1. **The container's index**, when it lists exactly the frames the container says it has (MP4
+   and MOV keep such an index): the decoding timestamps of every frame and which are keyframes,
+   read without touching the packets. The decoding timestamps must be those of a constant frame
+   rate, and the packets before the second keyframe give the constant offset from decoding to
+   presentation time (checked on every one of them). A keyframe's index is its place in decoding
+   order, which is its place in presentation order in a closed GOP; an open GOP breaks that
+   only for the frames just before a keyframe, and the decoder then disagrees with the map.
+2. **Every packet's timestamp**, read without decoding, when there is no such index or the
+   decoder disagreed with it (a pass over the whole file: about a quarter of the time seeking
+   takes on a 3-min clip).
+
+``method="auto"`` seeks only when the timestamps can be trusted: every frame has a pts, no two
+frames share one, the container's frame count (when it states one) is the frame count found,
+and the pts are an affine function of the index (constant frame rate). Otherwise, and when the
+decoder disagrees with both maps, it decodes from the start, with the handling of containers
+that over-state their frame count.
 """
 
 from __future__ import annotations
@@ -23,6 +37,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
 
 from .._extras import require
 from .errors import MediaError
@@ -88,25 +104,67 @@ def count_frames(path: str | Path) -> int:
 
 @dataclass(frozen=True)
 class _Timeline:
-    """The frames of a stream as its packets tell them: sorted pts (frame k has ``pts[k]``), the
-    indices of the keyframes, and the frame count the container states (0: none)."""
+    """The frames of a stream as its packets or its index tell them: sorted pts (frame k has
+    ``pts[k]``), the indices of the keyframes (from the index: their places in decoding order),
+    and the frame count the container states (0: none)."""
 
     pts: list[int]
     keyframes: list[int]
     stated: int
 
-    def affine(self) -> bool:
-        """True when pts[k] = pts[0] + k * step to within a quarter frame (constant frame rate)."""
-        n = len(self.pts)
-        if n < 2:
-            return True
-        step = (self.pts[-1] - self.pts[0]) / (n - 1)
-        tol = max(step / 4, 1)
-        return step > 0 and all(abs(p - self.pts[0] - k * step) <= tol for k, p in enumerate(self.pts))
-
     def trusted(self) -> bool:
         """Whether ``method="auto"`` may seek on these timestamps."""
-        return bool(self.pts) and (self.stated in (0, len(self.pts))) and self.affine()
+        return bool(self.pts) and (self.stated in (0, len(self.pts))) and _affine(self.pts)
+
+
+def _affine(ts: list[int]) -> bool:
+    """True when ts[k] = ts[0] + k * step to within a quarter frame, step > 0 (constant frame rate)."""
+    n = len(ts)
+    if n < 2:
+        return True
+    step = (ts[-1] - ts[0]) / (n - 1)
+    tol = max(step / 4, 1)
+    t = np.asarray(ts, dtype=np.float64)
+    return step > 0 and bool(np.all(np.abs(t - ts[0] - np.arange(n) * step) <= tol))
+
+
+#: The index path reads the packets of the first GOP; past this many it reads all of them instead.
+FIRST_GOP_MAX = 2000
+
+
+def _index_timeline(container, stream) -> _Timeline | None:
+    """The timeline from the container's index (see the module docstring), or None when the index
+    does not list exactly the stated frames, their decoding times are not a constant frame rate,
+    or the first GOP's packets are not those times shifted by one offset."""
+    stated = int(stream.frames or 0)
+    entries = stream.index_entries
+    if stated < 2 or len(entries) != stated:
+        return None
+    dts, key = [0] * stated, []
+    for k, e in enumerate(entries):
+        if e.is_discard:  # an edit list drops frames: leave it to the packet pass
+            return None
+        dts[k] = e.timestamp
+        if e.is_keyframe:
+            key.append(k)
+    if not key or key[0] != 0 or not _affine(dts):
+        return None
+    first = key[1] if len(key) > 1 else len(dts)
+    if first > FIRST_GOP_MAX:
+        return None
+    seen = []
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        if packet.pts is None or packet.is_discard:
+            return None
+        seen.append(packet.pts)
+        if len(seen) == first:
+            break
+    shift = min(seen, default=0) - dts[0]
+    if sorted(seen) != [d + shift for d in dts[:first]]:
+        return None
+    return _Timeline([d + shift for d in dts], key, stated)
 
 
 def _timeline(container, stream) -> _Timeline | None:
@@ -147,7 +205,9 @@ def _seek_frames(container, stream, line: _Timeline, wanted: list[int]) -> dict 
         k = bisect_right(line.keyframes, target) - 1
         key = line.keyframes[k] if k >= 0 else 0
         if frames is None or not key <= cur < target:  # no keyframe between: decode on; else seek
-            container.seek(line.pts[target], stream=stream, backward=True, any_frame=False)
+            # to the keyframe's own pts: seeking to the target's could land on the next keyframe
+            # when the target is one of the frames an open GOP shows before its keyframe
+            container.seek(line.pts[key], stream=stream, backward=True, any_frame=False)
             frames, cur = _decode_skipping(container, stream, keep), -1
         while cur < target:
             frame = next(frames, None)
@@ -164,22 +224,25 @@ def _read_seeking(path: Path, num_frames: int, method: Method) -> list | None:
     """Sampled frames by seeking, or None when ``method`` says to decode instead."""
     av = require("av", "video", "reading videos")
 
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        # Slice threads, not frame threads: a frame-threaded decoder refills its pipeline after every
-        # seek (measured on 2-3 min H.264 clips: 0.17 s a video with slices, 0.22 s with AUTO).
-        stream.thread_type = "SLICE"
-        line = _timeline(container, stream)
-        if line is None or not line.pts or (method == "auto" and not line.trusted()):
-            return None
-        wanted = uniform_frame_indices(len(line.pts), num_frames)
-        out = _seek_frames(container, stream, line, wanted)
-        return None if out is None else [out[i] for i in wanted]
-    except (av.FFmpegError, OSError, ValueError):
-        return None  # the decode path reports the error, as before seeking existed
-    finally:
-        container.close()
+    for timeline in (_index_timeline, _timeline):
+        container = _open(path)
+        try:
+            stream = container.streams.video[0]
+            # Slice threads, not frame threads: a frame-threaded decoder refills its pipeline after
+            # every seek (measured on 2-3 min H.264 clips: 0.17 s a video with slices, 0.22 s with AUTO).
+            stream.thread_type = "SLICE"
+            line = timeline(container, stream)
+            if line is None or not line.pts or (method == "auto" and not line.trusted()):
+                continue
+            wanted = uniform_frame_indices(len(line.pts), num_frames)
+            out = _seek_frames(container, stream, line, wanted)
+            if out is not None:
+                return [out[i] for i in wanted]
+        except (av.FFmpegError, OSError, ValueError):
+            return None  # the decode path reports the error, as before seeking existed
+        finally:
+            container.close()
+    return None
 
 
 def _read_decoding(path: Path, num_frames: int) -> list:
