@@ -130,3 +130,23 @@ def test_damaged_stores_name_the_file(tmp_path):
         FeatureStore(folder)
     with pytest.raises(FileError, match=f"{tmp_path / 'nothing' / MANIFEST}: no feature store manifest"):
         FeatureStore(tmp_path / "nothing")
+
+
+def test_a_store_written_again_under_an_open_one_is_refused_not_misread(tmp_path):
+    """A searcher keeps the headers it read at opening; files written in their place since then
+    (another encode into the same folder) must raise, not be read at the old offsets."""
+    folder = tmp_path / "s"
+    store = write_store(folder, rand(n=12, seed=1), ids_of(12), kind="visual", backbone=BACKBONE, shard_size=5)
+    torch.testing.assert_close(store.tokens([1, 7]).feats, rand(n=12, seed=1).feats[[1, 7]], atol=1e-3, rtol=0)
+    for f in folder.glob("shard-*"):
+        f.unlink()
+    (folder / MANIFEST).unlink()
+    write_store(folder, rand(n=12, length=9, seed=2), ids_of(12), kind="visual", backbone=BACKBONE, shard_size=5)
+    with pytest.raises(FileError, match="shard-00000.tokens.npy: replaced since the store was opened"):
+        store.tokens([1])
+    torch.testing.assert_close(FeatureStore(folder).tokens([1]).feats, rand(n=12, length=9, seed=2).feats[[1]],
+                               atol=1e-3, rtol=0)
+    for f in folder.glob("shard-*"):
+        f.unlink()
+    with pytest.raises(FileError, match="shard-00000.tokens.npy: cannot be read any more"):
+        store.tokens([1])

@@ -97,11 +97,25 @@ def test_explanation_numbers_are_the_plan_of_the_ranked_pair(client, collection,
         assert (p["row"], p["col"]) == divmod(s, 4) and p["word"] == ex["tokens"][t]
 
 
-def test_thumbnails(client, collection):
+def test_thumbnails(collection, monkeypatch):
+    from fastapi.testclient import TestClient
     from PIL import Image
 
+    from tokenflow.serve import app as app_module
+
+    client = TestClient(create_app(collection.index, collection.model_dir), base_url="http://127.0.0.1")
+    engine, made = client.app.state.engine, []
+    real = app_module.thumbnail_png
+
+    def counted(path, **kw):  # made while holding a slot, like a query; once per item
+        assert engine._busy._value == engine.limits.workers - 1
+        made.append(path)
+        return real(path, **kw)
+
+    monkeypatch.setattr(app_module, "thumbnail_png", counted)
     item = collection.split.item_ids[2]
     r = client.get(f"/media/{item}")
+    assert client.get(f"/media/{item}").content == r.content and len(made) == 1
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     im = Image.open(io.BytesIO(r.content))
     source = Image.open(collection.split.item_paths[2])
@@ -201,8 +215,11 @@ def test_bad_requests_of_any_kind(client, collection):
     bad(client, "/api/explain", 400, "global ranking has no token plan", json={"query": query, "item": item,
                                                                                "plan": "global"})
     bad(client, "/api/explain", 400, "unknown plan", json={"query": query, "item": item, "plan": "../x"})
-    r = client.get("/api/info", headers={"Host": "evil.example"})  # DNS rebinding: a foreign Host is refused
-    assert r.status_code == 400
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "[::2]:80", ""):
+        r = client.get("/api/info", headers={"Host": host})  # DNS rebinding: a foreign Host is refused
+        assert r.status_code == 400 and "is not served here" in r.json()["error"], host
+    for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000"):
+        assert client.get("/api/info", headers={"Host": host}).status_code == 200, host
     assert client.get("/api/search").status_code == 405
 
 

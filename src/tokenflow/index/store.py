@@ -427,6 +427,11 @@ class FeatureStore:
         return self._rows[k]
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one file from another written in its place: device, inode, size, mtime."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class _RowFile:
     """Rows of a C-ordered ``.npy`` file read with ``os.pread`` (the header parsed once)."""
 
@@ -439,6 +444,7 @@ class _RowFile:
                     np.lib.format.read_array_header_2_0
                 shape, fortran, dtype = read(f)
                 self.offset = f.tell()
+                self.identity = _identity(os.fstat(f.fileno()))
         except (ValueError, OSError) as e:
             raise FileError(f"{path}: not a readable .npy file ({e})") from None
         if fortran or dtype.hasobject:
@@ -451,8 +457,14 @@ class _RowFile:
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         flat = out.reshape(len(rows), -1).view(np.uint8)
         order = np.argsort(rows, kind="stable")
-        fd = os.open(self.path, os.O_RDONLY)
         try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise FileError(f"{self.path}: cannot be read any more ({e}); was the store removed?") from None
+        try:
+            if _identity(os.fstat(fd)) != self.identity:  # the header read at opening may not hold
+                raise FileError(f"{self.path}: replaced since the store was opened (written again?); "
+                                "open the store again (restart the search or server)")
             start = 0
             while start < len(order):
                 end = start + 1

@@ -25,9 +25,9 @@ import json
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 from .._extras import require
@@ -43,7 +43,6 @@ from starlette.exceptions import HTTPException  # noqa: E402  (also the router's
 from fastapi.responses import FileResponse, JSONResponse, Response  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
-from starlette.middleware.trustedhost import TrustedHostMiddleware  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
 
@@ -51,6 +50,7 @@ __all__ = ["LOOPBACK_HOSTS", "create_app", "default_model", "run", "serve_in_thr
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+THUMBNAILS = 1024  # thumbnails kept in memory
 _CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
         "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
@@ -98,7 +98,7 @@ def create_app(index_dir: str | Path | Sequence[str | Path], model: DualEncoder 
     _add_routes(app, engine)
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes + 64 * 1024)
     if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+        app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.middleware("http")(_security_headers)
     return app
 
@@ -149,14 +149,24 @@ def _add_routes(app: FastAPI, engine: Engine) -> None:
         return await run_in_threadpool(engine.explain, query, body.get("item"), body.get("plan"),
                                        body.get("hparams"))
 
-    @lru_cache(maxsize=1024)
-    def thumb(path: Path, mtime: int) -> bytes:
-        return thumbnail_png(path, max_pixels=engine.limits.max_image_pixels)
+    thumbs: OrderedDict[tuple[Path, int], bytes] = OrderedDict()  # the last THUMBNAILS made
+    lock = threading.Lock()
 
     @app.get("/media/{item:path}")
     def media(item: str):
         path = engine.media_path(item)
-        data = thumb(path, path.stat().st_mtime_ns)
+        key = (path, path.stat().st_mtime_ns)
+        with lock:
+            data = thumbs.get(key)
+            if data is not None:
+                thumbs.move_to_end(key)
+        if data is None:
+            with engine.busy():  # decoding a video's frame is heavy work, bounded like a query
+                data = thumbnail_png(path, max_pixels=engine.limits.max_image_pixels)
+            with lock:
+                thumbs[key] = data
+                while len(thumbs) > THUMBNAILS:
+                    thumbs.popitem(last=False)
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 
@@ -203,6 +213,31 @@ def _plans(body: dict) -> list[tuple[str, dict]]:
         else:
             out.append((p, (shared.get(p) if isinstance(p, str) else None) or {}))
     return out
+
+
+def host_name(header: str) -> str:
+    """The host of a Host header, without its port: ``"[::1]:8000"`` -> ``"::1"``, ``"a:80"`` -> ``"a"``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostCheck:
+    """ASGI middleware: answer only requests whose Host header names one of ``allowed`` (else a
+    JSON 400), so that a page on another site cannot reach the server through DNS rebinding."""
+
+    def __init__(self, app, allowed: Sequence[str]):
+        self.app, self.allowed = app, {host_name(h) for h in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if host_name(header) not in self.allowed:
+                response = JSONResponse({"error": f"host {header!r} is not served here (allowed: "
+                                                  f"{', '.join(sorted(self.allowed))})"}, status_code=400)
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:

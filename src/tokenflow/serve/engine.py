@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,13 @@ class Engine:
         self._aligners: OrderedDict[tuple, Aligner] = OrderedDict()
         self._lock = threading.Lock()
         self._busy = threading.BoundedSemaphore(max(1, limits.workers))
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Hold one of the ``limits.workers`` slots that bound the heavy work (encoding, scoring,
+        decoding thumbnails) running at once; the other requests wait for a slot."""
+        with self._busy:
+            yield
 
     # -- checking requests --------------------------------------------------------------------
     def info(self) -> dict:
