@@ -106,6 +106,23 @@ def test_open_gops_seek_to_the_frames_shown_before_their_keyframe(tmp_path, monk
     assert leading & set(uniform_frame_indices(395, 5)) or leading & set(uniform_frame_indices(395, 40))
 
 
+@pytest.mark.parametrize("fmt, codec, path", [("mov", "libx264", "index"), ("mp4", "mpeg4", "index"),
+                                               ("matroska", "libx264", "packets"), ("webm", "libvpx-vp9", "packets")])
+def test_other_containers_and_codecs_seek_to_the_same_frames(tmp_path, monkeypatch, fmt, codec, path):
+    """MOV and MP4 keep an index of every frame; Matroska and WebM index keyframes only, so their
+    map comes from the packet pass. Either way no video is decoded from the start."""
+    clip = write_coded(tmp_path / f"clip.{fmt}", 300, fmt=fmt, codec=codec)
+    want = read_video_frames(clip, 12, method="decode")
+    assert [index_of(f) for f in want] == uniform_frame_indices(300, 12)
+    used = []
+    for name in ("_index_timeline", "_timeline"):
+        real = getattr(video, name)
+        monkeypatch.setattr(video, name, lambda c, s, real=real, name=name: used.append(name) or real(c, s))
+    monkeypatch.setattr(video, "_read_decoding", lambda *a: pytest.fail("decoded from the start"))
+    assert same_frames(read_video_frames(clip, 12), want)
+    assert used == (["_index_timeline"] if path == "index" else ["_index_timeline", "_timeline"])
+
+
 def test_when_the_decoder_disagrees_with_the_index_the_packets_are_read(clips, monkeypatch):
     want = read_video_frames(clips["long"], 12, method="decode")
     real = video._index_timeline
