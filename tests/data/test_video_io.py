@@ -4,6 +4,7 @@ gives the tensors of decoding (issue 20)."""
 import fractions
 import itertools
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -385,3 +386,26 @@ def test_training_reads_the_cache_and_logs_the_same_loss(tmp_path, synth, monkey
         assert run("cached", frame_cache=str(tmp_path / "c")) == plain != []
     with pytest.raises(UserError, match="made with frames=4, this run needs frames=6"):
         run("other", frame_cache=str(tmp_path / "c"), num_frames=6)
+
+
+def test_frames_are_pyavs_rgb_pixels(clips):
+    """The faster conversion gives the pixels of PyAV's own ``to_image``, frame for frame."""
+    with av.open(str(clips["short"])) as c:
+        for k, frame in enumerate(c.decode(video=0)):
+            ours, theirs = video._to_image(frame), frame.to_image()
+            assert ours.mode == theirs.mode == "RGB" and ours.size == theirs.size
+            assert np.array_equal(np.asarray(ours), np.asarray(theirs)), k
+
+
+def test_two_seeking_threads_outside_loader_workers_and_the_same_frames(clips, monkeypatch):
+    import torch.utils.data
+
+    assert video.seek_threads(12) == (2 if len(os.sched_getaffinity(0)) >= 2 else 1) and video.seek_threads(3) == 1
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # as inside a loader worker
+    assert video.seek_threads(12) == 1
+    one = read_video_frames(clips["long"], 12)
+    monkeypatch.setattr(video, "seek_threads", lambda n: 2)
+    helper = []
+    real = video._seek_in
+    monkeypatch.setattr(video, "_seek_in", lambda *a: helper.append(a[2]) or real(*a))
+    assert same_frames(read_video_frames(clips["long"], 12), one) and helper == [uniform_frame_indices(900, 12)[6:]]
