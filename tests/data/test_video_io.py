@@ -141,6 +141,34 @@ def test_when_the_decoder_disagrees_with_the_index_the_packets_are_read(clips, m
     assert same_frames(read_video_frames(clips["long"], 12), want) and calls == [1]
 
 
+def _remux_shifting_pts(src, dst, from_keyframe: int):
+    """``src`` with every packet's pts one frame later from its ``from_keyframe``-th keyframe on
+    (decoding times kept): a container whose presentation times drift past its first GOP."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
+        ist = inp.streams.video[0]
+        ost = out.add_stream_from_template(ist)
+        packets = [p for p in inp.demux(ist) if p.size]
+        step = sorted(p.pts for p in packets)[1] - min(p.pts for p in packets)
+        keys = 0
+        for packet in packets:
+            keys += packet.is_keyframe
+            if keys > from_keyframe:
+                packet.pts += step
+            packet.stream = ost
+            out.mux(packet)
+    return dst
+
+
+@pytest.mark.parametrize("from_keyframe", [1, 3])
+def test_presentation_times_that_drift_after_the_first_gop_are_caught(clips, tmp_path, from_keyframe):
+    """The index path checks every GOP it enters, not only the first: else each frame past the
+    drift would be the one before the sampled one."""
+    path = _remux_shifting_pts(clips["long"], tmp_path / "drift.mp4", from_keyframe)
+    want = read_video_frames(path, 12, method="decode")
+    assert [index_of(f) for f in want] == uniform_frame_indices(900, 12)
+    assert same_frames(read_video_frames(path, 12), want)
+
+
 class _Entry:
     def __init__(self, ts, key=False, discard=False):
         self.timestamp, self.is_keyframe, self.is_discard = ts, key, discard
