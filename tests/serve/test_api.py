@@ -215,7 +215,8 @@ def test_bad_requests_of_any_kind(client, collection):
     bad(client, "/api/explain", 400, "global ranking has no token plan", json={"query": query, "item": item,
                                                                                "plan": "global"})
     bad(client, "/api/explain", 400, "unknown plan", json={"query": query, "item": item, "plan": "../x"})
-    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "[::2]:80", ""):
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "[::2]:80", "", "[::1]evil.example",
+                 "[::1]:80@evil", "127.0.0.1:abc", "localhost.", "localhost:80:80", " localhost"):
         r = client.get("/api/info", headers={"Host": host})  # DNS rebinding: a foreign Host is refused
         assert r.status_code == 400 and "is not served here" in r.json()["error"], host
     for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000"):
@@ -334,3 +335,12 @@ def test_a_text_collection_serves_no_media(text_client, collection):
     item = FeatureStore(collection.text_index.parent).ids[0]
     r = text_client.get(f"/media/{quote(item)}")
     assert r.status_code == 404 and "no media" in r.json()["error"]
+
+
+def test_host_header_parsing():
+    from tokenflow.serve.app import HostCheck, host_name
+
+    assert [host_name(h) for h in ("[::1]:8000", "LocalHost:80", "127.0.0.1", "[::1]")] == \
+        ["::1", "localhost", "127.0.0.1", "::1"]
+    assert [host_name(h) for h in ("[::1]evil", "a:b", "a b", "", "x@y", "a:123456")] == [None] * 6
+    assert HostCheck(None, ["*"]).allowed is None and HostCheck(None, ["[::1]", "LOCALHOST"]).allowed == {"::1", "localhost"}

@@ -22,11 +22,12 @@ capped (:class:`~tokenflow.serve.engine.Limits`); responses carry a strict Conte
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -215,26 +216,32 @@ def _plans(body: dict) -> list[tuple[str, dict]]:
     return out
 
 
-def host_name(header: str) -> str:
-    """The host of a Host header, without its port: ``"[::1]:8000"`` -> ``"::1"``, ``"a:80"`` -> ``"a"``."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]@/\s]+)(:\d{1,5})?")
+
+
+def host_name(header: str) -> str | None:
+    """The host a Host header names, without its port (``"[::1]:8000"`` -> ``"::1"``,
+    ``"LocalHost:80"`` -> ``"localhost"``); None when the header is not a host with an optional
+    port (``"[::1]evil"``, ``"a:b"``, ``"a b"``, empty)."""
+    m = _HOST.fullmatch(header.lower())
+    return None if m is None else m.group(1).strip("[]")
 
 
 class HostCheck:
-    """ASGI middleware: answer only requests whose Host header names one of ``allowed`` (else a
-    JSON 400), so that a page on another site cannot reach the server through DNS rebinding."""
+    """ASGI middleware: answer only requests with exactly one Host header that names one of
+    ``allowed`` (else a JSON 400), so that a page on another site cannot reach the server
+    through DNS rebinding. ``"*"`` in ``allowed`` lets every host through."""
 
-    def __init__(self, app, allowed: Sequence[str]):
-        self.app, self.allowed = app, {host_name(h) for h in allowed}
+    def __init__(self, app: Callable, allowed: Sequence[str]):
+        self.app = app
+        self.allowed = None if "*" in allowed else {host_name(h) or h for h in allowed}
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] in ("http", "websocket"):
-            header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-            if host_name(header) not in self.allowed:
-                response = JSONResponse({"error": f"host {header!r} is not served here (allowed: "
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if self.allowed is not None and scope["type"] in ("http", "websocket"):
+            hosts = [v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"host"]
+            if len(hosts) != 1 or host_name(hosts[0]) not in self.allowed:
+                shown = hosts[0] if len(hosts) == 1 else f"{len(hosts)} Host headers"
+                response = JSONResponse({"error": f"host {shown!r} is not served here (allowed: "
                                                   f"{', '.join(sorted(self.allowed))})"}, status_code=400)
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
