@@ -8,7 +8,8 @@ No weights can be downloaded here, so the backbone is a Hugging Face ``CLIPModel
 projection 512) and random weights, saved as a local folder and loaded by ``load_backbone`` as a
 user's folder would be. Speed does not depend on the weights' values. Its tokenizer is
 character-level (a small vocabulary; the embedding lookup is a negligible share of the text
-tower), so a caption becomes more tokens than with CLIP's BPE: up to the 77 positions.
+tower), so a caption becomes more tokens than with CLIP's BPE: it fills ``data.max_words`` (32)
+positions.
 
 Images: the project's synthetic benchmark rendered at 256 px (JPEG). For images and for captions
 it times, interleaved over ``--rounds`` rounds (best round reported):
@@ -72,6 +73,7 @@ def vit_b32_folder(folder: Path) -> Path:
 
 @torch.no_grad()
 def flops_per_item(fn, n: int) -> float:
+    """FLOPs of ``fn()`` (a forward pass over ``n`` items) per item, by torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -80,6 +82,7 @@ def flops_per_item(fn, n: int) -> float:
 
 
 def matmul_gflops(rounds: int = 5) -> float:
+    """GFLOP/s of a float32 4096 x 768 by 768 x 3072 matmul, best of ``rounds``."""
     a, b = torch.randn(4096, 768), torch.randn(768, 3072)
     a @ b
     best = float("inf")
@@ -92,6 +95,7 @@ def matmul_gflops(rounds: int = 5) -> float:
 
 @torch.no_grad()
 def forward_images(model, pixels: torch.Tensor, batch: int) -> float:
+    """Seconds to encode preprocessed ``pixels`` in batches."""
     t0 = time.perf_counter()
     for a in range(0, len(pixels), batch):
         model.encode_images(pixels[a : a + batch])
@@ -100,6 +104,7 @@ def forward_images(model, pixels: torch.Tensor, batch: int) -> float:
 
 @torch.no_grad()
 def forward_texts(model, ids: torch.Tensor, mask: torch.Tensor, batch: int) -> float:
+    """Seconds to encode tokenized captions in batches."""
     t0 = time.perf_counter()
     for a in range(0, len(ids), batch):
         model.encode_texts(ids[a : a + batch], mask[a : a + batch])
@@ -107,6 +112,7 @@ def forward_texts(model, ids: torch.Tensor, mask: torch.Tensor, batch: int) -> f
 
 
 def timed_store(model, source, folder: Path, **kw) -> float:
+    """Seconds of ``encode_store`` from ``source`` into a fresh ``folder``."""
     shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()
     encode_store(model, source, folder, backbone_info={"name": "vit-b32-random", "sha256": "0" * 64}, **kw)

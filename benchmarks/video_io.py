@@ -99,8 +99,9 @@ def timed(loader, batches: list, full: list) -> float:
 
 
 def balanced(paths: list[Path], reads: int) -> list[Path]:
-    """The videos in turn, forwards then backwards, ``reads`` items in all (rounded up to whole
-    turns): two workers taking items in turn then get the same share of long and short videos."""
+    """The videos in turn, forwards then backwards, repeated up to ``reads`` items (at least one
+    turn: every video twice), so that two workers taking items in turn get the same share of long
+    and short videos."""
     turn = paths + paths[::-1]
     return (turn * -(-reads // len(turn)))[: max(reads, len(turn))]
 
