@@ -211,6 +211,15 @@ def test_the_index_timeline_is_refused_unless_it_holds():
         assert video._index_timeline(_Container(packets), stream) is None, why
 
 
+def test_the_index_timeline_leaves_long_gops_to_the_packet_pass(monkeypatch):
+    """Each GOP a seek enters is held in memory: a GOP over GOP_MAX frames (at worst the whole
+    video, with one keyframe) is not read that way."""
+    entries = [_Entry(t, key=k in (0, 4, 8)) for k, t in enumerate(range(12))]
+    assert video._index_timeline(_Container(list(range(12))), _Stream(entries)) is not None
+    monkeypatch.setattr(video, "GOP_MAX", 3)
+    assert video._index_timeline(_Container(list(range(12))), _Stream(entries)) is None
+
+
 def test_variable_frame_rate_is_decoded_from_the_start_unless_told_to_seek(clips, monkeypatch):
     want = read_video_frames(clips["vfr"], 12, method="decode")
     assert [index_of(f) for f in want] == uniform_frame_indices(150, 12)

@@ -145,8 +145,9 @@ def _affine(ts: list[int]) -> bool:
     return step > 0 and bool(np.all(np.abs(t - ts[0] - np.arange(n) * step) <= tol))
 
 
-#: The index path reads the packets of the first GOP; past this many it reads all of them instead.
-FIRST_GOP_MAX = 2000
+#: The index path holds the packets of each GOP it enters; a video with a longer GOP goes to the
+#: packet pass instead (no whole video read into memory per seek).
+GOP_MAX = 2000
 
 
 def _index_timeline(container, stream) -> _Timeline | None:
@@ -166,9 +167,9 @@ def _index_timeline(container, stream) -> _Timeline | None:
             key.append(k)
     if not key or key[0] != 0 or not _affine(dts):
         return None
-    first = key[1] if len(key) > 1 else len(dts)
-    if first > FIRST_GOP_MAX:
+    if max(b - a for a, b in zip(key, key[1:] + [stated])) > GOP_MAX:
         return None
+    first = key[1] if len(key) > 1 else len(dts)
     seen = []
     for packet in container.demux(stream):
         if packet.size == 0:
