@@ -18,7 +18,7 @@ from ._version import __version__
 from .errors import FileError, UserError
 
 __all__ = ["LOCK_FILE", "FolderBusy", "atomic_path", "check_writable", "folder_lock", "machine", "machine_info",
-           "read_safetensors", "remove_temporaries", "write_text_atomic"]
+           "read_safetensors", "remove_temporaries", "usable_cores", "write_text_atomic"]
 
 #: The lock file inside an output folder (see :func:`folder_lock`).
 LOCK_FILE = ".tokenflow.lock"
@@ -143,6 +143,11 @@ def read_safetensors(path: str | Path, what: str = "weights") -> dict[str, torch
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
         raise FileError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def machine_info() -> dict:

@@ -87,6 +87,7 @@ import torch
 from torch import Tensor
 
 from ..tokens import Tokens
+from ..utils import usable_cores
 from ._ops import normalise_mass, safe_log
 from .base import Aligner
 from .block import BlockContext, global_weights, token_sim
@@ -363,7 +364,7 @@ def exact_workers() -> int:
     env = os.environ.get("TOKENFLOW_EXACT_WORKERS")
     if env:
         return max(1, int(env))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
