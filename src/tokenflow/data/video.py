@@ -41,12 +41,14 @@ import os
 from bisect import bisect_right
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from .._extras import require
+from ..utils import usable_cores
 from .errors import MediaError
 
 __all__ = ["Method", "count_frames", "read_video_frames", "seek_threads", "uniform_frame_indices"]
@@ -129,6 +131,11 @@ class _Timeline:
     #: checked against it and against ``pts`` before it is decoded (None: from the packet pass).
     dts: list[int] | None = None
 
+    @cached_property
+    def index(self) -> dict[int, int]:
+        """pts -> frame index."""
+        return {p: k for k, p in enumerate(self.pts)}
+
     def trusted(self) -> bool:
         """Whether ``method="auto"`` may seek on these timestamps."""
         return bool(self.pts) and (self.stated in (0, len(self.pts))) and _affine(self.pts)
@@ -169,18 +176,13 @@ def _index_timeline(container, stream) -> _Timeline | None:
         return None
     if max(b - a for a, b in zip(key, key[1:] + [stated])) > GOP_MAX:
         return None
-    first = key[1] if len(key) > 1 else len(dts)
-    seen = []
-    for packet in container.demux(stream):
-        if packet.size == 0:
-            continue
-        if packet.pts is None or packet.is_discard:
-            return None
-        seen.append(packet.pts)
-        if len(seen) == first:
-            break
+    end = key[1] if len(key) > 1 else len(dts)  # of the first GOP
+    first = _read_packets(container.demux(stream), end)
+    if any(p.pts is None or p.is_discard for p in first):
+        return None
+    seen = [p.pts for p in first]
     shift = min(seen, default=0) - dts[0]
-    if sorted(seen) != [d + shift for d in dts[:first]]:
+    if sorted(seen) != [d + shift for d in dts[:end]]:
         return None
     return _Timeline([d + shift for d in dts], key, stated, dts)
 
@@ -212,18 +214,23 @@ def _decode_skipping(packets, stream, keep: set[int]):
         yield from packet.decode()
 
 
+def _read_packets(packets, n: int) -> list:
+    """The next ``n`` packets that carry data (fewer at the end of the stream)."""
+    out = []
+    for packet in packets:
+        if packet.size:
+            out.append(packet)
+            if len(out) == n:
+                break
+    return out
+
+
 def _gop_packets(packets, line: _Timeline, key: int, end: int) -> list | None:
     """The packets of frames ``key .. end - 1`` in decoding order, read right after seeking to
     frame ``key``; None unless they are what the index says: the seek landed on ``key`` and the
     GOP's decoding times are the index's and its presentation times are ``line.pts[key:end]`` in
     some order (so the frames shown in it are exactly those numbered ``key .. end - 1``)."""
-    gop = []
-    for packet in packets:
-        if packet.size == 0:
-            continue
-        gop.append(packet)
-        if len(gop) == end - key:
-            break
+    gop = _read_packets(packets, end - key)
     if [p.dts for p in gop] != line.dts[key:end]:
         return None
     shown = sorted(p.pts for p in gop) if all(p.pts is not None for p in gop) else None
@@ -233,7 +240,7 @@ def _gop_packets(packets, line: _Timeline, key: int, end: int) -> list | None:
 def _seek_frames(container, stream, line: _Timeline, wanted: list[int]) -> dict | None:
     """The frames ``wanted`` (sorted indices) by seeking; None when the decoder disagrees with
     ``line`` (the caller then decodes from the start)."""
-    index = {p: k for k, p in enumerate(line.pts)}
+    index = line.index
     keep = {line.pts[t] for t in wanted}
     out: dict = {}
     frames, cur = None, -1  # the running decoder and the index of its last frame
@@ -271,8 +278,7 @@ def seek_threads(wanted: int) -> int:
     machine with 2 cores or more, for 4 sampled frames or more; else 1. (Loader workers already
     keep the cores busy: measured on 2 cores, a second thread gains 16-19 % with no workers and
     loses 2-8 % with two.)"""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if wanted < 4 or cores < 2:
+    if wanted < 4 or usable_cores() < 2:
         return 1
     from torch.utils.data import get_worker_info
 
@@ -295,13 +301,21 @@ def _seek_split(path: Path, container, stream, line: _Timeline, wanted: list[int
 
 
 def _seek_in(path: Path, line: _Timeline, wanted: list[int]) -> dict | None:
-    container = _open(path)
+    container, stream = _open_for_seeking(path)
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "SLICE"
         return _seek_frames(container, stream, line, wanted)
     finally:
         container.close()
+
+
+def _open_for_seeking(path: Path):
+    """``path`` opened, and its video stream set to decode with slice threads, not frame threads:
+    a frame-threaded decoder refills its pipeline after every seek (measured on 2-3 min H.264
+    clips: 0.17 s a video with slices, 0.22 s with AUTO)."""
+    container = _open(path)
+    stream = container.streams.video[0]
+    stream.thread_type = "SLICE"
+    return container, stream
 
 
 def _read_seeking(path: Path, num_frames: int, method: Method) -> list | None:
@@ -309,12 +323,8 @@ def _read_seeking(path: Path, num_frames: int, method: Method) -> list | None:
     av = require("av", "video", "reading videos")
 
     for timeline in (_index_timeline, _timeline):
-        container = _open(path)
+        container, stream = _open_for_seeking(path)
         try:
-            stream = container.streams.video[0]
-            # Slice threads, not frame threads: a frame-threaded decoder refills its pipeline after
-            # every seek (measured on 2-3 min H.264 clips: 0.17 s a video with slices, 0.22 s with AUTO).
-            stream.thread_type = "SLICE"
             line = timeline(container, stream)
             if line is None or not line.pts or (method == "auto" and not line.trusted()):
                 continue
