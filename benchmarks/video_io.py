@@ -10,8 +10,9 @@ look like a real encode's. Six MSR-VTT-like clips (10-30 s) and three ActivityNe
 (2-3 min); ``--quick``: three of 4-6 s and one of 30 s. For every group and every reader it
 reports videos/s with 0 and 2 DataLoader worker processes (one video per item, frames as a uint8
 tensor; each video read at least twice, in a balanced order, so that two workers get equal shares;
-the median of ``--rounds`` passes, interleaved between readers), then the training data loader (``PairDataset`` + ``collate_media``, batches of 4,
-clip_preprocess at 224) with and without the cache. Every path is checked to give the frames of
+the median of ``--rounds`` passes, interleaved between readers), then the training data loader
+(``PairDataset`` + ``collate_media``, batches of 4, clip_preprocess at 224) with and without the
+cache. Every path is checked to give the frames of
 decoding from the start before it is timed. Files are in the page cache (written just before).
 """
 
