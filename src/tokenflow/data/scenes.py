@@ -32,7 +32,7 @@ from pathlib import Path
 from .._extras import require
 from ..utils import atomic_path, write_text_atomic
 
-__all__ = ["SCENE_COLORS", "SCENE_SHAPES", "make_scenes", "render_scene", "scene_captions"]
+__all__ = ["PLACEMENTS", "SCENE_COLORS", "SCENE_SHAPES", "TEMPLATES", "make_scenes", "render_scene", "scene_captions"]
 
 SCENE_COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (235, 205, 40),
@@ -73,20 +73,31 @@ def render_scene(objects: list[dict], size: int, background: int):
     return img
 
 
-def _random_scene(rng: random.Random, size: int, grid: int, n_objects: int) -> list[dict]:
+def _random_scene(rng: random.Random, size: int, grid: int, n_objects: int, placement: str = "cell") -> list[dict]:
     combos = [(c, s) for c in SCENE_COLORS for s in SCENE_SHAPES]
     cells = rng.sample(range(grid * grid), n_objects)
     cell = size // grid
     objects = []
     for (color, shape), k in zip(rng.sample(combos, n_objects), cells, strict=True):
-        side = rng.randint(max(3, round(cell * 0.6)), cell)  # at least 60 % of the cell, so it covers its centre
-        x0 = (k % grid) * cell + rng.randint(0, cell - side)
-        y0 = (k // grid) * cell + rng.randint(0, cell - side)
+        if placement == "cell":  # one pixel short of the cell, centred: a patch sees one whole object
+            side = cell - 1
+            dx = dy = (cell - side) // 2
+        else:  # "jitter": 60-100 % of the cell at a random offset (covers the cell's centre)
+            side = rng.randint(max(3, round(cell * 0.6)), cell)
+            dx, dy = rng.randint(0, cell - side), rng.randint(0, cell - side)
+        x0, y0 = (k % grid) * cell + dx, (k // grid) * cell + dy
         objects.append({"color": color, "shape": shape, "box": [x0, y0, x0 + side, y0 + side]})
     return objects
 
 
-def scene_captions(objects: list[dict], rng: random.Random, n: int = 5, named: int = 3) -> list[tuple[str, list[int]]]:
+#: Caption templates: ``plain`` lists the named objects only; ``varied`` wraps the list in one
+#: of four phrasings, so the text encoder must also learn which words carry no content.
+TEMPLATES = {"plain": ("{}",), "varied": ("{}", "there is {}", "an image with {}", "{} on a grey background")}
+PLACEMENTS = ("cell", "jitter")
+
+
+def scene_captions(objects: list[dict], rng: random.Random, n: int = 5, named: int = 3,
+                   templates: str = "varied") -> list[tuple[str, list[int]]]:
     """``n`` captions, each naming a random subset of ``named`` objects in a random order;
     returns (caption, indices of the named objects)."""
     out = []
@@ -94,7 +105,7 @@ def scene_captions(objects: list[dict], rng: random.Random, n: int = 5, named: i
         idx = rng.sample(range(len(objects)), min(named, len(objects)))
         parts = [f"a {objects[i]['color']} {objects[i]['shape']}" for i in idx]
         listed = ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
-        template = rng.choice(("{}", "there is {}", "an image with {}", "{} on a grey background"))
+        template = rng.choice(TEMPLATES[templates])
         out.append((template.format(listed), idx))
     return out
 
@@ -122,7 +133,8 @@ def _positives(images: list[dict], objects: dict[str, list[dict]], named: dict[i
 
 
 def make_scenes(out: str | Path, sizes: tuple[int, int, int] = (1000, 100, 100), pretrain: tuple[int, int] = (0, 0),
-                image_size: int = 32, grid: int = 4, objects: int = 5, named: int = 3, seed: int = 0) -> Path:
+                image_size: int = 32, grid: int = 4, objects: int = 5, named: int = 3, seed: int = 0,
+                placement: str = "cell", templates: str = "varied") -> Path:
     """Write the scenes task under ``out``; returns ``out``.
 
     Args:
@@ -130,7 +142,17 @@ def make_scenes(out: str | Path, sizes: tuple[int, int, int] = (1000, 100, 100),
         pretrain: images in the pretraining split's train and val (``out/pretrain``); (0, 0) for none.
         image_size: canvas side in pixels; ``grid`` x ``grid`` cells, one object per cell at most.
         objects: objects per image (distinct colour-shape pairs); ``named``: objects per caption.
+        placement: ``cell`` draws every object one pixel short of its cell, centred, so that each
+            patch of a ``image_size / grid`` patch encoder sees one whole object; ``jitter`` draws
+            it at 60-100 % of the cell at a random offset, a harder recognition problem for every
+            method.
+        templates: ``plain`` (the object list alone) or ``varied`` (one of four phrasings), see
+            :data:`TEMPLATES`.
     """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    if templates not in TEMPLATES:
+        raise ValueError(f"templates must be one of {', '.join(TEMPLATES)}, got {templates!r}")
     if image_size % grid:
         raise ValueError(f"image_size {image_size} must be a multiple of grid {grid}")
     if not 1 <= objects <= grid * grid or not 1 <= named <= objects:
@@ -149,12 +171,12 @@ def make_scenes(out: str | Path, sizes: tuple[int, int, int] = (1000, 100, 100),
             for _ in range(n):
                 k = first_id + len(images)
                 name = f"{k:06d}.png"
-                scene = _random_scene(rng, image_size, grid, objects)
+                scene = _random_scene(rng, image_size, grid, objects, placement)
                 img = render_scene(scene, image_size, rng.randint(100, 140))
                 with atomic_path(img_dir / name) as tmp:
                     img.save(tmp, format="PNG")
                 sents = []
-                for text, idx in scene_captions(scene, rng, 5, named):
+                for text, idx in scene_captions(scene, rng, 5, named, templates):
                     sents.append({"raw": text, "tokens": text.replace(",", "").split(), "imgid": k, "sentid": sentid})
                     named_by_sent[sentid] = idx
                     sentid += 1
