@@ -6,10 +6,9 @@ Layout of a store folder (every file written atomically, ``manifest.json`` last)
     shard-00000.scales.npy   [n, L] float32 per-token scale (int8 only): feats = tokens * scale
     shard-00000.mask.npy     bool [n, L], True where a token is real (padded features are zeros)
     shard-00000.global.npy   [n, D] float32 global features
-    shard-00000.json         the shard's ids, paths (a text store: the texts), skipped inputs and
-                             the sha256 of its files;
-                             written after its ``.npy`` files, so it marks the shard finished
-    manifest.json            format version, backbone (name + sha256), kind, dim, max_tokens,
+    shard-00000.json         ids, paths (texts), skipped inputs, files' sha256; written after the .npy: done
+    manifest.json            format version, backbone (name + sha256; null if imported), source
+                             (imported: model, note, files' sha256; see importer.py), kind, dim, max_tokens,
                              dtype, tokens (modality, video tokens, frames), count, shards
                              (rows, files with bytes and sha256), version, date
 
@@ -46,7 +45,7 @@ StoreDtype = Literal["fp16", "fp32", "int8"]
 StoreKind = Literal["visual", "text"]
 _NP_DTYPE = {"fp16": np.float16, "fp32": np.float32, "int8": np.int8}
 #: Settings that every shard of a store shares; a re-run with other values is refused.
-_SHARED = ("kind", "backbone", "dim", "max_tokens", "dtype", "shard_size", "tokens")
+_SHARED = ("kind", "backbone", "dim", "max_tokens", "dtype", "shard_size", "tokens", "source")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -92,7 +91,7 @@ class StoreWriter:
     Args:
         folder: the store folder (created; locked while the writer is open).
         kind: ``"visual"`` (images, videos) or ``"text"``.
-        backbone: what encoded the features, at least ``{"name": ..., "sha256": ...}``.
+        backbone: what encoded the features, at least ``{"name": ..., "sha256": ...}`` (None: ``source``).
         dtype: token storage: ``"fp16"`` (default), ``"fp32"`` or ``"int8"`` (per-token scale).
         shard_size: rows per shard (the last one may hold fewer).
         max_tokens: L of the store; default: that of the first batch. A later batch with more
@@ -101,19 +100,20 @@ class StoreWriter:
             "video_tokens": "patches", "frames": 12}``), so readers need not guess it from L.
     """
 
-    def __init__(self, folder: str | Path, *, kind: StoreKind, backbone: dict, dtype: StoreDtype = "fp16",
-                 shard_size: int = 4096, max_tokens: int | None = None, tokens: dict | None = None):
+    def __init__(self, folder: str | Path, *, kind: StoreKind, backbone: dict | None, dtype: StoreDtype = "fp16",
+                 shard_size: int = 4096, max_tokens: int | None = None, tokens: dict | None = None,
+                 source: dict | None = None):
         if kind not in ("visual", "text"):
             raise ValueError(f"kind must be 'visual' or 'text', got {kind!r}")
         if dtype not in _NP_DTYPE:
             raise ValueError(f"dtype must be one of {sorted(_NP_DTYPE)}, got {dtype!r}")
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-        if "name" not in backbone:
-            raise ValueError("backbone must name the encoder: {'name': ..., 'sha256': ...}")
+        if (backbone is None) == (source is None) or (backbone is not None and "name" not in backbone):
+            raise ValueError("backbone must name the encoder: {'name': ..., 'sha256': ...} (or None with a source)")
         self.folder = Path(folder)
-        self.settings = {"kind": kind, "backbone": dict(backbone), "dim": None, "max_tokens": max_tokens,
-                         "dtype": dtype, "shard_size": shard_size, "tokens": tokens}
+        self.settings = {"kind": kind, "backbone": backbone and dict(backbone), "dim": None, "max_tokens": max_tokens,
+                         "dtype": dtype, "shard_size": shard_size, "tokens": tokens, "source": source}
         self._lock = folder_lock(self.folder)
         self._lock.__enter__()
         self._closed = False
@@ -309,7 +309,7 @@ class FeatureStore:
         self.manifest = _read_manifest(self.folder)
         m = self.manifest
         self.kind, self.dim, self.max_tokens, self.dtype = m["kind"], m["dim"], m["max_tokens"], m["dtype"]
-        self.backbone = m["backbone"]
+        self.backbone = m["backbone"] or {}  # {} for imported features: see manifest["source"]
         self.tokens_info: dict | None = m.get("tokens")  # modality, video_tokens, frames (see StoreWriter)
         self._offsets = np.cumsum([0] + [s["rows"] for s in m["shards"]])
         for s in m["shards"]:
