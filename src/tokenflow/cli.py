@@ -428,6 +428,7 @@ def _add_serve(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``tokenflow`` parser with every subcommand."""
     from . import bench
+    from .eval import compositional_cli
     from .index import commands as search_commands
 
     parser = argparse.ArgumentParser(prog="tokenflow", description=__doc__)
@@ -436,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     bench.add_parser(sub)
     search_commands.add_parsers(sub, _hparam)
+    compositional_cli.add_parser(sub, _hparam)
     for add in (_add_make_data, _add_convert_captions, _add_evaluate, _add_demo, _add_ablate, _add_explain,
                 _add_train):
         add(sub)

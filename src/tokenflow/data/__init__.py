@@ -6,14 +6,17 @@ from pathlib import Path
 
 from .activitynet import load_activitynet
 from .base import MediaDataset, MediaError, RetrievalSplit, collate_media, find_media, load_image
+from .hard_negatives import HardNegative, read_hard_negatives, write_hard_negatives
 from .karpathy import coco_1k_folds, load_karpathy
 from .msrvtt import load_msrvtt
 from .msvd import convert_pickled_captions, load_msvd
+from .sugarcrepe import load_sugarcrepe
 from .synthetic import make_synthetic
 from .video import read_video_frames, uniform_frame_indices
 
 __all__ = [
     "DATASETS",
+    "HardNegative",
     "MediaDataset",
     "MediaError",
     "RetrievalSplit",
@@ -27,9 +30,12 @@ __all__ = [
     "load_msrvtt",
     "load_msvd",
     "load_split",
+    "load_sugarcrepe",
     "make_synthetic",
+    "read_hard_negatives",
     "read_video_frames",
     "uniform_frame_indices",
+    "write_hard_negatives",
 ]
 
 DATASETS = ("flickr30k", "coco", "msrvtt", "msvd", "activitynet")

@@ -17,6 +17,7 @@ reads as ``flickr30k``)::
     flickr30k-images/*.png
     positives.json           captions true of more images than their own (val and test)
     boxes.json               each object's words and pixel box, per image file (both folders)
+    hard_negatives.json      each test caption with one object's colour or shape replaced
     pretrain/                the same layout for the pretraining images (train + val, positives.json)
 
 PNG, not JPEG: at 32 pixels JPEG's halved colour resolution smears an 8-pixel object's colour
@@ -27,12 +28,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 from .._extras import require
 from ..utils import atomic_path, write_text_atomic
 
-__all__ = ["PLACEMENTS", "SCENE_COLORS", "SCENE_SHAPES", "TEMPLATES", "make_scenes", "render_scene", "scene_captions"]
+__all__ = ["PLACEMENTS", "SCENE_COLORS", "SCENE_SHAPES", "TEMPLATES", "make_scenes", "render_scene", "scene_captions",
+           "write_scene_negatives"]
 
 SCENE_COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (235, 205, 40),
@@ -198,4 +201,50 @@ def make_scenes(out: str | Path, sizes: tuple[int, int, int] = (1000, 100, 100),
         {"format": BOXES_FORMAT, "image_size": [image_size, image_size], "grid": grid,
          "note": "pixel boxes [x0, y0, x1, y1) of each object and the words that name it; keys are paths under "
                  "this folder", "items": boxes}))
+    write_scene_negatives(out, boxes, seed)
     return out
+
+
+def write_scene_negatives(out: Path, boxes: dict[str, list[dict]], seed: int = 0) -> Path | None:
+    """Write ``out/hard_negatives.json`` (generic format, :mod:`tokenflow.data.hard_negatives`):
+    every test caption of ``out/dataset_flickr30k.json`` with one false caption, in which one named
+    object's colour (category ``replace-color``) or shape (``replace-shape``) is replaced.
+
+    The new colour is one no object of the image has, where one is left; the new shape makes a
+    (colour, shape) pair that is not in the image (with four shapes an image often holds them
+    all). So the negative names an object the image does not hold. ``boxes`` is the generator's
+    ``{path: [{"words": [colour, shape], ...}]}``. Its own random stream leaves the scenes as they were.
+    Returns the file's path, or ``None`` without a test split (nothing written).
+    """
+    from .hard_negatives import write_hard_negatives
+
+    rng = random.Random(f"scenes-negatives-{seed}")
+    data = json.loads((out / "dataset_flickr30k.json").read_text())
+    entries = []
+    for im in data["images"]:
+        if im["split"] != "test":
+            continue
+        media = f"flickr30k-images/{im['filename']}"
+        objects = [tuple(o["words"]) for o in boxes[media]]
+        colors, shapes = {c for c, _ in objects}, {s for _, s in objects}
+        for sent in im["sentences"]:
+            text = sent["raw"]
+            words = text.replace(",", "").split()
+            named = [o for o in objects if any(words[i : i + 2] == list(o) for i in range(len(words) - 1))]
+            color, shape = rng.choice(named)
+            kind = rng.choice(("replace-color", "replace-shape"))
+            if kind == "replace-color":
+                options = [c for c in SCENE_COLORS if c not in colors] or [
+                    c for c in SCENE_COLORS if (c, shape) not in objects]
+                new = (rng.choice(options), shape)
+            else:
+                options = [s for s in SCENE_SHAPES if s not in shapes] or [
+                    s for s in SCENE_SHAPES if (color, s) not in objects]
+                new = (color, rng.choice(options))
+            false = re.sub(rf"\b{color} {shape}\b", " ".join(new), text, count=1)
+            entries.append({"image": media, "caption": text, "negatives": [false], "category": kind})
+    if not entries:
+        return None
+    return write_hard_negatives(out / "hard_negatives.json", entries, note=(
+        "test captions; in each negative one named object's colour or shape is replaced, so that it names an "
+        "object the image does not hold"))

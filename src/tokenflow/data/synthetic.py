@@ -11,10 +11,12 @@ Written formats (so the demo and tests run the real loaders):
 
     out/images/dataset_flickr30k.json       Karpathy split JSON, 5 captions per image
     out/images/flickr30k-images/*.jpg
+    out/images/hard_negatives.json          test captions with their twin's as the negative
     out/videos/MSRVTT_data.json             videos (with split) + sentences
     out/videos/MSRVTT_train.9k.csv          training video ids (train + validate)
     out/videos/MSRVTT_JSFUSION_test.csv     one caption per test video
     out/videos/MSRVTT_Videos/video*.mp4     H.264 mp4 files
+    out/videos/hard_negatives.json          test captions with their twin's as the negative
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ from pathlib import Path
 
 from .._extras import require
 from ..utils import atomic_path, write_text_atomic
+from .hard_negatives import write_hard_negatives
 
-__all__ = ["COLORS", "SHAPES", "make_synthetic"]
+__all__ = ["COLORS", "HARD_NEGATIVES_FILE", "SHAPES", "make_synthetic"]
+
+#: The hard-negative file written beside each benchmark's split file (generic format,
+#: :mod:`tokenflow.data.hard_negatives`): every test caption with its twin's caption as the negative.
+HARD_NEGATIVES_FILE = "hard_negatives.json"
+TWIN_NOTE = ("test split: each caption of an item with the caption its twin gets from the same template, which "
+             "binds the same words otherwise (colours, sides or sizes swapped; events reversed)")
 
 COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230),
@@ -165,11 +174,12 @@ def make_images(out: Path, sizes: tuple[int, int, int] = (1000, 100, 100), image
     rng = random.Random(seed)
     img_dir = out / "flickr30k-images"
     img_dir.mkdir(parents=True, exist_ok=True)
-    images, sentid = [], 0
+    images, sentid, negatives = [], 0, []
     for split, n in zip(("train", "val", "test"), sizes):
         for _ in range(n // 2):
             a, b = _random_pair(rng)
-            for left, right in ((a, b), _image_twin(a, b, rng)):
+            pair = ((a, b), _image_twin(a, b, rng))
+            for t, (left, right) in enumerate(pair):
                 k = len(images)
                 name = f"{k:06d}.{fmt}"
                 img = _render_image(left, right, image_size, rng)
@@ -182,9 +192,33 @@ def make_images(out: Path, sizes: tuple[int, int, int] = (1000, 100, 100), image
                 images.append({"filename": name, "imgid": k, "split": split, "sentids": [s["sentid"] for s in sents],
                                "sentences": sents})
                 sentid += len(sents)
+                if split == "test":
+                    negatives += _twin_negatives(f"flickr30k-images/{name}", (left, right), pair[1 - t], caps)
     path = out / "dataset_flickr30k.json"
     write_text_atomic(path, json.dumps({"dataset": "flickr30k", "images": images}))
+    if negatives:  # a test split
+        write_hard_negatives(out / HARD_NEGATIVES_FILE, negatives, note=TWIN_NOTE)
     return path
+
+
+def twin_kind(scene: tuple[Obj, Obj], twin: tuple[Obj, Obj]) -> str:
+    """How ``twin`` rebinds the objects of ``scene``: ``swap-colors``, ``swap-sides`` or ``swap-sizes``
+    (for videos, ``swap-order``)."""
+    (a, b), (c, d) = scene, twin
+    if (c, d) == (b, a):
+        return "swap-sides"
+    if c.color == b.color and d.color == a.color:
+        return "swap-colors"
+    return "swap-sizes"
+
+
+def _twin_negatives(media: str, scene: tuple[Obj, Obj], twin: tuple[Obj, Obj], captions: list[str]) -> list[dict]:
+    """One hard-negative entry per caption of ``scene``: the twin's caption from the same template
+    (left out where the template does not mention what the twin changes, e.g. sizes)."""
+    false = dict(zip(image_captions(*scene), image_captions(*twin), strict=True))
+    kind = twin_kind(scene, twin)
+    return [{"image": media, "caption": c, "negatives": [false[c]], "category": kind}
+            for c in captions if false[c] != c]
 
 
 def make_videos(out: Path, sizes: tuple[int, int, int] = (200, 50, 50), frame_size: int = 64, n_frames: int = 16,
@@ -194,7 +228,7 @@ def make_videos(out: Path, sizes: tuple[int, int, int] = (200, 50, 50), frame_si
     rng = random.Random(seed + 1)
     vid_dir = out / "MSRVTT_Videos"
     vid_dir.mkdir(parents=True, exist_ok=True)
-    videos, sentences, test_rows, train_ids = [], [], [], []
+    videos, sentences, test_rows, train_ids, negatives = [], [], [], [], []
     official = {"train": "train", "val": "validate", "test": "test"}
     for split, n in zip(("train", "val", "test"), sizes):
         for _ in range(n // 2):
@@ -204,6 +238,10 @@ def make_videos(out: Path, sizes: tuple[int, int, int] = (200, 50, 50), frame_si
                 vid = f"video{len(videos)}"
                 _render_video(vid_dir / f"{vid}.mp4", first, second, e1, e2, frame_size, n_frames, fps, rng)
                 caps = video_captions(first, second, e1, e2)
+                if split == "test":  # the twin: the same events in the other order
+                    negatives += [{"video": f"MSRVTT_Videos/{vid}.mp4", "caption": c, "negatives": [f],
+                                   "category": "swap-order"}
+                                  for c, f in zip(caps, video_captions(second, first, e2, e1), strict=True)]
                 videos.append({"category": 0, "url": "", "video_id": vid, "start time": 0.0,
                                "end time": n_frames / fps, "split": official[split], "id": len(videos)})
                 for c in caps:
@@ -217,6 +255,8 @@ def make_videos(out: Path, sizes: tuple[int, int, int] = (200, 50, 50), frame_si
                                                             "sentences": sentences}))
     write_text_atomic(out / "MSRVTT_train.9k.csv", _csv(["video_id"], [{"video_id": v} for v in train_ids]))
     write_text_atomic(out / "MSRVTT_JSFUSION_test.csv", _csv(["key", "vid_key", "video_id", "sentence"], test_rows))
+    if negatives:  # a test split
+        write_hard_negatives(out / HARD_NEGATIVES_FILE, negatives, note=TWIN_NOTE)
     return out
 
 
