@@ -178,6 +178,10 @@ def _ablate(args) -> int:
 def _explain(args) -> int:
     from .viz import explain, render
 
+    if args.negative is not None:  # a true and a false caption, side by side
+        from .viz.contrast import contrast_command
+
+        return contrast_command(args)
     objects = None
     if args.boxes is not None:
         from .eval.pointing import boxes_for, read_boxes
@@ -357,6 +361,9 @@ def _add_explain(sub) -> None:
     p.add_argument("--model", required=True, type=Path, help="a trained model folder (run.out/best)")
     p.add_argument("--media", required=True, type=Path, help="an image or a video (its middle frame is shown)")
     p.add_argument("--caption", required=True, help="the text of the match to explain")
+    p.add_argument("--negative", default=None, metavar="TEXT",
+                   help="a false caption of the same image: draw both plans side by side and print which word "
+                        "pairs moved the score")
     p.add_argument("--aligner", default=None, choices=list_aligners(), help="default: the model's plan")
     p.add_argument("--direction", choices=("t2v", "v2t"), default="t2v",
                    help="the plan of text->visual (t2v, default) or visual->text")
