@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tokenflow import Tokens, get_aligner
-from tokenflow.data.hard_negatives import HardNegative, write_hard_negatives
+from tokenflow.data.hard_negatives import HardNegative, read_hard_negatives, write_hard_negatives
 from tokenflow.eval.compositional import (EncodedItems, accuracy_report, evaluate_compositional,
                                           format_compositional_table, wilson_interval)
 
@@ -172,7 +172,6 @@ def tiny_model_dir(synth, tmp_path_factory):
 
 
 def test_end_to_end_on_the_synthetic_twins_equals_the_naive_loop(synth, tiny_model_dir):
-    from tokenflow.data.hard_negatives import read_hard_negatives
     from tokenflow.data.base import load_image
     from tokenflow.models import RetrievalModel
 
@@ -222,3 +221,57 @@ def test_cli_names_the_file_and_entry_of_a_missing_image(tmp_path, tiny_model_di
                  "--model", str(tiny_model_dir)]) == 2
     err = capsys.readouterr().err
     assert f"{path} entry 0" in err and "nowhere.png not found" in err
+
+
+def test_videos_are_scored_like_images(synth, tiny_model_dir):
+    from tokenflow.models import RetrievalModel
+
+    items = read_hard_negatives(synth / "videos" / "hard_negatives.json")
+    model = RetrievalModel.from_pretrained(tiny_model_dir)
+    report = evaluate_compositional(model.backbone, items, model.aligner, num_frames=4, batch_size=2)
+    assert report["evaluated"] == {"items": len(items), "images": len({it.media for it in items}),
+                                   "texts": len({t for it in items for t in it.texts})}
+    assert list(report["scores"]["fused"]["categories"]) == ["swap-order"]
+
+
+def test_an_unreadable_image_names_its_entry(tmp_path, tiny_model_dir):
+    from tokenflow.errors import FileError
+    from tokenflow.models import RetrievalModel
+
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    path = write_hard_negatives(tmp_path / "hn.json", [{"image": "broken.png", "caption": "a red circle",
+                                                        "negatives": ["a blue circle"]}])
+    model = RetrievalModel.from_pretrained(tiny_model_dir)
+    with pytest.raises(FileError, match=rf"{path} entry 0: .*broken\.png: cannot decode image"):
+        evaluate_compositional(model.backbone, read_hard_negatives(path), model.aligner)
+
+
+def test_cli_on_sugarcrepe_files(tmp_path, tiny_model_dir, synth, capsys):
+    import json
+    import shutil
+
+    from tokenflow.cli import main
+
+    src = sorted((synth / "images" / "flickr30k-images").iterdir())[:2]
+    images = tmp_path / "val2017"
+    images.mkdir()
+    for k, p in enumerate(src):
+        shutil.copyfile(p, images / f"00000000000{k}.jpg")
+    ann = tmp_path / "data"
+    ann.mkdir()
+    entries = {str(k): {"filename": f"00000000000{k}.jpg", "caption": f"a red circle {k}",
+                        "negative_caption": f"a blue circle {k}"} for k in range(2)}
+    (ann / "swap_att.json").write_text(json.dumps(entries))
+    (ann / "add_obj.json").write_text(json.dumps({"0": entries["1"]}))
+    out = tmp_path / "r.json"
+    assert main(["evaluate-compositional", "--benchmark", "sugarcrepe", "--annotations", str(ann), "--images",
+                 str(images), "--model", str(tiny_model_dir), "--aligner", "none", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    fused = report["scores"]["fused"]
+    assert {n: c["items"] for n, c in fused["categories"].items()} == {"add_obj": 1, "swap_att": 2}
+    assert set(report["scores"]) == {"fused", "global"} and report["aligner"] is None
+    assert report["benchmark"]["categories"] == ["add_obj", "swap_att"]
+    capsys.readouterr()
+    assert main(["evaluate-compositional", "--benchmark", "sugarcrepe", "--annotations", str(ann),
+                 "--model", str(tiny_model_dir)]) == 2
+    assert "--images: SugarCrepe needs the COCO val2017 image folder" in capsys.readouterr().err
