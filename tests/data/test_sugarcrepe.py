@@ -119,7 +119,7 @@ def test_sugarcrepe_bad_input_names_the_file_and_the_entry(tmp_path):
     with pytest.raises(FileError, match=r"swap_att\.json entry '1': image .*missing\.jpg not found"):
         load_sugarcrepe(ann, images)
     write_sugarcrepe(ann, {"0": good, "7": {**good, "negative_caption": "  "}})
-    with pytest.raises(FileError, match=r"swap_att\.json entry '7': negative 0 is empty"):
+    with pytest.raises(FileError, match=r"swap_att\.json entry '7': negative_caption is empty"):
         load_sugarcrepe(ann, images)
     write_sugarcrepe(ann, {"0": {**good, "caption": ""}})
     with pytest.raises(FileError, match=r"swap_att\.json entry '0': caption is empty"):

@@ -74,13 +74,14 @@ def _text(value, where: str, what: str) -> str:
 
 
 def make_item(media: Path, caption, negatives, category, where: str, *, check_media: bool = True,
-              kind: str = "image") -> HardNegative:
+              kind: str = "image", negative_names: list[str] | None = None) -> HardNegative:
     """Check one entry's values and build its :class:`HardNegative`; ``where`` names the file and
-    entry in every message."""
+    entry in every message, ``negative_names`` the negatives' keys (default ``negative 0``, ...)."""
     caption = _text(caption, where, "caption")
     if isinstance(negatives, str) or not isinstance(negatives, list) or not negatives:
         raise FileError(f"{where}: negatives must be a non-empty list of captions")
-    negs = tuple(_text(n, where, f"negative {k}") for k, n in enumerate(negatives))
+    names = negative_names or [f"negative {k}" for k in range(len(negatives))]
+    negs = tuple(_text(n, where, name) for n, name in zip(negatives, names, strict=True))
     category = DEFAULT_CATEGORY if category is None else _text(category, where, "category")
     if check_media and not media.is_file():
         raise FileError(f"{where}: {kind} {media} not found")

@@ -86,5 +86,5 @@ def load_sugarcrepe(annotations: str | Path, images: str | Path, categories: Seq
             if not isinstance(e["filename"], str) or not e["filename"].strip():
                 raise FileError(f"{where}: filename is empty")
             items.append(make_item(images / e["filename"], e["caption"], [e["negative_caption"]], cat, where,
-                                   check_media=check_media))
+                                   check_media=check_media, negative_names=["negative_caption"]))
     return items

@@ -136,6 +136,9 @@ def contrast_command(args) -> int:
 
     if args.model is None or args.media is None or args.caption is None:
         raise UserError("tokenflow explain --negative needs --model, --media and --caption")
+    if getattr(args, "boxes", None) is not None:
+        print("tokenflow explain: note: --boxes (pointing accuracy) is for one caption; not used with --negative",
+              file=sys.stderr)
     con = explain_contrast(args.model, args.media, args.caption, args.negative, direction=args.direction,
                            aligner=args.aligner, num_frames=args.frames)
     render_contrast(con, args.out, top=args.top)
@@ -149,7 +152,7 @@ def contrast_command(args) -> int:
     for p in con.moved()[: max(args.top, 3)]:
         print(f"  {p['true'] or '(none)':>14} -> {p['false'] or '(none)':<14} {p['true_share']:.4f} -> "
               f"{p['false_share']:.4f} ({p['change']:+.4f})")
-    print(f"figure: {args.out}", file=sys.stdout)
+    print(f"figure: {args.out}")
     if args.json:
         write_text_atomic(args.json, json.dumps(con.to_dict(args.top), indent=2) + "\n")
     return 0
