@@ -29,16 +29,19 @@ CLIP_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
 
 
 class RetrievalModel(nn.Module):
-    """``sim = w_global * (v_bar . t_bar) + w_fine * s_dir``; training multiplies by ``exp(logit_scale)``."""
+    """``sim = w_global * (v_bar . t_bar) + w_fine * s_dir``; training multiplies by ``exp(logit_scale)``
+    (and adds ``logit_bias``, a parameter only for the sigmoid loss; it does not change rankings)."""
 
     def __init__(self, backbone: DualEncoder, aligner: Aligner | None, *, w_global: float = 1.0,
-                 w_fine: float = 1.0, logit_scale: float | None = None, max_logit_scale: float = 100.0) -> None:
+                 w_fine: float = 1.0, logit_scale: float | None = None, max_logit_scale: float = 100.0,
+                 logit_bias: float | None = None) -> None:
         super().__init__()
         self.backbone, self.aligner = backbone, aligner
         self.w_global, self.w_fine = float(w_global), float(w_fine) if aligner is not None else 0.0
         init = logit_scale or getattr(backbone, "initial_logit_scale", None) or CLIP_LOGIT_SCALE
         self.max_logit_scale = float(max_logit_scale)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(min(init, max_logit_scale)), dtype=torch.float32))
+        self.logit_bias = None if logit_bias is None else nn.Parameter(torch.tensor(float(logit_bias)))
 
     def scale(self) -> Tensor:
         """``exp(logit_scale)``."""
@@ -61,14 +64,15 @@ class RetrievalModel(nn.Module):
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Parameters that are not the backbone's (logit scale, plan weights)."""
-        own = [self.logit_scale]
+        own = [self.logit_scale] + ([] if self.logit_bias is None else [self.logit_bias])
         return own + ([] if self.aligner is None else list(self.aligner.parameters()))
 
     def head_config(self) -> dict:
         return {"aligner": None if self.aligner is None else self.aligner.name,
                 "hparams": {} if self.aligner is None else self.aligner.hparams(),
                 "w_global": self.w_global, "w_fine": self.w_fine,
-                "logit_scale": float(self.scale().detach()), "max_logit_scale": self.max_logit_scale}
+                "logit_scale": float(self.scale().detach()), "max_logit_scale": self.max_logit_scale,
+                **({} if self.logit_bias is None else {"logit_bias": float(self.logit_bias.detach())})}
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the backbone folder plus ``tokenflow.json`` (and ``aligner.safetensors``)."""
@@ -95,7 +99,8 @@ class RetrievalModel(nn.Module):
         if aligner is not None and (folder / "aligner.safetensors").is_file():
             aligner.load_state_dict(read_safetensors(folder / "aligner.safetensors", "plan weights"))
         return cls(backbone, aligner, w_global=head.get("w_global", 1.0), w_fine=head.get("w_fine", 1.0),
-                   logit_scale=head.get("logit_scale"), max_logit_scale=head.get("max_logit_scale", 100.0))
+                   logit_scale=head.get("logit_scale"), max_logit_scale=head.get("max_logit_scale", 100.0),
+                   logit_bias=head.get("logit_bias"))
 
 
 def hparam_problems(name: str, hparams: dict) -> list[str]:

@@ -9,6 +9,7 @@ next to the checkpoints as ``config.yaml``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,8 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import UserError
 from ..models.tiny import TinyConfig
 
-__all__ = ["CSConfig", "ConfigError", "DataConfig", "DistillConfig", "ModelConfig", "OptimConfig", "RunConfig",
-           "TrainConfig", "load_config"]
+__all__ = ["CSConfig", "ConfigError", "DataConfig", "DistillConfig", "LossConfig", "LossKind", "ModelConfig",
+           "OptimConfig", "RunConfig", "TrainConfig", "load_config"]
+
+LossKind = Literal["infonce", "sigmoid"]
 
 
 class ConfigError(UserError, ValueError):
@@ -69,7 +72,8 @@ class ModelConfig(_Strict):
     hparams: dict[str, Any] = Field(default_factory=dict, description="the plan's hyperparameters")
     w_global: float = Field(1.0, ge=0, description="weight of the global loss and similarity")
     w_fine: float = Field(1.0, ge=0, description="weight of the fine-grained loss and similarity")
-    logit_scale: float | None = Field(None, gt=0, description="initial logit scale; null: CLIP's own, or 1/0.07")
+    logit_scale: float | None = Field(None, gt=0, description="initial logit scale; null: the backbone's own (CLIP, "
+                                      "SigLIP), or 1/0.07; with loss.kind sigmoid: a SigLIP's own, else 10")
     max_logit_scale: float = Field(100.0, gt=0, description="the logit scale is clamped to this, as in CLIP")
     max_text_len: int | None = Field(None, ge=3, description="old name of data.max_words, still read: moved "
                                                              "there on load (both set and different: an error)")
@@ -124,6 +128,23 @@ class CSConfig(_Strict):
         return self
 
 
+class LossConfig(_Strict):
+    """The contrastive loss of the global and fine-grained scores (both get the same kind)."""
+
+    kind: LossKind = Field("infonce", description="infonce: CLIP's symmetric softmax loss; sigmoid: SigLIP's "
+                                                  "pairwise sigmoid loss with a learnable bias (Zhai et al., ICCV "
+                                                  "2023)")
+    bias: float | None = Field(None, description="sigmoid: initial bias b; null: a SigLIP backbone's own, else -10 "
+                                                 "(the paper's)")
+
+    @field_validator("bias")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
 class OptimConfig(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1, description="global batch: split evenly over the processes")
@@ -161,6 +182,7 @@ class TrainConfig(_Strict):
     model: ModelConfig
     distill: DistillConfig = DistillConfig()
     cs: CSConfig = CSConfig()
+    loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     run: RunConfig
 
@@ -168,6 +190,11 @@ class TrainConfig(_Strict):
     def _consistent(self) -> TrainConfig:
         if self.model.aligner is None and self.model.w_global == 0:
             raise ValueError("model.w_global is 0 and model.aligner is null: nothing to train")
+        if self.loss.kind == "sigmoid" and self.distill.enabled:
+            raise ValueError("loss.kind sigmoid: distill.enabled must be false (momentum distillation's soft "
+                             "targets are softmax distributions, for loss.kind infonce)")
+        if self.loss.kind == "infonce" and self.loss.bias is not None:
+            raise ValueError("loss.bias is the sigmoid loss's starting bias; set loss.kind: sigmoid or drop it")
         if self.model.max_text_len is not None:  # the old key: one resolved form, data.max_words
             if "max_words" in self.data.model_fields_set and self.data.max_words != self.model.max_text_len:
                 raise ValueError(f"model.max_text_len ({self.model.max_text_len}) is the old name of data.max_words "

@@ -16,6 +16,11 @@ item ids, so two captions of one item in a batch, or a queued copy, are both pos
 With distillation the EMA teacher scores the same rows and columns with its own features, and
 ``alpha * softmax(logit_scale * s_teacher) + (1 - alpha) * labels`` replaces the labels,
 separately for the global and the fine-grained terms (paper appendix B).
+
+With ``loss="sigmoid"`` both terms are SigLIP's pairwise sigmoid loss instead (Zhai et al.,
+ICCV 2023; :mod:`tokenflow.losses.sigmoid`), with the model's learnable ``logit_bias``. Under
+``torchrun`` the texts (pooled features and tokens) travel around a ring of processes instead of
+being all-gathered; only the plan's own terms and the CS term, when on, still gather.
 """
 
 from __future__ import annotations
@@ -27,14 +32,17 @@ from torch import Tensor, nn
 
 from ..align import Aligner
 from ..align.base import LossInputs, TrainingLosses
-from ..losses import FeatureQueue, contrastive_loss, cs_divergence, cs_divergence_tokens, distill_targets, id_targets
+from ..losses import (FeatureQueue, contrastive_loss, cs_divergence, cs_divergence_tokens, distill_targets,
+                      id_targets, ring_sigmoid_losses)
+from ..losses.sigmoid import INIT_BIAS, INIT_SCALE
+from ..models.base import DualEncoder
 from ..models.base import VideoTokens
 from ..models.retrieval import RetrievalModel
 from ..tokens import Tokens
-from .config import CSConfig
+from .config import CSConfig, LossKind
 from .distributed import DistInfo, all_gather_tokens, gather_ids, gather_sizes
 
-__all__ = ["Batch", "Objective", "StepOutput"]
+__all__ = ["Batch", "Objective", "StepOutput", "initial_logits"]
 
 
 @dataclass
@@ -90,13 +98,34 @@ def _with_queue(tok: Tokens, queue: FeatureQueue | None) -> Tokens:
     return tok if q is None else Tokens.cat([tok, q.to(tok.device, tok.dtype)])
 
 
+def initial_logits(kind: LossKind, backbone: DualEncoder, logit_scale: float | None = None,
+                   logit_bias: float | None = None) -> tuple[float | None, float | None]:
+    """The starting ``(logit scale, logit bias)`` of a loss: the given values where set. InfoNCE:
+    no bias, the scale left to :class:`RetrievalModel` (the backbone's own, or 1/0.07). Sigmoid:
+    the backbone's own pair when it was trained with this loss (a SigLIP folder), else the
+    paper's t = 10, b = -10 (a softmax-trained CLIP's scale does not carry over)."""
+    if kind == "infonce":
+        return logit_scale, None
+    own_bias = getattr(backbone, "initial_logit_bias", None)
+    own_scale = getattr(backbone, "initial_logit_scale", None) if own_bias is not None else None
+    scale = logit_scale if logit_scale is not None else own_scale if own_scale is not None else INIT_SCALE
+    bias = logit_bias if logit_bias is not None else own_bias if own_bias is not None else INIT_BIAS
+    return float(scale), float(bias)
+
+
 class Objective(nn.Module):
-    """Wraps a :class:`RetrievalModel` so that DDP sees the whole loss in one ``forward``."""
+    """Wraps a :class:`RetrievalModel` so that DDP sees the whole loss in one ``forward``.
+
+    ``loss``: ``"infonce"`` or ``"sigmoid"`` (the model then needs a ``logit_bias``)."""
 
     def __init__(self, model: RetrievalModel, video_tokens: VideoTokens = "frames", alpha: float = 0.4,
-                 cs: CSConfig | None = None) -> None:
+                 cs: CSConfig | None = None, loss: LossKind = "infonce") -> None:
         super().__init__()
-        self.model, self.video_tokens, self.alpha = model, video_tokens, alpha
+        if loss not in ("infonce", "sigmoid"):
+            raise ValueError(f"loss must be 'infonce' or 'sigmoid', got {loss!r}")
+        if loss == "sigmoid" and getattr(model, "logit_bias", None) is None:
+            raise ValueError("the sigmoid loss needs a model with a logit_bias (RetrievalModel(logit_bias=...))")
+        self.model, self.video_tokens, self.alpha, self.loss = model, video_tokens, alpha, loss
         self.cs = cs if cs is not None and (cs.weight or cs.token_weight) else None
 
     def _cs_terms(self, batch: Batch, vis: Tokens, txt: Tokens, vis_all: Tokens, txt_all: Tokens
@@ -143,42 +172,68 @@ class Objective(nn.Module):
             }
         return targets, (tvis_all, ttxt_all, ids_all)
 
+    def _sigmoid_terms(self, vis: Tokens, txt: Tokens, item_ids: Tensor, info: DistInfo, sizes: list[int]
+                       ) -> dict[str, Tensor]:
+        """The global and fine sigmoid losses of this process's visual rows against every
+        process's texts, the texts passed around the ring (their tokens too for a plan)."""
+        m = self.model
+        fine = m.aligner is not None and m.w_fine > 0
+
+        def score(chunk: Tokens) -> dict[str, list[Tensor]]:
+            out = {"global": [_acc(vis.pooled) @ _acc(chunk.pooled).T]}
+            if fine:
+                s = m.aligner.pairwise(vis, chunk, check=False)
+                out["fine"] = [_acc(s.v2t), _acc(s.t2v)]
+            return out
+
+        return ring_sigmoid_losses(score, txt, item_ids, item_ids, m.scale(), m.logit_bias, rank=info.rank,
+                                   world=info.world, sizes=sizes, tokens=fine)
+
     def forward(self, batch: Batch, info: DistInfo = DistInfo(), teacher: RetrievalModel | None = None,
                 queues: tuple[FeatureQueue, FeatureQueue] | None = None) -> StepOutput:
         m = self.model
         vis = m.encode_visual(batch.pixels, batch.frame_mask, self.video_tokens)
         txt = m.encode_text(batch.ids, batch.text_mask)
         sizes = gather_sizes(len(batch.item_ids), info, batch.item_ids.device)
-        ids_all = gather_ids(batch.item_ids, info, sizes)
-        qv, qt = queues if queues is not None else (None, None)
-        q_ids = None if qv is None else qv.item_ids()
-        col_ids = ids_all if q_ids is None else torch.cat([ids_all, q_ids])
-        vis_all, txt_all = all_gather_tokens(vis, info, sizes), all_gather_tokens(txt, info, sizes)
-        vis_cols, txt_cols = _with_queue(vis_all, qv), _with_queue(txt_all, qt)
-        labels_v2t = id_targets(batch.item_ids, col_ids)  # local pairs x columns; the same ids serve both sides
-        labels_t2v = labels_v2t.T
         scale = m.scale()
-        g_v2t, g_t2v, f_v2t, f_t2v = _scores(m.aligner, vis, txt, vis_cols, txt_cols, not info.enabled)
+        sigmoid = self.loss == "sigmoid"
+        if sigmoid and (teacher is not None or queues is not None):
+            raise ValueError("the sigmoid loss takes no teacher or queues (distillation's targets are softmaxes)")
+        # All-gathered columns: InfoNCE's, and what the plan's own terms and the CS term contrast.
+        plan_terms = m.aligner is not None and m.w_fine > 0 and isinstance(m.aligner, TrainingLosses)
+        gather = not sigmoid or plan_terms or self.cs is not None
+        qv, qt = queues if queues is not None else (None, None)
+        if gather:
+            ids_all = gather_ids(batch.item_ids, info, sizes)
+            q_ids = None if qv is None else qv.item_ids()
+            col_ids = ids_all if q_ids is None else torch.cat([ids_all, q_ids])
+            vis_all, txt_all = all_gather_tokens(vis, info, sizes), all_gather_tokens(txt, info, sizes)
+            vis_cols, txt_cols = _with_queue(vis_all, qv), _with_queue(txt_all, qt)
+            labels_v2t = id_targets(batch.item_ids, col_ids)  # local pairs x columns; the same ids serve both sides
+            labels_t2v = labels_v2t.T
 
-        targets = {"g": (labels_v2t, labels_t2v), "f": (labels_v2t, labels_t2v)}
         enqueue = None
-        if teacher is not None:
-            targets, enqueue = self._distill_targets(batch, teacher, info, sizes, queues, ids_all,
-                                                     (labels_v2t, labels_t2v), scale)
+        if sigmoid:
+            terms = self._sigmoid_terms(vis, txt, batch.item_ids, info, sizes)
+            loss_g, loss_f = terms["global"], terms.get("fine")
+        else:
+            g_v2t, g_t2v, f_v2t, f_t2v = _scores(m.aligner, vis, txt, vis_cols, txt_cols, not info.enabled)
+            targets = {"g": (labels_v2t, labels_t2v), "f": (labels_v2t, labels_t2v)}
+            if teacher is not None:
+                targets, enqueue = self._distill_targets(batch, teacher, info, sizes, queues, ids_all,
+                                                         (labels_v2t, labels_t2v), scale)
+            loss_g = contrastive_loss(g_v2t, g_t2v, scale, *targets["g"])
+            loss_f = None
+            if m.aligner is not None and m.w_fine > 0:
+                loss_f = contrastive_loss(f_v2t, f_t2v, scale, *targets["f"])
 
-        loss_g = contrastive_loss(g_v2t, g_t2v, scale, *targets["g"])
         loss = m.w_global * loss_g
         stats = {"loss_global": float(loss_g.detach())}
-        if m.aligner is not None and m.w_fine > 0:
-            loss_f = contrastive_loss(f_v2t, f_t2v, scale, *targets["f"])
+        if loss_f is not None:
             loss = loss + m.w_fine * loss_f
             stats["loss_fine"] = float(loss_f.detach())
-            # Method-specific terms (the set losses of mpa/dive), with the hard labels.
-            if isinstance(m.aligner, TrainingLosses):
-                extra = m.aligner.training_losses(LossInputs(vis, txt, vis_cols, txt_cols, labels_v2t, labels_t2v,
-                                                             scale))
-            else:
-                extra = {}
+        if plan_terms:  # method-specific terms (the set losses of mpa/dive), with the hard labels
+            extra = m.aligner.training_losses(LossInputs(vis, txt, vis_cols, txt_cols, labels_v2t, labels_t2v, scale))
             for name, (weight, value) in extra.items():
                 loss = loss + weight * value
                 stats[f"loss_{name}"] = float(value.detach())

@@ -56,7 +56,7 @@ from .checkpoint import (load_checkpoint, mark_finished, read_checkpoint_info, r
 from .config import ConfigError, TrainConfig
 from .data import PairDataset, StepBatchSampler, UnpairedPool, epoch_order
 from .distributed import DistInfo, all_gather_objects, all_gather_rows, all_gather_tokens, gather_sizes, shard
-from .objective import Batch, Objective
+from .objective import Batch, Objective, initial_logits
 from .runfolder import (config_changes, format_changes, kill_point, read_log, recover_model_dir, remove_leftovers,
                         save_model_dir)
 
@@ -94,8 +94,9 @@ def build_model(cfg: TrainConfig, train_split: RetrievalSplit) -> RetrievalModel
         except ValueError as e:
             raise ConfigError(f"data.max_words: {e}") from None
     aligner = None if m.aligner is None else aligner_for(m.aligner, m.hparams, dim=backbone.embed_dim)
-    return RetrievalModel(backbone, aligner, w_global=m.w_global, w_fine=m.w_fine, logit_scale=m.logit_scale,
-                          max_logit_scale=m.max_logit_scale)
+    scale, bias = initial_logits(cfg.loss.kind, backbone, m.logit_scale, cfg.loss.bias)
+    return RetrievalModel(backbone, aligner, w_global=m.w_global, w_fine=m.w_fine, logit_scale=scale,
+                          max_logit_scale=m.max_logit_scale, logit_bias=bias)
 
 
 def _no_decay(name: str, p: nn.Parameter) -> bool:
@@ -423,7 +424,7 @@ class Trainer:
         if cfg.distill.enabled:
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
             self.queues = (FeatureQueue(cfg.distill.queue), FeatureQueue(cfg.distill.queue))
-        objective = Objective(self.model, d.video_tokens, alpha=cfg.distill.alpha, cs=cfg.cs)
+        objective = Objective(self.model, d.video_tokens, alpha=cfg.distill.alpha, cs=cfg.cs, loss=cfg.loss.kind)
         self.runner: nn.Module = objective
         if self.info.enabled:
             self.runner = nn.parallel.DistributedDataParallel(
@@ -632,6 +633,8 @@ class Trainer:
         if step % run.log_every == 0 or step == total:
             self.log.write({"kind": "train", "step": step, "epoch": epoch, **stats,
                             "logit_scale": float(self.model.scale().detach()),
+                            **({} if self.model.logit_bias is None else
+                               {"logit_bias": float(self.model.logit_bias.detach())}),
                             "lr": self.optimizer.param_groups[0]["lr"], "pairs_per_s": round(rate, 2)})
             self.seen, self.t_log = 0, now
         end_of_epoch = step % self.steps_per_epoch == 0
