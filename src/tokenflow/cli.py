@@ -71,6 +71,12 @@ def _evaluate(args) -> int:
     from .models.retrieval import load_for_scoring
     from .utils import check_writable, write_text_atomic
 
+    if args.visual_store is not None or args.text_store is not None:  # features computed elsewhere
+        from .index.offline import evaluate_command
+
+        return evaluate_command(args)
+    if args.model is None:
+        raise UserError("tokenflow evaluate needs --model (a backbone folder), or --visual-store and --text-store")
     split = load_split(args.dataset, args.root, args.split, media=args.media)
     if args.positives:
         from .data.positives import add_positives
@@ -182,13 +188,18 @@ def _explain(args) -> int:
         from .viz.contrast import contrast_command
 
         return contrast_command(args)
-    objects = None
-    if args.boxes is not None:
+    objects, stored = None, args.visual_store is not None or args.text_store is not None
+    if stored:  # features computed elsewhere: no image, the flows and weights
+        from .index.offline import explain_stored
+    elif args.model is None or args.media is None or args.caption is None:
+        raise UserError("tokenflow explain needs --model, --media and --caption (or --visual-store, --text-store, "
+                        "--item and --text-id)")
+    if args.boxes is not None and not stored:
         from .eval.pointing import boxes_for, read_boxes
 
         objects = boxes_for(read_boxes(args.boxes), args.media)  # a bad sidecar fails before any work
-    expl = explain(args.model, args.media, args.caption, direction=args.direction, aligner=args.aligner,
-                   num_frames=args.frames)
+    expl = explain_stored(args) if stored else explain(args.model, args.media, args.caption, direction=args.direction,
+                                                       aligner=args.aligner, num_frames=args.frames)
     render(expl, args.out, top=args.top)
     words = [t for t in expl.tokens if not (t.startswith("<") and t.endswith(">"))]
     if not words:
@@ -273,6 +284,7 @@ def _add_convert_captions(sub) -> None:
 def _add_evaluate(sub) -> None:
     from .align import list_aligners
     from .data import DATASETS
+    from .index.offline import add_store_options
 
     p = sub.add_parser("evaluate", help="retrieval metrics of a backbone + aligner on a dataset split")
     p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset format of --root")
@@ -281,7 +293,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--media", type=Path, default=None, help="image/video folder if not the default one")
     p.add_argument("--positives", type=Path, default=None,
                    help="sidecar of captions true of several items (tokenflow-positives JSON): all count as correct")
-    p.add_argument("--model", required=True, type=Path, help="backbone folder (local CLIP or tiny)")
+    p.add_argument("--model", type=Path, default=None, help="backbone folder (local CLIP or tiny); with stores: "
+                   "only its plan and fusion weights")
+    add_store_options(p)
     p.add_argument("--aligner", default=None, choices=[*list_aligners(), "none"],
                    help="plan (default: the one saved with a trained model, else tokenflow)")
     p.add_argument("--hp", type=_hparam, action="append", metavar="NAME=VALUE", help="aligner hyperparameter")
@@ -356,15 +370,18 @@ def _add_ablate(sub) -> None:
 
 def _add_explain(sub) -> None:
     from .align import list_aligners
+    from .index.offline import add_store_options
 
     p = sub.add_parser("explain", help="figure 4: patch and word weights and the strongest flows of one match")
-    p.add_argument("--model", required=True, type=Path, help="a trained model folder (run.out/best)")
-    p.add_argument("--media", required=True, type=Path, help="an image or a video (its middle frame is shown)")
-    p.add_argument("--caption", required=True, help="the text of the match to explain")
+    p.add_argument("--model", type=Path, default=None, help="a trained model folder (run.out/best)")
+    p.add_argument("--media", type=Path, default=None, help="an image or a video (its middle frame is shown)")
+    p.add_argument("--caption", default=None, help="the text of the match to explain")
     p.add_argument("--negative", default=None, metavar="TEXT",
                    help="a false caption of the same image: draw both plans side by side and print which word "
                         "pairs moved the score")
-    p.add_argument("--aligner", default=None, choices=list_aligners(), help="default: the model's plan")
+    add_store_options(p, explain=True)
+    p.add_argument("--aligner", default=None, choices=list_aligners(), help="default: the model's plan (stores: "
+                   "tokenflow)")
     p.add_argument("--direction", choices=("t2v", "v2t"), default="t2v",
                    help="the plan of text->visual (t2v, default) or visual->text")
     p.add_argument("--top", type=int, default=4, help="arrows for this many word-patch pairs")

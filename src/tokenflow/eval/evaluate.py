@@ -136,13 +136,18 @@ def similarity(vis: Tokens, txt: Tokens, aligner: Aligner | None, *, w_global: f
     return (g + w_fine * s.v2t.float()).cpu(), (g + w_fine * s.t2v.float()).cpu()
 
 
-def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | None, *, w_global: float = 1.0,
+def evaluate(backbone: DualEncoder | dict, split: RetrievalSplit, aligner: Aligner | None, *, w_global: float = 1.0,
              w_fine: float = 1.0, batch_size: int = 64, num_frames: int = 12, video_tokens: VideoTokens = "frames",
              on_error: OnError = "fail", workers: int = 0, chunk: int | None = None, folds: int | None = None,
              progress: bool = False, encoded: Encoded | None = None, test_norm: str | None = None,
              test_norm_temperature: float | None = None, query_bank: Tokens | Sequence[str] | None = None,
-             qb_k: int = 1, bank_info: dict | None = None, rerank_top: int | None = None) -> dict:
+             qb_k: int = 1, bank_info: dict | None = None, rerank_top: int | None = None,
+             device: str | torch.device | None = None) -> dict:
     """Encode (unless ``encoded`` is given), score and measure; returns the JSON-ready report.
+
+    With features computed elsewhere (``encoded`` from feature stores, a Tokens ``query_bank``)
+    ``backbone`` may be a dict that describes them for the report; scoring runs on ``device``
+    (default: the backbone's, else the CPU).
 
     ``folds``: also report the mean metrics over consecutive folds of this many items (COCO's
     1K protocol: ``folds=1000`` on the 5K test split).
@@ -158,18 +163,19 @@ def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | No
     """
     if test_norm == "qbnorm" and query_bank is None:
         raise UserError("test-time normalisation qbnorm needs a query bank of training captions (query_bank)")
+    device = device or getattr(backbone, "device", "cpu")
     t0 = time.perf_counter()
     enc = encoded or encode_split(backbone, split, batch_size=batch_size, num_frames=num_frames,
                                   video_tokens=video_tokens, on_error=on_error, workers=workers, progress=progress)
     t1 = time.perf_counter()
     sim_v2t, sim_t2v = similarity(enc.vis, enc.txt, aligner, w_global=w_global, w_fine=w_fine, chunk=chunk,
-                                  device=backbone.device)
+                                  device=device)
     bank_t2v = None
     if test_norm == "qbnorm":
         bank = query_bank if isinstance(query_bank, Tokens) else encode_texts(backbone, list(query_bank),
                                                                             batch_size=batch_size, progress=progress)
         bank_t2v = similarity(enc.vis, bank, aligner, w_global=w_global, w_fine=w_fine, chunk=chunk,
-                              device=backbone.device)[1].T
+                              device=device)[1].T
         bank_info = {"texts": len(bank), **(bank_info or {})}
     t2 = time.perf_counter()
     timings = {"encode_s": round(enc.seconds, 3), "score_s": round(t2 - t1, 3),
@@ -178,7 +184,7 @@ def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | No
                               w_fine=w_fine, batch_size=batch_size, num_frames=num_frames, video_tokens=video_tokens,
                               on_error=on_error, folds=folds, skipped=enc.skipped, timings=timings)
     if rerank_top is not None:
-        sim_global = similarity(enc.vis, enc.txt, None, device=backbone.device)[0]
+        sim_global = similarity(enc.vis, enc.txt, None, device=device)[0]
         report["metrics_rerank"] = two_stage_metrics(sim_global, sim_v2t, sim_t2v, enc.split.positives(), rerank_top)
     if test_norm is not None:
         report["metrics_test_norm"] = normalised_metrics(
@@ -187,13 +193,14 @@ def evaluate(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | No
     return report
 
 
-def retrieval_report(backbone: DualEncoder, split: RetrievalSplit, aligner: Aligner | None,
+def retrieval_report(backbone: DualEncoder | dict, split: RetrievalSplit, aligner: Aligner | None,
                      evaluated: RetrievalSplit, sim_v2t: Tensor, sim_t2v: Tensor, *, w_global: float = 1.0,
                      w_fine: float = 1.0, batch_size: int = 64, num_frames: int = 12,
                      video_tokens: VideoTokens = "frames", on_error: OnError = "fail", folds: int | None = None,
                      skipped: Sequence[dict] = (), timings: dict | None = None) -> dict:
     """The report of :func:`evaluate` from similarities already computed: ``sim_v2t`` and
-    ``sim_t2v`` [N_visual, N_text] over ``evaluated`` (``split`` without its ``skipped`` items)."""
+    ``sim_t2v`` [N_visual, N_text] over ``evaluated`` (``split`` without its ``skipped`` items);
+    ``backbone``: the encoder, or a dict that describes features computed elsewhere."""
     pos = evaluated.positives()
     metrics = {"t2v": retrieval_metrics(sim_t2v.T, pos.T), "v2t": retrieval_metrics(sim_v2t, pos)}
     report = {
@@ -201,7 +208,7 @@ def retrieval_report(backbone: DualEncoder, split: RetrievalSplit, aligner: Alig
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "split": split.summary(),
         "evaluated": {"items": len(evaluated), "texts": len(evaluated.texts)},
-        "backbone": backbone.config_dict(),
+        "backbone": backbone if isinstance(backbone, dict) else backbone.config_dict(),
         "aligner": None if aligner is None else {"name": getattr(aligner, "name", type(aligner).__name__),
                                                  "hparams": aligner.hparams()},
         "similarity": {"w_global": w_global, "w_fine": w_fine, "v2t": "s_v2t", "t2v": "s_t2v"},

@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import FileError, UserError
+from ..errors import UserError
+from .parts import store_parts
 
 __all__ = ["AUTO_FLAT_MAX", "add_parsers", "index_dirs", "media_split", "store_parts"]
 
@@ -32,24 +33,6 @@ __all__ = ["AUTO_FLAT_MAX", "add_parsers", "index_dirs", "media_split", "store_p
 AUTO_FLAT_MAX = 262_144
 #: Longest text query accepted (characters); larger k and shortlists are capped at the collection.
 MAX_QUERY_CHARS = 2000
-
-
-def store_parts(folder: Path) -> list[Path]:
-    """The stores under ``folder``: itself when it holds a manifest, else its ``part-*`` stores."""
-    from .store import MANIFEST
-
-    folder = Path(folder)
-    if (folder / MANIFEST).is_file():
-        return [folder]
-    parts = sorted(p for p in folder.glob("part-*") if p.is_dir())
-    if not parts:
-        raise FileNotFoundError(f"{folder}: no feature store here ({MANIFEST} not found, and no part-*/{MANIFEST}); "
-                                "write one with tokenflow encode")
-    unfinished = [p.name for p in parts if not (p / MANIFEST).is_file()]
-    if unfinished:  # a rank that died: searching the others would quietly miss its items
-        raise FileError(f"{folder}: parts {', '.join(unfinished)} are unfinished (no {MANIFEST}); run the same "
-                        "tokenflow encode again to finish them")
-    return parts
 
 
 def index_dirs(path: Path) -> list[Path]:
@@ -246,12 +229,18 @@ def _search(args) -> int:
     if args.json:
         check_writable(args.json.parent, "--json folder")
     dirs = index_dirs(args.index)
-    backbone, aligner, name, head = _search_model(args, dirs)
-    w_global = head.get("w_global", 1.0) if args.w_global is None else args.w_global
-    w_fine = head.get("w_fine", 1.0) if args.w_fine is None else args.w_fine
-    searcher = Searcher(dirs, model=backbone, aligner=aligner, w_global=w_global, w_fine=w_fine, device=args.device,
-                        check_backbone=not args.no_check_backbone)
-    labels, queries = _queries(args, searcher)
+    if args.query_store is not None:  # stored query features (encode or import-features): no backbone
+        from .offline import query_store_search
+
+        searcher, name, labels, queries = query_store_search(args, dirs)
+        aligner, w_global, w_fine = searcher.aligner, searcher.w_global, searcher.w_fine
+    else:
+        backbone, aligner, name, head = _search_model(args, dirs)
+        w_global = head.get("w_global", 1.0) if args.w_global is None else args.w_global
+        w_fine = head.get("w_fine", 1.0) if args.w_fine is None else args.w_fine
+        searcher = Searcher(dirs, model=backbone, aligner=aligner, w_global=w_global, w_fine=w_fine,
+                            device=args.device, check_backbone=not args.no_check_backbone)
+        labels, queries = _queries(args, searcher)
     t0 = time.perf_counter()
     results = searcher.search(queries, k=args.k, shortlist=args.shortlist)
     seconds = time.perf_counter() - t0
@@ -288,8 +277,10 @@ def format_results(report: dict) -> str:
 
 # -- parsers ------------------------------------------------------------------------------------
 def add_parsers(sub, hparam) -> None:
-    """Register ``encode``, ``index`` and ``search`` (``hparam``: the CLI's NAME=VALUE parser)."""
+    """Register ``encode``, ``import-features``, ``index`` and ``search`` (``hparam``: the CLI's
+    NAME=VALUE parser)."""
     _add_encode(sub)
+    _add_import(sub)
     _add_index(sub)
     _add_search(sub, hparam)
 
@@ -326,6 +317,36 @@ def _add_encode(sub) -> None:
     p.set_defaults(func=_encode)
 
 
+def _import(args) -> int:
+    from .importer import import_features
+
+    t0 = time.perf_counter()
+    store = import_features(args.files, args.out, kind=args.kind, model=args.model_name, note=args.note,
+                            modality=args.modality, dtype=args.dtype, shard_size=args.shard_size)
+    size = sum(f["bytes"] for s in store.manifest["shards"] for f in s["files"].values())
+    print(f"{len(args.files)} files: {len(store)} {store.kind} rows of {store.manifest['source']['model']} imported "
+          f"into {args.out} (L={store.max_tokens}, D={store.dim}, {store.dtype}, {size / 2**20:.1f} MiB, "
+          f"{time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import-features", help="write a feature store from token features computed elsewhere "
+                       "(.npz or .safetensors: feats, mask, pooled, ids)")
+    p.add_argument("files", nargs="+", type=Path, help=".npz or .safetensors files: feats [N, L, D], mask [N, L], "
+                   "pooled [N, D], ids [N], optional paths or texts [N]; rows in file order")
+    p.add_argument("--out", required=True, type=Path, help="store folder (resumable, like tokenflow encode)")
+    p.add_argument("--kind", required=True, choices=("visual", "text"), help="what the rows are: visual items or "
+                   "texts")
+    p.add_argument("--modality", choices=("image", "video"), default=None, help="a visual store's items (default: "
+                   "image)")
+    p.add_argument("--model-name", required=True, help="the model that computed the features (kept in the manifest)")
+    p.add_argument("--note", default=None, help="free text kept in the manifest (how the features were made)")
+    p.add_argument("--dtype", choices=("fp16", "fp32", "int8"), default="fp16", help="token features on disk")
+    p.add_argument("--shard-size", type=int, default=4096, help="rows per shard (no shard spans two files)")
+    p.set_defaults(func=_import)
+
+
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="build the FAISS index over a store's global features")
     p.add_argument("store", type=Path, help="store folder written by tokenflow encode (or its parts' folder)")
@@ -349,7 +370,11 @@ def _add_search(sub, hparam) -> None:
     q.add_argument("--queries", type=Path, default=None, help="a UTF-8 file of text queries, one per line")
     q.add_argument("--image", action="append", default=None, help="an image query against a text store")
     q.add_argument("--video", action="append", default=None, help="a video query against a text store")
-    p.add_argument("--model", type=Path, default=None, help="backbone folder (default: the one that encoded the store)")
+    q.add_argument("--query-store", type=Path, default=None, help="stored query features (tokenflow encode or "
+                   "import-features; texts for a visual index, visual items for a text one): no backbone needed")
+    q.add_argument("--query-id", action="append", default=None, help="with --query-store: only this row (repeatable)")
+    p.add_argument("--model", type=Path, default=None, help="backbone folder (default: the one that encoded the "
+                   "store; with --query-store: only its plan and fusion weights)")
     p.add_argument("--k", type=int, default=10, help="results per query (all items when k exceeds the collection)")
     p.add_argument("--shortlist", type=int, default=100, help="global candidates re-ranked per query")
     p.add_argument("--aligner", default=None, choices=[*list_aligners(), "none"],

@@ -28,7 +28,7 @@ from ..eval.pointing import pointing
 from ..models.retrieval import RetrievalModel
 from ..utils import atomic_path
 
-__all__ = ["Explanation", "explain", "render"]
+__all__ = ["Explanation", "explain", "explain_tokens", "render"]
 
 Direction = Literal["t2v", "v2t"]
 FLOW_SCALE = 100.0  # the paper shows T rescaled by 100
@@ -49,7 +49,7 @@ class Explanation:
     flow: Tensor  # [P, L] T of the chosen direction
     score: float  # sum(c * flow): the fine-grained score of this direction
     global_score: float  # v_bar . t_bar
-    image: object  # the PIL image shown (the square the model sees)
+    image: object  # the PIL image shown (the square the model sees); None from stored features
     source_size: tuple[int, int] = (0, 0)  # (width, height) of the original image or frame
 
     def pointing(self, objects: list[dict]):
@@ -150,6 +150,48 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
         image=_centre_square(shown), source_size=tuple(shown.size))
 
 
+def _token_labels(text: str | None, n: int) -> list[str]:
+    """Labels of a stored caption's ``n`` real tokens (a store keeps no tokenizer): its words (split
+    at spaces, or words and punctuation) when they are as many, or as many plus ``<bos>`` and
+    ``<eos>``; else ``#0, #1, ...``."""
+    import re
+
+    for words in ((text.split(), re.findall(r"\w+|[^\w\s]", text)) if text else ()):
+        if len(words) == n:
+            return words
+        if len(words) + 2 == n:
+            return ["<bos>", *words, "<eos>"]
+    return [f"#{t}" for t in range(n)]
+
+
+@torch.no_grad()
+def explain_tokens(vis: Tokens, txt: Tokens, caption: str | None, aligner: Aligner, *,
+                   direction: Direction = "t2v") -> Explanation:
+    """Explain the match of one visual item's and one caption's tokens (``vis``, ``txt``: one row
+    each) with no backbone and no image (``image`` is None): features from a store
+    (:func:`tokenflow.index.offline.explain_stored`), the plan, weights and flows of its tokens.
+
+    The visual tokens are drawn as a square grid when their count is a square number, else as one
+    row (video frames; a class token beside the patches). Word labels: :func:`_token_labels`.
+    """
+    if direction not in ("t2v", "v2t"):
+        raise ValueError(f"direction must be 't2v' or 'v2t', got {direction!r}")
+    if vis.dim != txt.dim:
+        raise ValueError(f"visual tokens have D={vis.dim}, text tokens D={txt.dim}: features of different models")
+    if not aligner.token_plan:
+        raise ValueError(f"{aligner.name}: no patch-word plan to draw (not a weighted sum of token similarities); "
+                         "choose a token plan")
+    plan = aligner.eval().plan(vis, txt)
+    flow = plan.t2v if direction == "t2v" else plan.v2t
+    side = int(plan.d.numel() ** 0.5)
+    grid = (side, side) if side * side == plan.d.numel() else (1, plan.d.numel())
+    return Explanation(
+        caption=caption or "", tokens=_token_labels(caption, plan.e.numel()), grid=grid,
+        aligner=getattr(aligner, "name", type(aligner).__name__), direction=direction, d=plan.d.float(),
+        e=plan.e.float(), c=plan.c.float(), flow=flow.float(), score=float((plan.c * flow).sum()),
+        global_score=float(vis.pooled[0] @ txt.pooled[0]), image=None)
+
+
 def render(expl: Explanation, path: str | Path, *, top: int = 4) -> Path:
     """Draw ``expl`` as a PNG at ``path`` (written atomically) in the manner of the paper's figure 4."""
     matplotlib = require("matplotlib", "viz", "drawing explanation figures")
@@ -161,9 +203,10 @@ def render(expl: Explanation, path: str | Path, *, top: int = 4) -> Path:
     gh, gw = expl.grid
     fig = plt.figure(figsize=(7.5, 7.2), dpi=110)
     ax = fig.add_axes((0.08, 0.30, 0.72, 0.62))
-    ax.imshow(expl.image, extent=(0, gw, gh, 0), interpolation="bilinear")
-    heat = ax.imshow(expl.d.reshape(gh, gw).numpy(), extent=(0, gw, gh, 0), cmap="jet", alpha=0.45,
-                     interpolation="nearest")
+    if expl.image is not None:  # stored features come without their image: the weights alone
+        ax.imshow(expl.image, extent=(0, gw, gh, 0), interpolation="bilinear")
+    heat = ax.imshow(expl.d.reshape(gh, gw).numpy(), extent=(0, gw, gh, 0), cmap="jet",
+                     alpha=0.45 if expl.image is not None else 0.9, interpolation="nearest")
     ax.set_xticks(range(gw + 1), minor=False)
     ax.set_yticks(range(gh + 1), minor=False)
     ax.tick_params(labelbottom=False, labelleft=False, length=0)
