@@ -1,7 +1,8 @@
 """``tokenflow ablate``: train and test one config once per method; one table.
 
 A method is ``global`` (the global similarity alone), a recipe of :data:`RECIPES`
-(``cs-aligner``), or a plan name with optional hyperparameters, ``omit:marginals=l2g,mass=0.8``.
+(``cs-aligner``), or a plan name with optional hyperparameters, ``omit:marginals=l2g,mass=0.8``;
+a loss suffix picks ``loss.kind`` for that row (``max-avg+sigmoid``, ``global+infonce``).
 Every method gets the same config and budget; each checkpoint is chosen on validation and
 tested once. ``tokenflow demo`` runs its per-seed fine-tunes through :func:`run_methods` too.
 """
@@ -22,8 +23,8 @@ from ..utils import check_writable, folder_lock, machine, write_text_atomic
 from .config import load_config
 from .loop import train
 
-__all__ = ["RECIPES", "check_methods", "folder_name", "format_markdown", "parse_method", "run_ablation",
-           "run_methods"]
+__all__ = ["LOSSES", "RECIPES", "check_methods", "folder_name", "format_markdown", "method_loss", "parse_method",
+           "run_ablation", "run_methods"]
 
 
 #: Methods that are not a plan name: a plan (or none) plus settings of the training config.
@@ -34,9 +35,20 @@ RECIPES: dict[str, dict] = {
 }
 
 
+#: loss suffixes of a method (``max-avg+sigmoid``): the training config's ``loss.kind``
+LOSSES = ("infonce", "sigmoid")
+
+
+def method_loss(spec: str) -> tuple[str, str | None]:
+    """``max-avg:lam=2+sigmoid`` -> (``max-avg:lam=2``, ``"sigmoid"``); no suffix: (spec, None)."""
+    head, plus, tail = spec.rpartition("+")
+    return (head, tail.strip()) if plus and tail.strip() in LOSSES else (spec, None)
+
+
 def parse_method(spec: str) -> tuple[str, dict]:
-    """``NAME`` or ``NAME:key=value,key=value`` (values read as YAML) -> (name, hyperparameters)."""
-    name, _, rest = spec.partition(":")
+    """``NAME`` or ``NAME:key=value,key=value`` (values read as YAML), with an optional loss
+    suffix ``+sigmoid`` / ``+infonce`` (see :func:`method_loss`) -> (name, hyperparameters)."""
+    name, _, rest = method_loss(spec)[0].partition(":")
     hp = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
@@ -52,16 +64,25 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     bad = [m for m in methods if parse_method(m)[0] not in known]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; choose from global, {', '.join(RECIPES)}, "
-                         f"{', '.join(list_aligners())} (a plan may take NAME:key=value,...)")
+                         f"{', '.join(list_aligners())} (a plan may take NAME:key=value,..., and any method a "
+                         f"loss suffix {' or '.join('+' + k for k in LOSSES)})")
     if not methods:
         raise ValueError("no methods given")
     return list(dict.fromkeys(methods))
 
 
 def _method_config(base: dict, method: str, recipe_settings: dict | None = None) -> dict:
-    """The config of one row: ``base`` with the method's plan, hyperparameters and recipe."""
+    """The config of one row: ``base`` with the method's plan, hyperparameters, recipe and loss
+    suffix (``+sigmoid`` also turns distillation off)."""
     data = yaml.safe_load(yaml.safe_dump(base))
     name, hp = parse_method(method)
+    loss = method_loss(method)[1]
+    if loss is not None:  # the suffix's loss; the sigmoid loss trains without distillation (softmax targets)
+        data.setdefault("loss", {})["kind"] = loss
+        if loss == "sigmoid":
+            data.setdefault("distill", {})["enabled"] = False
+        else:
+            data["loss"].pop("bias", None)
     if name in RECIPES:
         recipe = RECIPES[name]
         data["model"]["aligner"] = recipe["aligner"]
@@ -80,7 +101,8 @@ def _method_config(base: dict, method: str, recipe_settings: dict | None = None)
 
 
 def folder_name(method: str) -> str:
-    """A method's run folder: ``omit:mass=0.8`` -> ``omit_mass_0.8``."""
+    """A method's run folder: ``omit:mass=0.8`` -> ``omit_mass_0.8``, ``max-avg+sigmoid`` ->
+    ``max-avg_sigmoid``."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in method)
 
 
