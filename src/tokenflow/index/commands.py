@@ -324,8 +324,9 @@ def _import(args) -> int:
     store = import_features(args.files, args.out, kind=args.kind, model=args.model_name, note=args.note,
                             modality=args.modality, dtype=args.dtype, shard_size=args.shard_size)
     size = sum(f["bytes"] for s in store.manifest["shards"] for f in s["files"].values())
-    print(f"{len(args.files)} files: {len(store)} {store.kind} rows of {store.manifest['source']['model']} imported "
-          f"into {args.out} (L={store.max_tokens}, D={store.dim}, {store.dtype}, {size / 2**20:.1f} MiB, "
+    files = f"{len(args.files)} file{'s' if len(args.files) > 1 else ''}"
+    print(f"{files}: {len(store)} {store.kind} rows of {store.manifest['source']['model']} imported into {args.out} "
+          f"(L={store.max_tokens}, D={store.dim}, {store.dtype}, {size / 2**20:.1f} MiB, "
           f"{time.perf_counter() - t0:.1f} s)")
     return 0
 
