@@ -241,3 +241,28 @@ def test_token_labels_without_a_tokenizer():
     assert _token_labels("a red cube", 5) == ["<bos>", "a", "red", "cube", "<eos>"]
     assert _token_labels("a cube, left.", 7) == ["<bos>", "a", "cube", ",", "left", ".", "<eos>"]
     assert _token_labels("a red cube", 4) == ["#0", "#1", "#2", "#3"] and _token_labels(None, 2) == ["#0", "#1"]
+
+
+def test_model_folder_gives_the_plan_and_other_models_features_are_flagged(synth, model_dir, direct, imported,
+                                                                            tmp_path, capsys):
+    report = _evaluate(synth, *imported, tmp_path, "--model", str(model_dir), "--aligner", "max-avg")
+    _same_metrics(report["metrics"], direct[2]["max-avg"]["metrics"])
+    split, enc, _ = direct
+    other = _export(enc.txt, caption_ids(split), {}, tmp_path / "t.npz", "npz")
+    assert main(["import-features", str(other), "--out", str(tmp_path / "T"), "--kind", "text", "--model-name",
+                 "another model"]) == 0
+    capsys.readouterr()
+    _evaluate(synth, imported[0], tmp_path / "T", tmp_path, "--aligner", "uniform")
+    assert "holds features of 'tiny (exported)'" in capsys.readouterr().err  # a warning, the metrics are computed
+    pytest.importorskip("faiss")
+    assert main(["index", str(imported[0])]) == 0
+    argv = ["search", "--index", str(imported[0]), "--query-store", str(tmp_path / "T"), "--query-id",
+            caption_ids(split)[0], "--aligner", "none"]
+    assert main(argv) == 2
+    assert "pass --no-check-backbone to search anyway" in capsys.readouterr().err
+    assert main([*argv, "--no-check-backbone"]) == 0
+    from tokenflow.errors import UserError
+    from tokenflow.eval.evaluate import evaluate
+
+    with pytest.raises(UserError, match="must be given as encoded"):
+        evaluate({}, split, None)

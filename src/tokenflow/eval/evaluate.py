@@ -163,6 +163,8 @@ def evaluate(backbone: DualEncoder | dict, split: RetrievalSplit, aligner: Align
     """
     if test_norm == "qbnorm" and query_bank is None:
         raise UserError("test-time normalisation qbnorm needs a query bank of training captions (query_bank)")
+    if encoded is None and isinstance(backbone, dict):
+        raise UserError("evaluate: features described by a dict must be given as encoded=Encoded(...)")
     device = device or getattr(backbone, "device", "cpu")
     t0 = time.perf_counter()
     enc = encoded or encode_split(backbone, split, batch_size=batch_size, num_frames=num_frames,
