@@ -87,3 +87,37 @@ def test_bad_sizes_are_named(tmp_path):
         make_scenes(tmp_path, (2, 2, 2), image_size=30)
     with pytest.raises(ValueError, match="named"):
         make_scenes(tmp_path, (2, 2, 2), objects=2, named=3)
+
+
+def test_placement_cell_fills_one_cell_and_jitter_moves_objects(tmp_path):
+    """``cell``: every object is one pixel short of its 8-px cell and centred in it, so each patch
+    of an 8-px patch encoder sees exactly one whole object; ``jitter`` varies size and offset."""
+    make_scenes(tmp_path / "cell", (20, 0, 0), objects=5, named=2, seed=1)
+    make_scenes(tmp_path / "jit", (20, 0, 0), objects=5, named=2, seed=1, placement="jitter")
+    cell = json.loads((tmp_path / "cell" / "boxes.json").read_text())["items"]
+    jit = json.loads((tmp_path / "jit" / "boxes.json").read_text())["items"]
+    for objs in cell.values():
+        assert len(objs) == 5
+        for o in objs:
+            x0, y0, x1, y1 = o["box"]
+            assert (x1 - x0, y1 - y0) == (7, 7)
+            assert x0 // 8 == (x1 - 1) // 8 and y0 // 8 == (y1 - 1) // 8  # inside one cell
+            assert x0 % 8 == 0 and y0 % 8 == 0  # the one spare pixel row/column is on the far side
+    sides = {o["box"][2] - o["box"][0] for objs in jit.values() for o in objs}
+    offsets = {o["box"][0] % 8 for objs in jit.values() for o in objs}
+    assert len(sides) > 1 and len(offsets) > 1
+
+
+def test_plain_templates_list_the_named_objects_only(tmp_path):
+    make_scenes(tmp_path, (10, 0, 0), objects=5, named=2, seed=2, templates="plain")
+    split = load_split("flickr30k", tmp_path, "train")
+    pattern = re.compile(rf"^a ({'|'.join(SCENE_COLORS)}) ({'|'.join(SCENE_SHAPES)}) and a "
+                         rf"({'|'.join(SCENE_COLORS)}) ({'|'.join(SCENE_SHAPES)})$")
+    assert all(pattern.match(t) for t in split.texts), split.texts[:5]
+
+
+def test_unknown_placement_or_templates_are_named(tmp_path):
+    with pytest.raises(ValueError, match="placement"):
+        make_scenes(tmp_path, (2, 2, 2), placement="random")
+    with pytest.raises(ValueError, match="templates"):
+        make_scenes(tmp_path, (2, 2, 2), templates="fancy")

@@ -135,6 +135,37 @@ def _positives(images: list[dict], objects: dict[str, list[dict]], named: dict[i
     return out
 
 
+def _write_folder(out: Path, folder: Path, splits: list[tuple[str, int]], first_id: int, rng: random.Random,
+                  draw: dict, boxes: dict[str, list[dict]]) -> None:
+    """One folder's images, split file and positives; adds each image's boxes to ``boxes``."""
+    img_dir = folder / "flickr30k-images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    images, objs, named_by_sent, sentid = [], {}, {}, 0
+    for split, n in splits:
+        for _ in range(n):
+            k = first_id + len(images)
+            name = f"{k:06d}.png"
+            scene = _random_scene(rng, draw["image_size"], draw["grid"], draw["objects"], draw["placement"])
+            img = render_scene(scene, draw["image_size"], rng.randint(100, 140))
+            with atomic_path(img_dir / name) as tmp:
+                img.save(tmp, format="PNG")
+            sents = []
+            for text, idx in scene_captions(scene, rng, 5, draw["named"], draw["templates"]):
+                sents.append({"raw": text, "tokens": text.replace(",", "").split(), "imgid": k, "sentid": sentid})
+                named_by_sent[sentid] = idx
+                sentid += 1
+            images.append({"filename": name, "imgid": k, "split": split, "sentids": [s["sentid"] for s in sents],
+                           "sentences": sents})
+            objs[name] = scene
+            boxes[str(folder.relative_to(out) / "flickr30k-images" / name)] = [
+                {"words": [o["color"], o["shape"]], "box": o["box"]} for o in scene]
+    _write_split_file(folder, images)
+    write_text_atomic(folder / "positives.json", json.dumps(
+            {"format": POSITIVES_FORMAT, "dataset": "flickr30k",
+             "note": "captions true of more images than their own: an image is listed when it holds every "
+                     "object the caption names", "positives": _positives(images, objs, named_by_sent)}))
+
+
 def make_scenes(out: str | Path, sizes: tuple[int, int, int] = (1000, 100, 100), pretrain: tuple[int, int] = (0, 0),
                 image_size: int = 32, grid: int = 4, objects: int = 5, named: int = 3, seed: int = 0,
                 placement: str = "cell", templates: str = "varied") -> Path:
@@ -165,38 +196,12 @@ def make_scenes(out: str | Path, sizes: tuple[int, int, int] = (1000, 100, 100),
     out = Path(out)
     rng = random.Random(f"scenes-{seed}")
     boxes: dict[str, list[dict]] = {}
-
-    def write(folder: Path, splits: list[tuple[str, int]], first_id: int) -> None:
-        img_dir = folder / "flickr30k-images"
-        img_dir.mkdir(parents=True, exist_ok=True)
-        images, objs, named_by_sent, sentid = [], {}, {}, 0
-        for split, n in splits:
-            for _ in range(n):
-                k = first_id + len(images)
-                name = f"{k:06d}.png"
-                scene = _random_scene(rng, image_size, grid, objects, placement)
-                img = render_scene(scene, image_size, rng.randint(100, 140))
-                with atomic_path(img_dir / name) as tmp:
-                    img.save(tmp, format="PNG")
-                sents = []
-                for text, idx in scene_captions(scene, rng, 5, named, templates):
-                    sents.append({"raw": text, "tokens": text.replace(",", "").split(), "imgid": k, "sentid": sentid})
-                    named_by_sent[sentid] = idx
-                    sentid += 1
-                images.append({"filename": name, "imgid": k, "split": split, "sentids": [s["sentid"] for s in sents],
-                               "sentences": sents})
-                objs[name] = scene
-                boxes[str(folder.relative_to(out) / "flickr30k-images" / name)] = [
-                    {"words": [o["color"], o["shape"]], "box": o["box"]} for o in scene]
-        _write_split_file(folder, images)
-        write_text_atomic(folder / "positives.json", json.dumps(
-                {"format": POSITIVES_FORMAT, "dataset": "flickr30k",
-                 "note": "captions true of more images than their own: an image is listed when it holds every "
-                         "object the caption names", "positives": _positives(images, objs, named_by_sent)}))
-
-    write(out, [("train", sizes[0]), ("val", sizes[1]), ("test", sizes[2])], 0)
+    draw = {"image_size": image_size, "grid": grid, "objects": objects, "named": named, "placement": placement,
+            "templates": templates}
+    _write_folder(out, out, [("train", sizes[0]), ("val", sizes[1]), ("test", sizes[2])], 0, rng, draw, boxes)
     if sum(pretrain):
-        write(out / "pretrain", [("train", pretrain[0]), ("val", pretrain[1])], sum(sizes))
+        _write_folder(out, out / "pretrain", [("train", pretrain[0]), ("val", pretrain[1])], sum(sizes), rng, draw,
+                      boxes)
     write_text_atomic(out / "boxes.json", json.dumps(
         {"format": BOXES_FORMAT, "image_size": [image_size, image_size], "grid": grid,
          "note": "pixel boxes [x0, y0, x1, y1) of each object and the words that name it; keys are paths under "
