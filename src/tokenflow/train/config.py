@@ -64,8 +64,8 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    backbone: str = Field(description="a local CLIP folder (or a folder saved by tokenflow), or 'tiny' for the "
-                                      "built-in encoder trained from scratch")
+    backbone: str = Field(description="a local CLIP, SigLIP or SigLIP 2 folder (or a folder saved by tokenflow), "
+                                      "or 'tiny' for the built-in encoder trained from scratch")
     tiny: TinyConfig = Field(default_factory=TinyConfig, description="the built-in encoder's shape (backbone: "
                              "tiny); its caption length is data.max_words")
     aligner: str | None = Field("tokenflow", description="plan name (tokenflow list) or null: global only")
@@ -220,7 +220,7 @@ class TrainConfig(_Strict):
             raise ConfigError(f"{source}: cs.unpaired_texts: file {self.cs.unpaired_texts} does not exist")
         if self.model.backbone != "tiny" and not Path(self.model.backbone).is_dir():
             raise ConfigError(f"{source}: model.backbone: folder {self.model.backbone} does not exist "
-                              "(a local CLIP folder, or 'tiny')")
+                              "(a local CLIP or SigLIP folder, or 'tiny')")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

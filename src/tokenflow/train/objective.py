@@ -195,8 +195,7 @@ class Objective(nn.Module):
         vis = m.encode_visual(batch.pixels, batch.frame_mask, self.video_tokens)
         txt = m.encode_text(batch.ids, batch.text_mask)
         sizes = gather_sizes(len(batch.item_ids), info, batch.item_ids.device)
-        scale = m.scale()
-        sigmoid = self.loss == "sigmoid"
+        scale, sigmoid = m.scale(), self.loss == "sigmoid"
         if sigmoid and (teacher is not None or queues is not None):
             raise ValueError("the sigmoid loss takes no teacher or queues (distillation's targets are softmaxes)")
         # All-gathered columns: InfoNCE's, and what the plan's own terms and the CS term contrast.
