@@ -158,8 +158,9 @@ def _worker(rank: int, port: int, folder: str, fine: bool) -> None:
         vf, vp, tf, tp, t_prime, b = leaves
         shared = torch.stack([t_prime.grad, b.grad])
         dist.all_reduce(shared)  # each process holds its own loss's share of these gradients
-        torch.save({"losses": {k: float(v.detach()) for k, v in out.items()}, "grads": [x.grad for x in (vf, vp, tf, tp)],
-                    "shared": shared}, os.path.join(folder, f"rank{rank}.pt"))
+        losses = {k: float(v.detach()) for k, v in out.items()}
+        torch.save({"losses": losses, "grads": [x.grad for x in (vf, vp, tf, tp)], "shared": shared},
+                   os.path.join(folder, f"rank{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()

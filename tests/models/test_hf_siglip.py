@@ -29,9 +29,8 @@ def _tokenizer(kind: str):
     from transformers import PreTrainedTokenizerFast, Siglip2Tokenizer
 
     if kind == "siglip2":
-        chars = list(string.ascii_lowercase) + ["\u2581"]
-        return Siglip2Tokenizer(vocab={t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + chars)},
-                                merges=[])
+        chars = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *string.ascii_lowercase, "\u2581"]
+        return Siglip2Tokenizer(vocab={t: i for i, t in enumerate(chars)}, merges=[])
     vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>"] + WORDS)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.normalizer = normalizers.Lowercase()
