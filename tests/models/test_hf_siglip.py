@@ -226,3 +226,32 @@ def test_missing_or_unfit_files_are_named(tmp_path, siglip_folder):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip3"}))
     with pytest.raises(ValueError, match="'siglip3' is not supported.*'siglip', 'siglip2'"):
         load_backbone(tmp_path)
+
+
+def test_models_without_a_joint_space_are_refused(siglip):
+    from tokenflow.errors import FileError
+
+    model, tok, proc = siglip.model, siglip.tokenizer, siglip.processor
+    model.config.vision_config.vision_use_head = False
+    try:
+        with pytest.raises(FileError, match="my-folder: vision_config.vision_use_head is false"):
+            HFSiglip(model, tok, proc, source="my-folder")
+    finally:
+        model.config.vision_config.vision_use_head = True
+    model.config.text_config.projection_size = 7
+    try:
+        with pytest.raises(FileError, match="projection_size 7 differs from vision_config.hidden_size 24"):
+            HFSiglip(model, tok, proc, source="my-folder")
+    finally:
+        model.config.text_config.projection_size = 24
+
+
+def test_corrupt_weights_name_the_folder(siglip_folder, tmp_path):
+    import shutil
+
+    from tokenflow.errors import FileError
+
+    copy = shutil.copytree(siglip_folder, tmp_path / "broken")
+    (copy / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(FileError, match=r"broken: cannot read the siglip2? weights"):
+        load_backbone(copy)

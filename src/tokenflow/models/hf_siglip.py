@@ -68,15 +68,15 @@ class HFSiglip(DualEncoder):
             raise ValueError(f"HFSiglip takes a SigLIP or SigLIP 2 model, got model_type {self.model_type!r}")
         vc, tc = cfg.vision_config, cfg.text_config
         if not vc.vision_use_head:
-            raise ValueError(f"{source or 'model'}: vision_config.vision_use_head is false: this vision tower has "
+            raise FileError(f"{source or 'model'}: vision_config.vision_use_head is false: this vision tower has "
                              "no pooling head, so no global image feature in the joint space")
         if int(tc.projection_size) != int(vc.hidden_size):
-            raise ValueError(f"{source or 'model'}: text_config.projection_size {tc.projection_size} differs from "
+            raise FileError(f"{source or 'model'}: text_config.projection_size {tc.projection_size} differs from "
                              f"vision_config.hidden_size {vc.hidden_size}: the towers do not share a joint space")
         if self.model_type == "siglip2":
             side = math.isqrt(int(vc.num_patches))
             if side * side != int(vc.num_patches):
-                raise ValueError(f"{source or 'model'}: vision_config.num_patches {vc.num_patches} is not a square "
+                raise FileError(f"{source or 'model'}: vision_config.num_patches {vc.num_patches} is not a square "
                                  "grid; the fixed-resolution use needs one")
             self.grid = side
         else:
@@ -84,7 +84,7 @@ class HFSiglip(DualEncoder):
         self.image_size = self.grid * int(vc.patch_size)
         self.embed_dim = int(vc.hidden_size)
         if tokenizer.pad_token_id is None:
-            raise ValueError(f"{source or 'model'}: the tokenizer has no pad token; SigLIP pads every text to "
+            raise FileError(f"{source or 'model'}: the tokenizer has no pad token; SigLIP pads every text to "
                              f"{tc.max_position_embeddings} tokens")
         self.max_text_len = min(int(max_text_len), self.text_position_limit)
         # The retrieval model owns the logit scale and bias; these only give their starting values.
@@ -114,7 +114,7 @@ class HFSiglip(DualEncoder):
 
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
         if model_type not in MODEL_TYPES:
-            raise ValueError(f"{folder / 'config.json'}: model_type {model_type!r} is not 'siglip' or 'siglip2'")
+            raise FileError(f"{folder / 'config.json'}: model_type {model_type!r} is not 'siglip' or 'siglip2'")
         model_cls = SiglipModel if model_type == "siglip" else Siglip2Model
         try:
             model = model_cls.from_pretrained(str(folder), local_files_only=True).eval()
