@@ -218,3 +218,29 @@ def test_unit_norm_features_take_the_unshifted_route():
     assert ctx.reuse and not ctx.vis_padded
     assert ctx.exp2_is_safe(20.0 * LOG2E, 32, torch.float32)  # tokenflow's default lam
     assert not ctx.exp2_is_safe(200.0 * LOG2E, 32, torch.float32)
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_softmax_dot_backward_matches_autograd_of_the_formula(dim, gen):
+    """The hand-written backward of softmax_dot against autograd through softmax * c, with a
+    tensor scale (tokenflow's lam * e) and a padding bias of -inf."""
+    from tokenflow.align._ops import _SoftmaxDot
+
+    c = torch.randn(3, 4, 5, 6, generator=gen, dtype=torch.float64)
+    shape = [1, 1, 5, 6] if dim == 3 else [3, 4, 1, 1]
+    scale = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    bias = torch.zeros(c.shape, dtype=torch.float64)
+    index = [slice(None)] * 4
+    index[dim] = -1
+    bias[tuple(index)] = float("-inf")  # the last token along dim is padding
+    g = torch.randn(c.sum(dim).shape, generator=gen, dtype=torch.float64)
+    got = [x.clone().requires_grad_() for x in (c, scale)]
+    want = [x.clone().requires_grad_() for x in (c, scale)]
+    y = _SoftmaxDot.apply(got[0], 2.0 * got[1], bias, dim)
+    y_ref = (torch.softmax(2.0 * want[1] * want[0] + bias, dim) * want[0]).sum(dim)
+    torch.testing.assert_close(y, y_ref)
+    (y * g).sum().backward()
+    (y_ref * g).sum().backward()
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert torch.autograd.gradcheck(lambda a, s: _SoftmaxDot.apply(a, 2.0 * s, bias, dim), tuple(got))

@@ -22,8 +22,12 @@ def softmax_dot(
     reused scratch buffer (no allocation), with ``exp2`` (log2 e folded into the scale; cheaper
     than ``exp`` on the CPU), and the max-shift is skipped when ``safe`` (the caller has bounded
     |scale * c|, so nothing overflows or vanishes).
+    Under autograd the value is the same formula with a hand-written backward
+    (:class:`_SoftmaxDot`): about half the time of autograd's softmax, multiply and sum on the CPU.
     """
     if not ctx.reuse:
+        if torch.is_grad_enabled() and (c.requires_grad or (isinstance(scale, Tensor) and scale.requires_grad)):
+            return _SoftmaxDot.apply(c, scale, bias, dim)
         x = c * scale if bias is None else c * scale + bias
         return (torch.softmax(x, dim) * c).sum(dim)
     x = ctx.scratch("x", c.shape, c.dtype)
@@ -36,6 +40,36 @@ def softmax_dot(
     torch.exp2(x, out=x)
     den = x.sum(dim)
     return x.mul_(c).sum(dim).div_(den)
+
+
+class _SoftmaxDot(torch.autograd.Function):
+    """``y = sum_dim p * c`` with ``p = softmax(scale * c + bias, dim)``, and its gradient:
+
+        dy/dz_k = p_k (c_k - y)                 (z = scale * c + bias)
+        dy/dc_k = p_k + scale_k dy/dz_k         dy/dscale_k = c_k dy/dz_k
+
+    ``bias`` (0 or -inf, the padding mask) gets none. ``p`` is kept for the backward pass, as
+    autograd's softmax keeps its output. First-order only (no double backward)."""
+
+    @staticmethod
+    def forward(ctx, c: Tensor, scale: float | Tensor, bias: Tensor | None, dim: int) -> Tensor:
+        x = c * scale if bias is None else c * scale + bias
+        p = x.sub_(x.amax(dim, keepdim=True)).exp_()
+        p.div_(p.sum(dim, keepdim=True))
+        y = (p * c).sum(dim, keepdim=True)
+        tensor_scale = isinstance(scale, Tensor)
+        ctx.dim, ctx.scalar = dim, None if tensor_scale else float(scale)
+        ctx.save_for_backward(c, p, y, scale if tensor_scale else None)
+        return y.squeeze(dim)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        c, p, y, scale = ctx.saved_tensors
+        g = g.unsqueeze(ctx.dim)
+        gz = (c - y).mul_(p).mul_(g)
+        gc = gz * (scale if scale is not None else ctx.scalar) + p * g if ctx.needs_input_grad[0] else None
+        gs = (gz * c).sum_to_size(scale.shape) if scale is not None and ctx.needs_input_grad[1] else None
+        return gc, gs, None, None
 
 
 def safe_log(x: Tensor) -> Tensor:
