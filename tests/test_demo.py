@@ -12,7 +12,8 @@ import yaml
 
 from tokenflow.cli import main
 from tokenflow.data import load_split
-from tokenflow.demo import _digest
+from tokenflow.demo import digest
+from tokenflow.demo.tune import read_tuned
 from tokenflow.models import load_backbone
 from tokenflow.train import load_config
 from tokenflow.train.loop import build_model
@@ -21,39 +22,62 @@ from tokenflow.train.loop import build_model
 @pytest.mark.slow
 def test_demo_quick_two_seeds_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--seeds", "2", "--methods", "global", "max-avg", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--seeds", "2", "--methods", "global", "max-avg", "tokenflow",
+                 "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["seeds"] == [0, 1] and res["tasks"] == ["scenes", "bindings"]
-    assert [(r["task"], r["method"], r["seed"]) for r in res["rows"]] == [
-        (t, m, s) for t in ("scenes", "bindings") for m in ("global", "max-avg") for s in (0, 1)]
+    assert res["seeds"] == [0, 1] and res["tasks"] == ["scenes"] and res["protocols"] == ["scratch", "finetune"]
+    assert [(r["protocol"], r["method"], r["seed"]) for r in res["rows"]] == [
+        (p, m, s) for p in ("scratch", "finetune") for m in ("global", "max-avg", "tokenflow") for s in (0, 1)]
+    tuned = read_tuned()["results"]["scenes"]
     for r in res["rows"]:
-        assert r["steps"] == res["rows"][0]["steps"]  # the same fine-tuning budget for every method
+        assert r["steps"] == res["rows"][0]["steps"]  # the same budget for every method and protocol
         # better than chance at R@10 (a caption may have several correct images)
         chance10 = 100 * 10 * (1 + r["texts_with_several_positives"] / r["test_texts"]) / r["test_items"]
-        assert r["t2v"]["R@10"] > 1.5 * min(chance10, 60), (r["task"], r["method"], r["seed"])
-    # pointing only where there are boxes and a token plan
-    assert [("pointing" in r) for r in res["rows"]] == [False, False, True, True] + [False] * 4
-    assert all(0 <= r["pointing"]["chance"] < 20 for r in res["rows"] if "pointing" in r)
-    # mean ± sample std over the seeds, per cell
+        assert r["t2v"]["R@10"] > 1.5 * min(chance10, 60), (r["protocol"], r["method"], r["seed"])
+        assert 0 <= r["hard_negatives"]["accuracy"] <= 100 and r["hard_negatives"]["items"] == r["test_texts"]
+        # tokenflow runs with the hyperparameters chosen on val for its protocol
+        want = tuned[r["protocol"]]["tokenflow"]["chosen"] if r["method"] == "tokenflow" else {}
+        assert r["hparams"] == want or r["method"] == "global", (r["method"], r["hparams"])
+    # pointing only for token plans, under all three readings
+    assert [("pointing" in r) for r in res["rows"]] == [False, False, True, True, True, True] * 2
+    for r in res["rows"]:
+        if "pointing" in r:
+            assert {"flow", "abs", "plan"} <= set(r["pointing"]) and 0 < r["pointing"]["chance"] < 20
+    # mean ± sample std over the seeds, and the paired difference from global on the same seeds
+    table = (out / "results.md").read_text()
     for s in res["summary"]:
-        vals = [r["t2v"]["R@1"] for r in res["rows"] if (r["task"], r["method"]) == (s["task"], s["method"])]
+        rs = [r for r in res["rows"] if (r["protocol"], r["method"]) == (s["protocol"], s["method"])]
+        vals = [r["t2v"]["R@1"] for r in rs]
         assert s["t2v"]["R@1"] == pytest.approx([statistics.mean(vals), statistics.stdev(vals)])
-        cell = f"| {s['method']} | {s['t2v']['R@1'][0]:.1f} ± {s['t2v']['R@1'][1]:.1f} |"
-        assert cell in (out / "results.md").read_text()
-    assert "## scenes" in capsys.readouterr().out
+        assert f"| {s['method']} | {s['hparams']} | {s['t2v']['R@1'][0]:.1f} ± {s['t2v']['R@1'][1]:.1f} |" in table
+        if s["method"] != "global":
+            base = {r["seed"]: r["t2v"]["R@1"] for r in res["rows"]
+                    if (r["protocol"], r["method"]) == (s["protocol"], "global")}
+            diffs = [r["t2v"]["R@1"] - base[r["seed"]] for r in rs]
+            assert s["paired_r1"]["mean"] == pytest.approx(statistics.mean(diffs))
+            assert s["paired_r1"]["positive"] == sum(d > 0 for d in diffs)
+    for column in ("Δ t2v R@1 vs global (paired)", "verdict", "hard neg. %", "pointing T·c %", "pointing |T·c| %",
+                   "pointing T %", "train s"):
+        assert column in table
+    assert "## scenes, scratch" in capsys.readouterr().out and "## scenes, finetune" in table
     # every fine-tune started from its seed's pretrained encoder, and the cache is as it was written
     for seed in (0, 1):
-        pre = out / "runs" / "scenes" / f"seed-{seed}" / "pretrain" / "best"
-        rows = [r for r in res["rows"] if r["seed"] == seed and r["task"] == "scenes"]
-        assert {r["pretrained_sha256"] for r in rows} == {_digest(pre)}
-        cfg = load_config(out / "runs" / "scenes" / f"seed-{seed}" / "max-avg" / "config.yaml", check_paths=False)
+        runs = out / "runs" / "scenes" / "finetune" / f"seed-{seed}"
+        pre = runs / "pretrain" / "best"
+        rows = [r for r in res["rows"] if r["seed"] == seed and r["protocol"] == "finetune"]
+        assert {r["pretrained_sha256"] for r in rows} == {digest(pre)}
+        cfg = load_config(runs / "max-avg" / "config.yaml", check_paths=False)
         assert Path(cfg.model.backbone) == pre
         model = build_model(cfg, load_split("flickr30k", cfg.data.root, "train"))
         saved = load_backbone(pre).state_dict()
         assert all(torch.equal(v, saved[k]) for k, v in model.backbone.state_dict().items())
         # ... and the fine-tune moved away from it
-        tuned = load_backbone(out / "runs" / "scenes" / f"seed-{seed}" / "max-avg" / "best").state_dict()
-        assert any(not torch.equal(v, saved[k]) for k, v in tuned.items())
+        tuned_model = load_backbone(runs / "max-avg" / "best").state_dict()
+        assert any(not torch.equal(v, saved[k]) for k, v in tuned_model.items())
+        # from scratch means the tiny encoder from a fresh start
+        scratch = load_config(out / "runs" / "scenes" / "scratch" / f"seed-{seed}" / "max-avg" / "config.yaml",
+                              check_paths=False)
+        assert scratch.model.backbone == "tiny"
     assert len(res["figures"]) == 3 and all(Path(f).is_file() for f in res["figures"])
     # a folder that is not the demo's is refused
     other = tmp_path / "mine"

@@ -77,3 +77,20 @@ def test_boxes_sidecar(tmp_path):
                                 "items": {"a.png": [{"words": "red", "box": [0, 0, 1, 1]}]}}))
     with pytest.raises(ValueError, match=r"items\['a.png'\]\[0\]"):
         read_boxes(path)
+
+
+def test_signed_weights_point_differently_under_each_reading():
+    """A signed plan (TokenFlow's d, e): on the word 'red' the box patch 0 has T = -2 and c = -1
+    (contribution +2), patch 9 has T = 1.5, c = 1 (+1.5), patch 4 has T = 0.1, c = -30 (-3)."""
+    flow, c = torch.zeros(16, len(TOKENS)), torch.ones(16, len(TOKENS))
+    flow[0, 2], c[0, 2] = -2.0, -1.0
+    flow[9, 2], c[9, 2] = 1.5, 1.0
+    flow[4, 2], c[4, 2] = 0.1, -30.0
+    objs = OBJECTS[:1]
+    patch = {w: pointing(flow, c, TOKENS, objs, (4, 4), (32, 32), weight=w).words[0]["patch"]
+             for w in ("flow", "abs", "plan")}
+    assert patch == {"flow": 0, "abs": 4, "plan": 9}
+    assert pointing(flow, c, TOKENS, objs, (4, 4), (32, 32), weight="flow").words[0]["hit"] is True
+    assert pointing(flow, c, TOKENS, objs, (4, 4), (32, 32), weight="plan").words[0]["hit"] is False
+    with pytest.raises(ValueError, match="weight must be one of"):
+        pointing(flow, c, TOKENS, objs, (4, 4), (32, 32), weight="max")

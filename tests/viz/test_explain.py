@@ -49,6 +49,12 @@ def test_numbers_are_the_plan_of_the_pair(synth, model_dir, aligner, direction):
         s, t = p["patch"], p["token"]
         assert p["T_hat_x_c"] == pytest.approx(100 * float(flow[s, t] * plan.c[s, t]), rel=1e-5)
         assert p["patch"] == 4 * p["row"] + p["col"]
+    # limited to chosen tokens: the best pairs of those columns, in order
+    keep = [1, 2]
+    only = expl.top_pairs(4, tokens=keep)
+    want = sorted(((float(flow[s, t] * plan.c[s, t]), s, t) for s in range(flow.shape[0]) for t in keep),
+                  reverse=True)[:4]
+    assert [(p["patch"], p["token"]) for p in only] == [(s, t) for _, s, t in want]
 
 
 def test_the_figure_shows_d_over_the_patch_grid(synth, model_dir, tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..data.base import read_json
 
-__all__ = ["Pointing", "boxes_for", "object_words", "pointing", "read_boxes"]
+__all__ = ["WEIGHTS", "Pointing", "boxes_for", "object_words", "pointing", "read_boxes"]
 
 FORMAT = "tokenflow-boxes/1"
 
@@ -84,15 +84,26 @@ def _patch_centres(grid: tuple[int, int], image_size: tuple[int, int]) -> list[t
     return [(left + (c + 0.5) * side / gw, top + (r + 0.5) * side / gh) for r in range(gh) for c in range(gw)]
 
 
+#: What a word points with: its contribution to the score ``T * c`` (``flow``, what the
+#: explanation figures draw), the size of that contribution ``|T * c|`` (``abs``), or the plan's
+#: weight ``T`` alone (``plan``). They differ for plans with signed weights (TokenFlow's d and e
+#: are not clamped), where ``T * c`` can peak at a patch whose ``c`` and ``T`` are both negative.
+WEIGHTS = ("flow", "abs", "plan")
+
+
 def pointing(flow: Tensor, c: Tensor, tokens: list[str], objects: list[dict], grid: tuple[int, int],
-             image_size: tuple[int, int]) -> Pointing:
+             image_size: tuple[int, int], weight: str = "flow") -> Pointing:
     """Pointing of one (image, caption) pair.
 
     Args:
         flow, c: [P, L] plan and token similarities over real tokens, patches row-major.
         tokens: the caption's L tokens as text; objects: ``{"words": [...], "box": [x0, y0, x1, y1]}``.
         grid: the patch grid (rows, columns); image_size: (width, height) of the original image.
+        weight: what picks a word's patch, one of :data:`WEIGHTS` (the argmax over patches of
+            ``T * c``, ``|T * c|`` or ``T``).
     """
+    if weight not in WEIGHTS:
+        raise ValueError(f"weight must be one of {', '.join(WEIGHTS)}, got {weight!r}")
     if flow.shape != c.shape or flow.dim() != 2:
         raise ValueError(f"flow and c must be the same [patches, tokens] shape, got {tuple(flow.shape)} and "
                          f"{tuple(c.shape)}")
@@ -100,7 +111,7 @@ def pointing(flow: Tensor, c: Tensor, tokens: list[str], objects: list[dict], gr
         raise ValueError(f"plan is {tuple(flow.shape)} but the grid has {grid[0] * grid[1]} patches and the caption "
                          f"{len(tokens)} tokens")
     centres = _patch_centres(grid, image_size)
-    contrib = (flow * c).float()
+    contrib = {"flow": flow * c, "abs": (flow * c).abs(), "plan": flow}[weight].float()
     out = Pointing()
     for t, j in object_words(tokens, objects):
         x0, y0, x1, y1 = objects[j]["box"]

@@ -57,13 +57,18 @@ class Explanation:
         :mod:`tokenflow.eval.pointing`)."""
         return pointing(self.flow, self.c, self.tokens, objects, self.grid, self.source_size)
 
-    def top_pairs(self, k: int = 5, words_only: bool = True) -> list[dict]:
+    def top_pairs(self, k: int = 5, words_only: bool = True, tokens: list[int] | None = None) -> list[dict]:
         """The ``k`` word-patch pairs that contribute most, ``T_hat * c`` with ``T_hat = 100 T``.
 
         ``words_only`` leaves out special tokens (``<bos>``, ``<|endoftext|>``, ...), which
-        often carry sentence-level mass rather than a word's."""
+        often carry sentence-level mass rather than a word's; ``tokens`` keeps only pairs from
+        those token indices (the object words of a caption, say)."""
         contrib = self.flow * self.c
-        if words_only:
+        if tokens is not None:
+            keep = torch.zeros(len(self.tokens), dtype=torch.bool)
+            keep[list(tokens)] = True
+            contrib = contrib.masked_fill(~keep.unsqueeze(0), float("-inf"))
+        elif words_only:
             special = torch.tensor([t.startswith("<") and t.endswith(">") for t in self.tokens])
             if not bool(special.all()):
                 contrib = contrib.masked_fill(special.unsqueeze(0), float("-inf"))
@@ -192,8 +197,11 @@ def explain_tokens(vis: Tokens, txt: Tokens, caption: str | None, aligner: Align
         global_score=float(vis.pooled[0] @ txt.pooled[0]), image=None)
 
 
-def render(expl: Explanation, path: str | Path, *, top: int = 4) -> Path:
-    """Draw ``expl`` as a PNG at ``path`` (written atomically) in the manner of the paper's figure 4."""
+def render(expl: Explanation, path: str | Path, *, top: int = 4, title: str | None = None,
+           tokens: list[int] | None = None) -> Path:
+    """Draw ``expl`` as a PNG at ``path`` (written atomically) in the manner of the paper's figure 4;
+    ``title`` is a line above the default one (the plan and its scores); ``tokens`` limits the
+    arrows to flows from those token indices (see :meth:`Explanation.top_pairs`)."""
     matplotlib = require("matplotlib", "viz", "drawing explanation figures")
 
     matplotlib.use("Agg")
@@ -213,8 +221,8 @@ def render(expl: Explanation, path: str | Path, *, top: int = 4) -> Path:
     ax.grid(color="white", linewidth=0.4, alpha=0.6)
     cax = fig.add_axes((0.83, 0.30, 0.025, 0.62))
     fig.colorbar(heat, cax=cax, label="patch weight d")
-    ax.set_title(f"{expl.aligner} ({expl.direction}): fine {expl.score:.3f}, global {expl.global_score:.3f}",
-                 fontsize=10)
+    head = f"{expl.aligner} ({expl.direction}): fine {expl.score:.3f}, global {expl.global_score:.3f}"
+    ax.set_title(f"{title}\n{head}" if title else head, fontsize=10)
 
     tax = fig.add_axes((0.02, 0.04, 0.96, 0.16))
     tax.set_axis_off()
@@ -234,7 +242,7 @@ def render(expl: Explanation, path: str | Path, *, top: int = 4) -> Path:
                  color="white" if shade > 0.6 else "black",
                  bbox={"boxstyle": "round,pad=0.25", "facecolor": cmap(shade), "edgecolor": "none"})
     tax.text(0.0, 0.05, "token weight e: darker = larger", fontsize=7, color="0.35", transform=tax.transAxes)
-    for pair in expl.top_pairs(top):
+    for pair in expl.top_pairs(top, tokens=tokens):
         xy_patch = (pair["col"] + 0.5, pair["row"] + 0.5)
         con = ConnectionPatch(xyA=(xs[pair["token"]], 0.75), coordsA=tax.transData, xyB=xy_patch,
                               coordsB=ax.transData, arrowstyle="->", color="crimson", linewidth=1.2)

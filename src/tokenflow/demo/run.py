@@ -1,0 +1,195 @@
+"""``tokenflow demo``: run the protocols over tasks, seeds and methods; write tables and figures."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..utils import LOCK_FILE, check_writable, folder_lock, machine, remove_temporaries, write_text_atomic
+from .budget import METHODS, PROTOCOLS, QUICK_METHODS, SCENES, TASKS, budget
+from .tables import results_markdown, summarise
+
+__all__ = ["run_demo"]
+
+MARKER = ".tokenflow-demo"
+
+
+@contextlib.contextmanager
+def _prepare_out(out: Path) -> Iterator[None]:
+    """Refuse a folder that is not the demo's or is not writable; hold its lock for the block
+    (a second demo into it stops at once); clear what an earlier demo left there."""
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (out / MARKER).exists():
+        raise FileExistsError(f"{out} exists and was not written by tokenflow demo; choose another --out")
+    check_writable(out, "--out")
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        for sub in ("data", "runs"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for old in out.glob("explain-*.png"):
+            old.unlink()
+        remove_temporaries(out)
+        (out / MARKER).write_text("written by tokenflow demo; its subfolders are replaced on every run\n")
+        yield
+
+
+def _figures(out: Path, summary: list[dict], videos: bool, n: int, log) -> list[str]:
+    """Explanation figures of ``n`` test pairs from the (protocol, plan) that points best on
+    scenes (pointing by T·c, the contributions the figures draw), seed ``min(seeds)``'s model."""
+    from ..data import load_split
+    from ..eval.pointing import boxes_for, object_words, read_boxes
+    from ..models.retrieval import RetrievalModel
+    from ..train.ablate import folder_name
+    from ..viz import explain, render
+
+    scored = [s for s in summary if s["task"] == "scenes" and "pointing" in s]
+    if not scored or not n or videos:
+        return []
+    best = max(scored, key=lambda s: s["pointing"]["flow"][0])
+    seed = min(best["seeds"])
+    where = out / "data" / "scenes" / f"seed-{seed}"
+    model = RetrievalModel.from_pretrained(out / "runs" / "scenes" / best["protocol"] / f"seed-{seed}"
+                                           / folder_name(best["spec"]) / "best")
+    test = load_split("flickr30k", where, "test")
+    boxes = read_boxes(where / "boxes.json")
+    title = (f"{best['method']} ({best['protocol']}), seed {seed}: pointing {best['pointing']['flow'][0]:.1f} % "
+             f"over seeds (chance {best['pointing_chance'][0]:.1f} %)")
+    figures = []
+    for i in range(min(n, len(test))):
+        k = test.text_item.index(i)
+        expl = explain(model, test.item_paths[i], test.texts[k])
+        objects = boxes_for(boxes, test.item_paths[i])
+        pt = expl.pointing(objects)
+        words = sorted({t for t, _ in object_words(expl.tokens, objects)})  # arrows from the object words
+        path = render(expl, out / f"explain-{best['protocol']}-{folder_name(best['method'])}-{i}.png", title=title,
+                      top=len(words), tokens=words)
+        figures.append(str(path))
+        log(f"figure {path.name}: \"{test.texts[k]}\", {pt.hits}/{pt.total} object words point into their box")
+    return figures
+
+
+def _check(tasks: Sequence[str], protocols: Sequence[str], seeds: int, videos: bool, log) -> tuple[list, list]:
+    tasks, protocols = list(dict.fromkeys(tasks)), list(dict.fromkeys(protocols))
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise ValueError(f"unknown task(s) {bad or tasks}; choose from {', '.join(TASKS)}")
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad or not protocols:
+        raise ValueError(f"unknown protocol(s) {bad or protocols}; choose from {', '.join(PROTOCOLS)}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    if videos and "scenes" in tasks:
+        tasks = [t for t in tasks if t != "scenes"] or ["bindings"]
+        log("tokenflow demo: --videos runs the bindings task only (scenes has no video form yet)")
+    return tasks, protocols
+
+
+def _run_groups(groups: list[tuple], out: Path, quick: bool, videos: bool, workers: int, jobs: int,
+                threads: int | None) -> list[dict]:
+    """Every (task, seed, protocol, methods) group's rows: in this process or in spawned ones."""
+    from .protocol import run_group
+
+    if jobs == 1:
+        return [r for t, s, p, m in groups for r in run_group(t, s, p, str(out), quick, videos, m, workers)]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    rows: list[dict] = []
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(run_group, t, s, p, str(out), quick, videos, m, workers, threads)
+                   for t, s, p, m in groups]
+        for f in futures:
+            rows += f.result()
+    return rows
+
+
+def _tune(out: Path, tasks: list[str], protocols: list[str], methods: list[str], quick: bool, videos: bool,
+          workers: int, log) -> dict:
+    """``--full``'s grid search, recorded in the package's tuned.json and in ``out``."""
+    from .tune import TUNED_FILE, tune, write_tuned
+
+    results = {t: {p: tune(t, p, methods, out, quick, videos, workers,
+                           log=lambda line, t=t, p=p: log(f"[{t} {p} tuning] {line}")) for p in protocols}
+               for t in tasks}
+    data = write_tuned(results, quick, out / "tuned.json")
+    try:
+        write_tuned(results, quick, TUNED_FILE)
+        log(f"tokenflow demo: chosen hyperparameters recorded in {TUNED_FILE}")
+    except OSError as err:  # an installed, read-only package: the choice stays in out/tuned.json
+        log(f"tokenflow demo: could not record the choice in {TUNED_FILE} ({err}); it is in {out / 'tuned.json'}")
+    return data
+
+
+def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, full: bool = False, videos: bool = False,
+             methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+             protocols: Sequence[str] | None = None, seeds: int | None = None, seed: int = 0,
+             jobs: int | None = None, workers: int = 0, explain_pairs: int = 3, log=print) -> dict:
+    """Run the protocols for every task and seed, write the tables and figures.
+
+    Default: scenes from scratch, :data:`METHODS`, 3 seeds. ``full``: both protocols, 5 seeds,
+    and first the grid search of :mod:`tokenflow.demo.tune` (on a tuning seed's val split).
+    ``quick``: both protocols at a smoke-test budget.
+
+    Args:
+        methods: rows; a bare plan name takes the hyperparameters recorded in ``tuned.json``.
+        seeds: seeds ``seed, seed + 1, ...``; each has its own data and start, shared by every method.
+        jobs: groups run at once in separate processes, each with an equal share of the CPU
+            threads (default: as many as the machine has cores, at most the groups); 1 runs
+            everything in this process.
+    """
+    from ..train.ablate import check_methods
+    from .tune import apply_tuned, read_tuned
+
+    methods = check_methods(list(methods or (QUICK_METHODS if quick else METHODS)))
+    full_or_quick = full or quick
+    tasks, protocols = _check(tasks or ["scenes"], protocols or (PROTOCOLS if full_or_quick else ["scratch"]),
+                              seeds or (5 if full else 3), videos, log)
+    seeds = seeds or (5 if full else 3)
+    out = Path(out)
+    with _prepare_out(out):
+        p = budget(quick, videos)
+        t0 = time.perf_counter()
+        tuned = _tune(out, tasks, protocols, methods, quick, videos, workers, log) if full else read_tuned()
+        groups = [(t, s, pr, apply_tuned(methods, t, pr, tuned)) for t in tasks for pr in protocols
+                  for s in range(seed, seed + seeds)]
+        jobs = max(1, min(jobs or os.cpu_count() or 1, len(groups)))
+        threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
+        log(f"tokenflow demo: {', '.join(tasks)}, {' and '.join(protocols)}, seeds {seed}..{seed + seeds - 1}; "
+            f"per seed and method: {p['sizes'][0]} {'videos' if videos else 'images'} x {p['epochs']} epochs"
+            + (f" (finetune after a global pretraining of {p['pretrain'][0]} x {p['pretrain_epochs']})"
+               if "finetune" in protocols else "") + f"; methods {', '.join(groups[0][3])}; {jobs} job(s) on "
+            f"{machine()}")
+        rows = _run_groups(groups, out, quick, videos, workers, jobs, threads)
+        order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+        rows.sort(key=lambda r: (tasks.index(r["task"]), protocols.index(r["protocol"]), order[r["method"]],
+                                 r["seed"]))
+        summary = summarise(rows)
+        figures = _figures(out, summary, videos, explain_pairs, log)
+        meta = {"tokenflow_version": __version__, "date": _dt.date.today().isoformat(), "machine": machine(),
+                "tasks": tasks, "protocols": protocols, "seeds": list(range(seed, seed + seeds)), "quick": quick,
+                "full": full, "videos": videos, "methods": methods,
+                "budget": {**{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}, "scenes": SCENES},
+                "tuned": {k: tuned.get(k) for k in ("date", "machine", "tuning_seed", "budget", "results")},
+                "protocol": "scratch: each method trains the tiny encoder from a fresh start; finetune: a global-"
+                            "loss pretraining per seed (checkpoint chosen on its val), then one fine-tune per "
+                            "method; every method has the same budget, checkpoints are chosen on val (rsum), "
+                            "test is evaluated once",
+                "command": ["tokenflow", *sys.argv[1:]], "figures": figures,
+                "seconds": round(time.perf_counter() - t0, 1)}
+        text = results_markdown(meta, rows, summary)
+        write_text_atomic(out / "results.json", json.dumps({**meta, "summary": summary, "rows": rows}, indent=2) + "\n")
+        write_text_atomic(out / "results.md", text)
+        log("")
+        log(text)
+        log(f"results: {out / 'results.md'}, {out / 'results.json'}; figures: {', '.join(figures) or 'none'}; "
+            f"{meta['seconds']:.0f} s in all")
+        return {**meta, "summary": summary, "rows": rows}
