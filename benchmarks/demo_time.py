@@ -1,5 +1,5 @@
-"""Wall time of `tokenflow demo` presets (issue 12: default <= 5 min, --quick <= 90 s on 2 cores,
-not counting the install).
+"""Wall time of `tokenflow demo` presets (default <= 5 min, --quick about 90 s, --full <= 30 min on
+2 cores, not counting the install).
 
     python benchmarks/demo_time.py                 # default and --quick (3 seeds, both tasks)
     python benchmarks/demo_time.py --presets quick
@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from tokenflow.demo import machine, run_demo  # noqa: E402
 from tokenflow.utils import write_text_atomic  # noqa: E402
 
-PRESETS = {"default": {}, "quick": {"quick": True}, "quick-videos": {"quick": True, "videos": True},
-           "videos": {"videos": True}}
+PRESETS = {"default": {}, "quick": {"quick": True}, "full": {"full": True},
+           "quick-videos": {"quick": True, "videos": True, "tasks": ["bindings"]},
+           "videos": {"videos": True, "tasks": ["bindings"]}}
 
 
 def main() -> None:
@@ -38,9 +39,10 @@ def main() -> None:
     for name in args.presets:
         t0 = time.perf_counter()
         res = run_demo(work / name, log=lambda *_: None, **PRESETS[name])
+        key = "{task}/{protocol}/{method}".format_map
         rows.append({"preset": name, "seconds": round(time.perf_counter() - t0, 1),
-                     "mean_train_s": {f"{s['task']}/{s['method']}": s["train_s"][0] for s in res["summary"]},
-                     "t2v_R@1": {f"{s['task']}/{s['method']}": s["t2v"]["R@1"] for s in res["summary"]}})
+                     "mean_train_s": {key(s): s["train_s"][0] for s in res["summary"]},
+                     "t2v_R@1": {key(s): s["t2v"]["R@1"] for s in res["summary"]}})
         print(f"| {name} | {rows[-1]['seconds']:.0f} s | "
               + ", ".join(f"{m} {s:.0f}" for m, s in rows[-1]["mean_train_s"].items()) + " |", flush=True)
     write_text_atomic(args.json, json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"),

@@ -31,7 +31,7 @@ SCENES = {"objects": 5, "named": 2, "placement": "cell", "templates": "plain"}
 # Per (task, seed): the task's split sizes (train, val, test) and epochs, the same for every
 # method and both protocols; the pretraining split (train, val) and its epochs (finetune only).
 BUDGETS = {
-    "default": {"sizes": (3000, 300, 500), "epochs": 16, "pretrain": (6000, 300), "pretrain_epochs": 8,
+    "default": {"sizes": (3000, 250, 500), "epochs": 12, "pretrain": (6000, 300), "pretrain_epochs": 8,
                 "batch_size": 64, "lr": 1e-3, "lr_finetune": 3e-4},
     "quick": {"sizes": (400, 100, 200), "epochs": 3, "pretrain": (600, 60), "pretrain_epochs": 2,
               "batch_size": 32, "lr": 1e-3, "lr_finetune": 3e-4},

@@ -129,6 +129,20 @@ def _tune(out: Path, tasks: list[str], protocols: list[str], methods: list[str],
     return data
 
 
+def _meta(tasks: list[str], protocols: list[str], seeds: list[int], quick: bool, full: bool, videos: bool,
+          methods: list[str], p: dict, tuned: dict) -> dict:
+    """What results.json records about the run besides its rows."""
+    return {"tokenflow_version": __version__, "date": _dt.date.today().isoformat(), "machine": machine(),
+            "tasks": tasks, "protocols": protocols, "seeds": seeds, "quick": quick, "full": full, "videos": videos,
+            "methods": methods,
+            "budget": {**{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}, "scenes": SCENES},
+            "tuned": {k: tuned.get(k) for k in ("date", "machine", "tuning_seed", "budget", "results")},
+            "protocol": "scratch: each method trains the tiny encoder from a fresh start; finetune: a global-loss "
+                        "pretraining per seed (checkpoint chosen on its val), then one fine-tune per method; every "
+                        "method has the same budget, checkpoints are chosen on val (rsum), test is evaluated once",
+            "command": ["tokenflow", *sys.argv[1:]]}
+
+
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, full: bool = False, videos: bool = False,
              methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
              protocols: Sequence[str] | None = None, seeds: int | None = None, seed: int = 0,
@@ -174,17 +188,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, full: bool =
                                  r["seed"]))
         summary = summarise(rows)
         figures = _figures(out, summary, videos, explain_pairs, log)
-        meta = {"tokenflow_version": __version__, "date": _dt.date.today().isoformat(), "machine": machine(),
-                "tasks": tasks, "protocols": protocols, "seeds": list(range(seed, seed + seeds)), "quick": quick,
-                "full": full, "videos": videos, "methods": methods,
-                "budget": {**{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}, "scenes": SCENES},
-                "tuned": {k: tuned.get(k) for k in ("date", "machine", "tuning_seed", "budget", "results")},
-                "protocol": "scratch: each method trains the tiny encoder from a fresh start; finetune: a global-"
-                            "loss pretraining per seed (checkpoint chosen on its val), then one fine-tune per "
-                            "method; every method has the same budget, checkpoints are chosen on val (rsum), "
-                            "test is evaluated once",
-                "command": ["tokenflow", *sys.argv[1:]], "figures": figures,
-                "seconds": round(time.perf_counter() - t0, 1)}
+        meta = _meta(tasks, protocols, list(range(seed, seed + seeds)), quick, full, videos, methods, p, tuned)
+        meta.update({"figures": figures, "seconds": round(time.perf_counter() - t0, 1)})
         text = results_markdown(meta, rows, summary)
         write_text_atomic(out / "results.json", json.dumps({**meta, "summary": summary, "rows": rows}, indent=2) + "\n")
         write_text_atomic(out / "results.md", text)
