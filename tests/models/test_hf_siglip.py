@@ -39,7 +39,7 @@ def _tokenizer(kind: str):
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def save_tiny_siglip(folder, kind: str):
+def save_tiny_siglip(folder, kind: str, logit_scale: float = 2.3, logit_bias: float = -9.0):
     """A random tiny SiglipModel (32 x 32 images, 8 x 8 patches) or Siglip2Model (NaFlex, a 4 x 4
     grid of 8 x 8 patches), its tokenizer and image processor, as save_pretrained writes them."""
     from transformers import (Siglip2Config, Siglip2Model, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig,
@@ -65,8 +65,8 @@ def save_tiny_siglip(folder, kind: str):
         model = Siglip2Model(cfg)
         Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16).save_pretrained(str(folder))
     with torch.no_grad():  # SigLIP's published starting point, not the random init
-        model.logit_scale.fill_(2.3)
-        model.logit_bias.fill_(-9.0)
+        model.logit_scale.fill_(logit_scale)
+        model.logit_bias.fill_(logit_bias)
     model.save_pretrained(str(folder))
     return folder
 

@@ -74,6 +74,34 @@ def test_starting_temperature_and_bias():
     assert "logit_bias" not in RetrievalModel(tiny, None).head_config()
 
 
+def test_a_siglip_backbone_keeps_its_own_scale_above_the_cap(tmp_path):
+    """A SigLIP checkpoint's t = exp(t') is above CLIP's cap of 100: a sigmoid run starts at the
+    folder's own (t, b), its cap rises to t (clamping keeps it), and the saved head records it."""
+    pytest.importorskip("transformers")
+    from tests.models.test_hf_siglip import save_tiny_siglip
+    from tokenflow.train import build_model
+
+    folder = save_tiny_siglip(tmp_path / "siglip", "siglip", logit_scale=math.log(115.0), logit_bias=-12.5)
+    base = {"data": {"dataset": "flickr30k", "root": str(tmp_path), "max_words": 16},
+            "model": {"backbone": str(folder), "aligner": "max-avg"}, "run": {"out": str(tmp_path / "o")}}
+    model = build_model(load_config(None, ["loss.kind=sigmoid"], data=base), None)
+    assert float(model.scale().detach()) == pytest.approx(115.0, rel=1e-5)
+    assert float(model.logit_bias.detach()) == pytest.approx(-12.5)
+    assert model.max_logit_scale == pytest.approx(115.0, rel=1e-5)
+    model.clamp_logit_scale()  # what every training step does
+    assert float(model.scale().detach()) == pytest.approx(115.0, rel=1e-5)
+    model.save_pretrained(tmp_path / "saved")
+    head = json.loads((tmp_path / "saved" / "tokenflow.json").read_text())
+    assert head["max_logit_scale"] == pytest.approx(115.0, rel=1e-5)
+    back = RetrievalModel.from_pretrained(tmp_path / "saved")
+    assert float(back.scale().detach()) == pytest.approx(115.0, rel=1e-5)
+    # a lower cap given by the user still rises to the starting scale; InfoNCE keeps CLIP's cap
+    capped = build_model(load_config(None, ["loss.kind=sigmoid", "model.max_logit_scale=50"], data=base), None)
+    assert float(capped.scale().detach()) == pytest.approx(115.0, rel=1e-5)
+    clip_like = build_model(load_config(None, [], data=base), None)
+    assert float(clip_like.scale().detach()) == pytest.approx(100.0) and clip_like.max_logit_scale == 100.0
+
+
 def test_objective_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="logit_bias"):
         Objective(RetrievalModel(_model().backbone, None), loss="sigmoid")

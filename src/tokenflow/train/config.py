@@ -74,7 +74,8 @@ class ModelConfig(_Strict):
     w_fine: float = Field(1.0, ge=0, description="weight of the fine-grained loss and similarity")
     logit_scale: float | None = Field(None, gt=0, description="initial logit scale; null: the backbone's own (CLIP, "
                                       "SigLIP), or 1/0.07; with loss.kind sigmoid: a SigLIP's own, else 10")
-    max_logit_scale: float = Field(100.0, gt=0, description="the logit scale is clamped to this, as in CLIP")
+    max_logit_scale: float = Field(100.0, gt=0, description="the logit scale is clamped to this, as in CLIP "
+                                     "(sigmoid: at least the starting scale, e.g. a SigLIP's own)")
     max_text_len: int | None = Field(None, ge=3, description="old name of data.max_words, still read: moved "
                                                              "there on load (both set and different: an error)")
 

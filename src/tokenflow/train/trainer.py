@@ -79,7 +79,7 @@ def _resolved(config: dict) -> dict:
 
 def build_model(cfg: TrainConfig, train_split: RetrievalSplit) -> RetrievalModel:
     """Backbone (a local folder, or a new tiny encoder whose vocabulary comes from the training
-    captions) + plan + fusion weights + logit scale."""
+    captions) + plan + fusion weights + logit scale (sigmoid: the cap rises to the starting scale)."""
     m = cfg.model
     if m.backbone == "tiny":
         tok = WordTokenizer.build(train_split.texts, max_len=cfg.data.max_words)
@@ -95,8 +95,9 @@ def build_model(cfg: TrainConfig, train_split: RetrievalSplit) -> RetrievalModel
             raise ConfigError(f"data.max_words: {e}") from None
     aligner = None if m.aligner is None else aligner_for(m.aligner, m.hparams, dim=backbone.embed_dim)
     scale, bias = initial_logits(cfg.loss.kind, backbone, m.logit_scale, cfg.loss.bias)
+    cap = m.max_logit_scale if bias is None else max(m.max_logit_scale, scale)  # SigLIP's own t (~110-118) stays
     return RetrievalModel(backbone, aligner, w_global=m.w_global, w_fine=m.w_fine, logit_scale=scale,
-                          max_logit_scale=m.max_logit_scale, logit_bias=bias)
+                          max_logit_scale=cap, logit_bias=bias)
 
 
 def _no_decay(name: str, p: nn.Parameter) -> bool:
