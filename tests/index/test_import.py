@@ -41,7 +41,7 @@ def test_import_npz_and_safetensors_give_the_stored_rows(tmp_path):
     a["paths"] = np.array([f"/media/a{i}.jpg" for i in range(6)])
     files = [save_npz(tmp_path / "a.npz", a), save_st(tmp_path / "b.safetensors", b)]
     store = import_features(files, tmp_path / "store", kind="visual", model="open_clip ViT-B-32", note="laion2b",
-                            dtype="fp32", shard_size=4)
+                            dtype="fp32", shard_size=4, normalize=False)
     assert len(store) == 12 and store.kind == "visual" and store.dim == 8 and store.max_tokens == 5
     assert store.ids == [f"a{i}" for i in range(6)] + [f"b{i}" for i in range(6)]
     assert store.paths[:2] == ["/media/a0.jpg", "/media/a1.jpg"] and store.paths[6] is None
@@ -73,12 +73,43 @@ def test_bf16_fp16_compressed_and_integer_inputs(tmp_path):
     st_torch.save_file({"feats": feats, "mask": torch.from_numpy(b["mask"]),
                         "pooled": torch.from_numpy(b["pooled"]).bfloat16(), "ids": torch.arange(10, 16)},
                        str(tmp_path / "b.safetensors"))
-    store = import_features([f1, tmp_path / "b.safetensors"], tmp_path / "s", kind="visual", model="m", dtype="fp32")
+    store = import_features([f1, tmp_path / "b.safetensors"], tmp_path / "s", kind="visual", model="m", dtype="fp32",
+                            normalize=False)
     assert store.ids == [str(i) for i in range(6)] + [str(i) for i in range(10, 16)]
     tok = store.tokens(list(range(12)))
     torch.testing.assert_close(tok.feats[6:], torch.where(torch.from_numpy(b["mask"])[..., None], feats.float(), 0.0))
     torch.testing.assert_close(tok.feats[:6], torch.from_numpy(np.where(a["mask"][..., None] == 1,
                                                                         a["feats"].astype(np.float32), 0)))
+
+
+def test_normalized_by_default_or_kept_as_given(tmp_path, capsys):
+    """Raw features (norms far from 1) are L2-normalised on import unless --no-normalize: real
+    tokens and pooled features, a zero vector staying zero; the manifest's source says which."""
+    a = arrays(seed=4)
+    a["feats"] *= 7.0
+    a["feats"][1, 2] = 0.0  # a real token of norm 0
+    f = save_npz(tmp_path / "a.npz", a)
+    assert main(["import-features", str(f), "--out", str(tmp_path / "N"), "--kind", "visual", "--model-name", "m",
+                 "--dtype", "fp32"]) == 0
+    assert "L2-normalised" in capsys.readouterr().out
+    assert main(["import-features", str(f), "--out", str(tmp_path / "R"), "--kind", "visual", "--model-name", "m",
+                 "--dtype", "fp32", "--no-normalize"]) == 0
+    norm, raw = FeatureStore(tmp_path / "N"), FeatureStore(tmp_path / "R")
+    assert store_source(norm)["normalized"] is True and store_source(raw)["normalized"] is False
+    mask = torch.from_numpy(a["mask"])
+    feats, pooled = torch.from_numpy(a["feats"]), torch.from_numpy(a["pooled"])
+    got = norm.tokens(list(range(6)))
+    want = torch.where(mask[..., None], torch.nn.functional.normalize(feats, dim=-1), 0.0)
+    torch.testing.assert_close(got.feats, want)
+    torch.testing.assert_close(got.pooled, torch.nn.functional.normalize(pooled, dim=-1))
+    assert torch.allclose(got.feats[mask].norm(dim=-1)[[0, 1, 3]], torch.ones(3)) and not got.feats[1, 2].any()
+    kept = raw.tokens(list(range(6)))
+    torch.testing.assert_close(kept.feats, torch.where(mask[..., None], feats, 0.0))
+    torch.testing.assert_close(kept.pooled, pooled)
+    # the API defaults to normalising too; a resumed import with the other choice is refused
+    assert store_source(import_features([f], tmp_path / "A", kind="visual", model="m"))["normalized"] is True
+    with pytest.raises(FileError, match="other settings"):
+        import_features([f], tmp_path / "A", kind="visual", model="m", normalize=False)
 
 
 def test_cli_import_text_store_and_its_manifest(tmp_path, capsys):
@@ -213,6 +244,16 @@ def test_unreadable_files(tmp_path):
                  "--model-name", "m"]) == 2
 
 
+def test_a_missing_file_is_a_file_error_naming_it(tmp_path, capsys):
+    with pytest.raises(FileError, match=r"nope\.npz: feature file not found"):
+        import_features([tmp_path / "nope.npz"], tmp_path / "o", kind="visual", model="m")
+    with pytest.raises(FileError, match="a folder: give the .npz or .safetensors files in it"):
+        import_features([tmp_path], tmp_path / "o", kind="visual", model="m")
+    assert main(["import-features", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o"), "--kind", "visual",
+                 "--model-name", "m"]) == 2
+    assert "nope.npz: feature file not found" in capsys.readouterr().err
+
+
 def test_a_killed_import_resumes_to_the_same_store(tmp_path, monkeypatch):
     from tokenflow.index import importer
 
@@ -220,11 +261,11 @@ def test_a_killed_import_resumes_to_the_same_store(tmp_path, monkeypatch):
     ref = import_features(files, tmp_path / "ref", kind="visual", model="m", shard_size=3)
     real, calls = importer._chunk, []
 
-    def dies(f, rows):
+    def dies(f, rows, *rest):
         calls.append(rows)
         if len(calls) == 4:  # the first chunk of the second file
             raise KeyboardInterrupt
-        return real(f, rows)
+        return real(f, rows, *rest)
 
     monkeypatch.setattr(importer, "_chunk", dies)
     with pytest.raises(KeyboardInterrupt):

@@ -16,6 +16,7 @@ shortlist per machine, a longer one in all).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -322,11 +323,13 @@ def _import(args) -> int:
 
     t0 = time.perf_counter()
     store = import_features(args.files, args.out, kind=args.kind, model=args.model_name, note=args.note,
-                            modality=args.modality, dtype=args.dtype, shard_size=args.shard_size)
+                            modality=args.modality, dtype=args.dtype, shard_size=args.shard_size,
+                            normalize=args.normalize)
     size = sum(f["bytes"] for s in store.manifest["shards"] for f in s["files"].values())
     files = f"{len(args.files)} file{'s' if len(args.files) > 1 else ''}"
+    norm = "L2-normalised" if args.normalize else "as given"
     print(f"{files}: {len(store)} {store.kind} rows of {store.manifest['source']['model']} imported into {args.out} "
-          f"(L={store.max_tokens}, D={store.dim}, {store.dtype}, {size / 2**20:.1f} MiB, "
+          f"(L={store.max_tokens}, D={store.dim}, {store.dtype}, {norm}, {size / 2**20:.1f} MiB, "
           f"{time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -345,6 +348,9 @@ def _add_import(sub) -> None:
     p.add_argument("--note", default=None, help="free text kept in the manifest (how the features were made)")
     p.add_argument("--dtype", choices=("fp16", "fp32", "int8"), default="fp16", help="token features on disk")
     p.add_argument("--shard-size", type=int, default=4096, help="rows per shard (no shard spans two files)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="divide each real token and pooled feature by its L2 norm, as the library assumes (default; "
+                        "--no-normalize: keep them as given); recorded in the manifest's source")
     p.set_defaults(func=_import)
 
 

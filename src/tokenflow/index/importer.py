@@ -22,9 +22,14 @@ Ids for :func:`~tokenflow.index.offline.evaluate_stores`: a visual store's ids a
 ids, a text store's ``ITEM_ID#K`` with K the caption's index in the split (what ``tokenflow encode``
 and ``encode --captions`` write).
 
+The library assumes unit-norm token and pooled features, as its own encoders give; raw outputs of
+other code often are not (open_clip's ``encode_*`` before ``F.normalize``). So by default every
+real token and every pooled feature is divided by its L2 norm on import (a zero vector stays zero,
+as in ``F.normalize``); ``normalize=False`` (``--no-normalize``) keeps the values as given.
+
 The manifest's ``backbone`` is null and its ``source`` says where the features came from:
-``{"kind": "imported", "model": ..., "note": ..., "files": [{"name", "bytes", "sha256"}],
-"sha256": ...}`` (the last over the files' hashes, in order). Every file becomes its own shards.
+``{"kind": "imported", "model": ..., "note": ..., "normalized": true | false, "files": [{"name",
+"bytes", "sha256"}], "sha256": ...}`` (the last over the files' hashes, in order). Every file becomes its own shards.
 A killed import resumes like ``encode`` (finished shards kept); bad input stops it with a message
 naming the file and the array, and the shards it wrote are removed.
 """
@@ -206,7 +211,8 @@ def read_feature_file(path: str | Path, kind: str) -> FeatureFile:
     """Open one input file and check its arrays' names, shapes and dtypes (not yet their values)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"feature file {path} not found")
+        raise FileError(f"{path}: feature file not found" + (" (a folder: give the .npz or .safetensors files in "
+                                                             "it)" if path.is_dir() else ""))
     if path.suffix == ".npz":
         arrays, meta = _read_npz(path)
     elif path.suffix == ".safetensors":
@@ -266,9 +272,22 @@ def _float32(a: np.ndarray, rows: slice) -> np.ndarray:
     return a.as_float32(rows) if isinstance(a, _Bf16) else np.array(a[rows], dtype=np.float32)  # a copy
 
 
-def _chunk(f: FeatureFile, rows: slice) -> Tokens:
+def _l2_normalize(a: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """``a`` divided in place by its L2 norm along the last axis (norms below 1e-12 count as 1e-12,
+    as in ``F.normalize``); where ``mask`` is given, only its True rows (padding is left as is)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.sqrt(np.einsum("...d,...d->...", a, a))
+    np.maximum(norms, 1e-12, out=norms)
+    if mask is not None:
+        norms = np.where(mask, norms, np.float32(1.0))
+    with np.errstate(invalid="ignore"):
+        a /= norms[..., None]
+    return a
+
+
+def _chunk(f: FeatureFile, rows: slice, normalize: bool = True) -> Tokens:
     """Rows of ``f`` as float32 Tokens, their values checked: every row has a real token, real
-    tokens and pooled features are finite."""
+    tokens and pooled features are finite; then L2-normalised unless ``normalize`` is False."""
     first = rows.start
     mask = np.array(f.arrays["mask"][rows])
     if mask.dtype != np.bool_:
@@ -296,22 +315,27 @@ def _chunk(f: FeatureFile, rows: slice) -> Tokens:
     if bad.size:
         r = first + int(bad[0])
         raise FileError(f"{f.path}: pooled: row {r} (id {f.ids[r]!r}) has NaN or Inf")
+    if normalize:
+        _l2_normalize(feats, mask)
+        _l2_normalize(pooled)
     return Tokens(torch.from_numpy(feats), torch.from_numpy(mask), torch.from_numpy(pooled))
 
 
-def _source(files: Sequence[FeatureFile], model: str, note: str | None) -> dict:
+def _source(files: Sequence[FeatureFile], model: str, note: str | None, normalize: bool) -> dict:
     entries = [{"name": f.path.name, "bytes": f.path.stat().st_size, "sha256": sha256_file(f.path)} for f in files]
     total = hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()
-    return {"kind": "imported", "model": model, "note": note, "files": entries, "sha256": total}
+    return {"kind": "imported", "model": model, "note": note, "normalized": normalize, "files": entries,
+            "sha256": total}
 
 
 # -- writing --------------------------------------------------------------------------------------
 def import_features(files: Sequence[str | Path], folder: str | Path, *, kind: str, model: str,
                     note: str | None = None, modality: str | None = None, dtype: StoreDtype = "fp16",
-                    shard_size: int = 4096) -> FeatureStore:
+                    shard_size: int = 4096, normalize: bool = True) -> FeatureStore:
     """Write the rows of ``files`` (in order) as a ``kind`` (``"visual"`` or ``"text"``) store in
     ``folder``; returns it opened. ``model`` and ``note`` name the source in the manifest;
-    ``modality``: ``"image"`` or ``"video"`` for a visual store (default image).
+    ``modality``: ``"image"`` or ``"video"`` for a visual store (default image). ``normalize``:
+    divide each real token and pooled feature by its L2 norm (default), else store them as given.
 
     Every shape, dtype and id is checked before anything is written, the values (NaN/Inf, rows
     with no real token, 0/1 masks) as the rows are written. Resumable like :func:`encode_store`;
@@ -334,7 +358,7 @@ def import_features(files: Sequence[str | Path], folder: str | Path, *, kind: st
             raise FileError(f"{f.path}: array 'feats' has D={f.dim}, but {opened[0].path} has D={dim}; all files "
                             "hold features of one model")
     _check_ids(opened)
-    source = _source(opened, model.strip(), note)
+    source = _source(opened, model.strip(), note, normalize)
     with StoreWriter(folder, kind=kind, backbone=None, source=source, dtype=dtype, shard_size=shard_size,
                      max_tokens=max(f.length for f in opened), tokens={"modality": modality}) as w:
         done, start = w.skip_done(), 0
@@ -347,7 +371,7 @@ def import_features(files: Sequence[str | Path], folder: str | Path, *, kind: st
                 extra = f.extra.get("paths") or f.extra.get("texts") or [None] * f.rows
                 for a in range(max(done - start, 0), f.rows, shard_size):  # one shard per chunk, none across files
                     rows = slice(a, min(a + shard_size, f.rows))
-                    w.add(_chunk(f, rows), f.ids[rows], extra[rows])
+                    w.add(_chunk(f, rows, normalize), f.ids[rows], extra[rows])
                     w.flush(file=k)
                 start += f.rows
         except UserError:
