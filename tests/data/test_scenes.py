@@ -121,3 +121,46 @@ def test_unknown_placement_or_templates_are_named(tmp_path):
         make_scenes(tmp_path, (2, 2, 2), placement="random")
     with pytest.raises(ValueError, match="templates"):
         make_scenes(tmp_path, (2, 2, 2), templates="fancy")
+
+
+def _negatives_folder(tmp_path, images):
+    """A hand-made scenes folder: ``images`` is ``[(file, [(colour, shape), ...], [caption, ...])]``,
+    all test images; returns (folder, boxes) as make_scenes hands them to write_scene_negatives."""
+    tmp_path.mkdir(exist_ok=True)
+    doc = {"images": [{"filename": name, "split": "test", "sentences": [{"raw": c} for c in caps]}
+                      for name, _, caps in images]}
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps(doc))
+    boxes = {f"flickr30k-images/{name}": [{"words": list(o), "box": [0, 0, 1, 1]} for o in objs]
+             for name, objs, _ in images}
+    return tmp_path, boxes
+
+
+def test_negatives_fall_back_to_the_other_kind_and_count_skipped_captions(tmp_path):
+    from tokenflow.data.scenes import write_scene_negatives
+
+    every_shape = [("red", s) for s in SCENE_SHAPES] + [("blue", "circle")]  # no new shape for a red object
+    full = [(c, "circle") for c in SCENE_COLORS] + [("red", s) for s in SCENE_SHAPES[1:]]  # no change at all
+    folder, boxes = _negatives_folder(tmp_path, [
+        ("a.png", every_shape, [f"a red {s}" for s in SCENE_SHAPES] * 3),
+        ("b.png", full, ["a red circle", "a cat on a mat", "a blue circle"]),
+    ])
+    path = write_scene_negatives(folder, boxes, seed=1)
+    doc = json.loads(path.read_text())
+    got = {(it["image"], it["caption"], it["negatives"][0], it["category"]) for it in doc["items"]}
+    a = [it for it in doc["items"] if it["image"] == "flickr30k-images/a.png"]
+    assert len(a) == 12 and all(it["category"] == "replace-color" for it in a)  # shapes: none left for red
+    for it in a:
+        color, shape = it["negatives"][0].split()[1:3]
+        assert shape == it["caption"].split()[2] and (color, shape) not in every_shape
+    # b: 'a red circle' has no replacement either way, the cat names nothing; 'a blue circle' can
+    # only become a blue square, triangle or cross (every colour of circle is there)
+    b = [g for g in got if g[0] == "flickr30k-images/b.png"]
+    assert len(b) == 1 and b[0][1] == "a blue circle" and b[0][3] == "replace-shape"
+    assert b[0][2] in {f"a blue {s}" for s in SCENE_SHAPES[1:]}
+    assert "2 test caption(s) skipped" in doc["note"]
+    # nothing skipped: the note says nothing about skips
+    folder2, boxes2 = _negatives_folder(tmp_path / "two", [("c.png", [("red", "circle")], ["a red circle"])])
+    assert "skipped" not in json.loads(write_scene_negatives(folder2, boxes2).read_text())["note"]
+    # no caption with a negative: nothing written
+    folder3, boxes3 = _negatives_folder(tmp_path / "three", [("d.png", full, ["a red circle"])])
+    assert write_scene_negatives(folder3, boxes3) is None and not (folder3 / "hard_negatives.json").exists()

@@ -217,15 +217,18 @@ def write_scene_negatives(out: Path, boxes: dict[str, list[dict]], seed: int = 0
 
     The new colour is one no object of the image has, where one is left; the new shape makes a
     (colour, shape) pair that is not in the image (with four shapes an image often holds them
-    all). So the negative names an object the image does not hold. ``boxes`` is the generator's
-    ``{path: [{"words": [colour, shape], ...}]}``. Its own random stream leaves the scenes as they were.
-    Returns the file's path, or ``None`` without a test split (nothing written).
+    all). So the negative names an object the image does not hold. When the kind drawn has no
+    such replacement (an image holding every shape in the named colour), the other kind is tried;
+    a caption with neither, or naming no object of its image, is skipped, and the file's note
+    counts the skipped captions. ``boxes`` is the generator's ``{path: [{"words": [colour, shape],
+    ...}]}``. Its own random stream leaves the scenes as they were. Returns the file's path, or
+    ``None`` when no test caption got a negative (nothing written).
     """
     from .hard_negatives import write_hard_negatives
 
     rng = random.Random(f"scenes-negatives-{seed}")
     data = json.loads((out / "dataset_flickr30k.json").read_text())
-    entries = []
+    entries, skipped = [], 0
     for im in data["images"]:
         if im["split"] != "test":
             continue
@@ -236,20 +239,33 @@ def write_scene_negatives(out: Path, boxes: dict[str, list[dict]], seed: int = 0
             text = sent["raw"]
             words = text.replace(",", "").split()
             named = [o for o in objects if any(words[i : i + 2] == list(o) for i in range(len(words) - 1))]
+            if not named:
+                skipped += 1
+                continue
             color, shape = rng.choice(named)
-            kind = rng.choice(("replace-color", "replace-shape"))
-            if kind == "replace-color":
-                options = [c for c in SCENE_COLORS if c not in colors] or [
-                    c for c in SCENE_COLORS if (c, shape) not in objects]
-                new = (rng.choice(options), shape)
-            else:
-                options = [s for s in SCENE_SHAPES if s not in shapes] or [
-                    s for s in SCENE_SHAPES if (color, s) not in objects]
-                new = (color, rng.choice(options))
+            first = rng.choice(("replace-color", "replace-shape"))
+            kind = new = None
+            for kind in (first, "replace-shape" if first == "replace-color" else "replace-color"):
+                if kind == "replace-color":
+                    options = [c for c in SCENE_COLORS if c not in colors] or [
+                        c for c in SCENE_COLORS if (c, shape) not in objects]
+                    new = (rng.choice(options), shape) if options else None
+                else:
+                    options = [s for s in SCENE_SHAPES if s not in shapes] or [
+                        s for s in SCENE_SHAPES if (color, s) not in objects]
+                    new = (color, rng.choice(options)) if options else None
+                if new is not None:
+                    break
+            if new is None:
+                skipped += 1
+                continue
             false = re.sub(rf"\b{color} {shape}\b", " ".join(new), text, count=1)
             entries.append({"image": media, "caption": text, "negatives": [false], "category": kind})
     if not entries:
         return None
-    return write_hard_negatives(out / "hard_negatives.json", entries, note=(
-        "test captions; in each negative one named object's colour or shape is replaced, so that it names an "
-        "object the image does not hold"))
+    note = ("test captions; in each negative one named object's colour or shape is replaced, so that it names an "
+            "object the image does not hold")
+    if skipped:
+        note += (f"; {skipped} test caption(s) skipped: no named object of the image was found in them, or no "
+                 "colour or shape could replace it")
+    return write_hard_negatives(out / "hard_negatives.json", entries, note=note)
