@@ -16,8 +16,18 @@ from tokenflow.eval.compositional import (EncodedItems, accuracy_report, evaluat
                                           format_compositional_table, wilson_interval)
 
 
+def beats(true, neg):
+    """The report's rule: the true score wins only by more than 1e-6 * max(1, |true|)."""
+    return true - neg > 1e-6 * max(1.0, abs(true))
+
+
+def ties(true, neg):
+    return abs(true - neg) <= 1e-6 * max(1.0, abs(true))
+
+
 def naive_correct(vis, txt, aligner, item_rows, w_global, w_fine):
-    """Per item: (true > every negative, tie) from each pair's plan, one pair at a time."""
+    """Per item: (true beats every negative, the best negative ties) from each pair's plan, one
+    pair at a time, under the report's tie rule."""
     out = []
     for m, texts in item_rows:
         scores = []
@@ -27,7 +37,7 @@ def naive_correct(vis, txt, aligner, item_rows, w_global, w_fine):
                 plan = aligner.plan(vis[m], txt[j])
                 s += w_fine * float((plan.c * plan.t2v).sum())
             scores.append(s)
-        out.append((all(scores[0] > s for s in scores[1:]), any(abs(scores[0] - s) < 1e-9 for s in scores[1:])))
+        out.append((all(beats(scores[0], s) for s in scores[1:]), ties(scores[0], max(scores[1:]))))
     return out
 
 
@@ -148,6 +158,26 @@ def test_wilson_interval_against_its_formula_and_known_values():
         wilson_interval(0, 0)
 
 
+def test_scores_within_the_tolerance_tie_and_fail():
+    from tokenflow.eval.compositional import TIE_RTOL
+
+    assert TIE_RTOL == 1e-6
+    rows = [torch.tensor([0.5, 0.5 - 5e-7]),  # within 1e-6 * max(1, 0.5): a tie
+            torch.tensor([0.5, 0.5 - 2e-6]),  # beyond: correct
+            torch.tensor([300.0, 300.0 - 2e-4]),  # 1e-6 * 300 = 3e-4: a tie at this scale
+            torch.tensor([300.0, 300.0 - 1e-3, 300.0 + 1e-4]),  # the best negative ties
+            torch.tensor([-2.0, -2.0 + 1e-3])]  # the negative is above: a plain miss, no tie
+    got = accuracy_report([r.double() for r in rows], ["a"] * len(rows))["overall"]
+    assert (got["correct"], got["ties"]) == (1, 3)
+    want = [(beats(float(r[0]), float(r[1:].max())), ties(float(r[0]), float(r[1:].max()))) for r in rows]
+    assert want == [(False, True), (True, False), (False, True), (False, True), (False, False)]
+    enc = EncodedItems([Path("a.png")], ["x", "y"], random_tokens(1, 3, 4, torch.Generator().manual_seed(0)),
+                       random_tokens(2, 3, 4, torch.Generator().manual_seed(1)))
+    report = evaluate_compositional(None, [HardNegative(Path("a.png"), "x", ("y",))], None, encoded=enc)
+    assert report["tie_rtol"] == 1e-6 and "1e-06 * max(1, |true|)" in report["rule"]
+    assert "a tie is a failure" in report["rule"]
+
+
 def test_accuracy_report_counts_and_rejects_rows_without_a_negative():
     rows = [torch.tensor([1.0, 0.5]), torch.tensor([0.5, 0.5]), torch.tensor([0.1, 0.2]), torch.tensor([2.0, 1.0])]
     rep = accuracy_report(rows, ["a", "a", "a", "b"])
@@ -190,7 +220,7 @@ def test_end_to_end_on_the_synthetic_twins_equals_the_naive_loop(synth, tiny_mod
                 txt = bb.encode_text_strings([text])
                 plan = model.aligner.plan(vis, txt)
                 scores.append(0.5 * float(vis.pooled[0] @ txt.pooled[0]) + 2.0 * float((plan.c * plan.t2v).sum()))
-            correct += all(scores[0] > s + 1e-6 for s in scores[1:])
+            correct += all(beats(scores[0], s) for s in scores[1:])
     assert report["scores"]["fused"]["overall"]["correct"] == correct
     table = format_compositional_table(report)
     assert "macro average" in table and "ties (failures)" in table

@@ -13,7 +13,10 @@ Three scores are reported:
 - ``global``: ``v_bar . t_bar`` alone (the bag-of-words baseline).
 
 An item is correct when its true caption scores *strictly* higher than every negative: a tie
-is a failure, so a score that cannot tell the captions apart gets 0 %, not 50 %. Per category
+is a failure, so a score that cannot tell the captions apart gets 0 %, not 50 %. Two scores tie
+when ``|true - negative| <= TIE_RTOL * max(1, |true|)`` (:data:`TIE_RTOL` = 1e-6): a caption
+encoded in another batch, or scored in another block, can differ in the last float bits, and
+that noise decides nothing. Per category
 the report gives the accuracy (%), the counts (items, correct, ties), a 95 % Wilson interval
 where every item of the category is a binary choice, and the macro average over categories.
 """
@@ -39,11 +42,15 @@ from ..errors import FileError, UserError
 from ..models.base import DualEncoder, VideoTokens
 from .evaluate import encode_items, encode_texts, similarity
 
-__all__ = ["SCORES", "EncodedItems", "accuracy_report", "encode_hard_negatives", "evaluate_compositional",
+__all__ = ["SCORES", "TIE_RTOL", "EncodedItems", "accuracy_report", "encode_hard_negatives", "evaluate_compositional",
            "format_compositional_table", "score_items", "wilson_interval"]
 
 SCORES = ("fused", "fine", "global")
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+#: two scores within ``TIE_RTOL * max(1, |true|)`` of each other tie (and a tie is a failure)
+TIE_RTOL = 1e-6
+RULE = (f"correct when the true caption scores above every negative by more than {TIE_RTOL:g} * max(1, |true|); "
+        "closer scores tie, and a tie is a failure")
 
 
 @dataclass
@@ -155,7 +162,8 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
 
 def accuracy_report(scores: Sequence[Tensor], categories: Sequence[str]) -> dict:
     """Per-category accuracy of items whose scores are ``[true, negative, ...]``: correct when the
-    true caption's score is strictly above every negative's (a tie fails).
+    true caption's score is above every negative's by more than ``TIE_RTOL * max(1, |true|)``;
+    within that the best negative ties, and a tie fails.
 
     Returns ``{"categories": {name: {items, correct, ties, accuracy, binary[, ci95]}}, "macro":
     mean accuracy over categories, "overall": {items, correct, ties, accuracy}}``; accuracies in %.
@@ -167,10 +175,11 @@ def accuracy_report(scores: Sequence[Tensor], categories: Sequence[str]) -> dict
         if s.numel() < 2:
             raise ValueError("every item needs its true caption's score and at least one negative's")
         true, best_neg = float(s[0]), float(s[1:].max())
+        tol = TIE_RTOL * max(1.0, abs(true))
         c = cats.setdefault(cat, {"items": 0, "correct": 0, "ties": 0, "binary": True})
         c["items"] += 1
-        c["correct"] += int(true > best_neg)
-        c["ties"] += int(true == best_neg)
+        c["correct"] += int(true - best_neg > tol)
+        c["ties"] += int(abs(true - best_neg) <= tol)
         c["binary"] &= s.numel() == 2
     for c in cats.values():
         c["accuracy"] = 100.0 * c["correct"] / c["items"]
@@ -222,7 +231,7 @@ def evaluate_compositional(backbone: DualEncoder | None, items: Sequence[HardNeg
         "similarity": {"w_global": w_global, "w_fine": w_fine, "direction": direction,
                        "fused": "w_global * global" + ("" if aligner is None else f" + w_fine * s_{direction}"),
                        **({} if aligner is None else {"fine": f"s_{direction}"}), "global": "v_bar . t_bar"},
-        "rule": "correct when the true caption scores strictly above every negative; a tie is a failure",
+        "rule": RULE, "tie_rtol": TIE_RTOL,
         "settings": {"batch_size": batch_size, "num_frames": num_frames, "video_tokens": video_tokens,
                      "max_words": getattr(backbone, "max_text_len", None)},
         "scores": {kind: accuracy_report(s, categories) for kind, s in scores.items()},
