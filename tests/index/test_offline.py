@@ -266,3 +266,34 @@ def test_model_folder_gives_the_plan_and_other_models_features_are_flagged(synth
 
     with pytest.raises(UserError, match="must be given as encoded"):
         evaluate({}, split, None)
+
+
+def test_an_empty_split_is_refused_naming_it(imported):
+    from tokenflow.data.base import RetrievalSplit
+    from tokenflow.errors import UserError
+    from tokenflow.index.offline import evaluate_stores, open_stores, split_tokens
+
+    vis, txt = open_stores(imported[0], "visual", "v"), open_stores(imported[1], "text", "t")
+    empty = RetrievalSplit("flickr30k/test", "image", [], [], [], [])
+    with pytest.raises(UserError, match="flickr30k/test: the split holds no items"):
+        split_tokens(empty, vis, txt)
+    with pytest.raises(UserError, match="flickr30k/test: the split holds no items"):
+        evaluate_stores(imported[0], imported[1], empty, None)
+    mute = RetrievalSplit("flickr30k/val", "image", ["a"], [imported[0] / "a.png"], [], [])
+    with pytest.raises(UserError, match="flickr30k/val: the split holds no captions"):
+        split_tokens(mute, vis, txt)
+
+
+def test_explain_from_stores_with_aligner_none_names_it(direct, imported, tmp_path):
+    import argparse
+
+    from tokenflow.errors import UserError
+    from tokenflow.index.offline import explain_stored
+
+    split, _, _ = direct
+    args = argparse.Namespace(visual_store=imported[0], text_store=imported[1], item=split.item_ids[0],
+                              text_id=caption_ids(split)[0], media=None, caption=None, boxes=None, aligner="none",
+                              hp=None, model=None, direction="t2v")
+    with pytest.raises(UserError, match="--aligner none: global only, there is no fine-grained plan") as e:
+        explain_stored(args)
+    assert "--model" not in str(e.value)

@@ -72,7 +72,12 @@ def store_tokens(stores: Sequence[FeatureStore], ids: Sequence[str], what: str, 
 
 
 def split_tokens(split, visual: Sequence[FeatureStore], text: Sequence[FeatureStore]) -> tuple[Tokens, Tokens]:
-    """The stored features of every item and caption of ``split``, in split order."""
+    """The stored features of every item and caption of ``split``, in split order (an empty split,
+    or one without captions, is refused naming it)."""
+    if not len(split) or not split.texts:
+        what = "no items" if not len(split) else "no captions"
+        raise UserError(f"{split.name}: the split holds {what}; nothing to take from the stores (check --dataset, "
+                        "--root and --split)")
     info = visual[0].tokens_info or {}
     if info.get("modality") in ("image", "video") and info["modality"] != split.modality:
         raise UserError(f"--visual-store {visual[0].folder}: features of {info['modality']}s, but {split.name} holds "
@@ -224,6 +229,9 @@ def explain_stored(args):
     for note in notes:
         print(f"tokenflow explain: note: {note}", file=sys.stderr)
     if aligner is None:
+        if args.model is None or args.aligner == "none":
+            raise UserError("--aligner none: global only, there is no fine-grained plan to explain; pass --aligner "
+                            "NAME (a plan)")
         raise UserError(f"--model {args.model}: has no fine-grained plan (global only); pass --aligner")
     tstores = open_stores(args.text_store, "text", "--text-store")
     vis = store_tokens(open_stores(args.visual_store, "visual", "--visual-store"), [args.item], "--item: the store")
