@@ -33,7 +33,22 @@ def naive_max_avg(mu, om):
 
 
 def test_paper_initialisation():
-    assert INIT_SCALE == pytest.approx(math.exp(math.log(10))) and INIT_BIAS == -10.0
+    """t' = log 10, b = -10 (Zhai et al.): what a sigmoid model built without other values starts at."""
+    pytest.importorskip("pydantic")  # tokenflow.train (initial_logits) needs the train extra
+    from tokenflow.models import TinyCLIP, TinyConfig, WordTokenizer
+    from tokenflow.models.retrieval import RetrievalModel
+    from tokenflow.train.objective import initial_logits
+
+    assert (INIT_SCALE, INIT_BIAS) == (10.0, -10.0)
+    tiny = TinyCLIP(TinyConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2, embed_dim=16),
+                    WordTokenizer.build(["a red cube"]))
+    scale, bias = initial_logits("sigmoid", tiny)  # a backbone not trained with the sigmoid loss
+    model = RetrievalModel(tiny, None, logit_scale=scale, logit_bias=bias)
+    assert float(model.logit_scale.detach()) == pytest.approx(math.log(10.0))  # t' itself is the parameter
+    assert float(model.scale().detach()) == pytest.approx(10.0) and float(model.logit_bias.detach()) == -10.0
+    assert initial_logits("infonce", tiny) == (None, None)
+    assert RetrievalModel(tiny, None).logit_bias is None  # InfoNCE: no bias, CLIP's 1/0.07
+    assert float(RetrievalModel(tiny, None).scale().detach()) == pytest.approx(1 / 0.07)
 
 
 @pytest.mark.parametrize("ids", [None, ([0, 1, 2, 0], [0, 1, 2, 0, 3, 1])])
@@ -46,6 +61,28 @@ def test_sigmoid_loss_equals_the_double_loop(ids):
     assert float(got) == pytest.approx(naive_sigmoid(s.tolist(), 7.5, -3.0, r, c), rel=1e-12)
     # the paper divides by the batch, not by the number of pairs
     assert float(sigmoid_loss(s, 7.5, -3.0, row_ids, col_ids, rows=2)) == pytest.approx(2 * float(got), rel=1e-12)
+
+
+def test_no_rows_give_a_zero_loss_connected_to_the_graph():
+    """A process whose share of the batch is empty: loss 0 (not 0/0), and every input still gets
+    a gradient (zeros), so a backward pass and DDP's reduction go through."""
+    s = torch.empty(0, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-10.0, dtype=torch.float64, requires_grad=True)
+    for rows in (None, 0):
+        loss = sigmoid_loss(s, t, b, rows=rows)
+        assert float(loss.detach()) == 0.0 and loss.requires_grad
+        g = torch.autograd.grad(loss, [s, t, b])
+        assert g[0].shape == (0, 4) and float(g[1]) == 0.0 and float(g[2]) == 0.0
+    vis = torch.empty(0, 3, dtype=torch.float64, requires_grad=True)
+    txt = Tokens(torch.randn(2, 4, 3, dtype=torch.float64), torch.ones(2, 4, dtype=torch.bool),
+                 torch.randn(2, 3, dtype=torch.float64, requires_grad=True))
+    no_ids = torch.empty(0, dtype=torch.long)
+    losses = ring_sigmoid_losses(lambda chunk: {"global": [vis @ chunk.pooled.T]}, txt, no_ids, torch.tensor([0, 1]),
+                                 t, b)
+    assert float(losses["global"].detach()) == 0.0
+    losses["global"].backward()
+    assert txt.pooled.grad is not None and not txt.pooled.grad.any() and t.grad is not None
 
 
 def test_large_logits_stay_finite():

@@ -59,14 +59,18 @@ def sigmoid_loss(scores: Tensor, logit_scale: Tensor | float, logit_bias: Tensor
 
     ``scores`` [R, C] visual x text. ``logit_scale`` is ``t = exp(t')`` (already exponentiated),
     ``logit_bias`` is ``b``. ``z_ij = +1`` where ``row_ids[i] == col_ids[j]`` (both given), else
-    on the diagonal. ``rows`` divides the sum (default R, the paper's |B|).
+    on the diagonal. ``rows`` divides the sum (default R, the paper's |B|); with no rows (a
+    process whose share of the batch is empty) the loss is 0, still connected to the graph, so
+    every parameter gets a (zero) gradient and DDP's reduction does not wait for one.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be [R, C], got {tuple(scores.shape)}")
     s = scores if scores.dtype == torch.float64 else scores.float()
     z = _labels(row_ids, col_ids, s.shape, s.device).to(s.dtype)
     logits = logit_scale * s + logit_bias
-    return -F.logsigmoid(z * logits).sum() / (s.shape[0] if rows is None else rows)
+    total = -F.logsigmoid(z * logits).sum()
+    n = s.shape[0] if rows is None else rows
+    return total / n if n else total * 0.0
 
 
 # -- the ring -------------------------------------------------------------------------------------
