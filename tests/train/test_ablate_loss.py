@@ -49,6 +49,21 @@ def test_row_config_takes_the_loss_and_validates():
     assert folder_name("max-avg+sigmoid") != folder_name("max-avg")
 
 
+def test_sigmoid_turning_distillation_off_is_visible(capsys):
+    sig = _method_config(BASE, "max-avg+sigmoid")
+    assert sig["distill"] == {"enabled": False, "disabled_by": "sigmoid"}
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "max-avg+sigmoid: distillation turned off" in err
+    cfg = load_config(None, data=sig, check_paths=False)
+    assert cfg.distill.disabled_by == "sigmoid" and "disabled_by: sigmoid" in cfg.to_yaml()  # the run's config.yaml
+    # distillation already off, or no sigmoid suffix: nothing turned off, nothing said
+    off = _method_config({**BASE, "distill": {"enabled": False}}, "max-avg+sigmoid")
+    assert off["distill"] == {"enabled": False}
+    assert _method_config(BASE, "max-avg")["distill"] == {"enabled": True}
+    assert capsys.readouterr().err == ""
+    assert load_config(None, data=BASE, check_paths=False).distill.disabled_by is None
+
+
 def test_run_methods_trains_one_row_per_loss(tmp_path, synth):
     base = {"data": {"dataset": "flickr30k", "root": str(synth / "images")},
             "model": {"backbone": "tiny", "tiny": {"image_size": 16, "width": 32, "layers": 1, "heads": 2,

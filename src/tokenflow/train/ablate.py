@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,14 +74,21 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 
 def _method_config(base: dict, method: str, recipe_settings: dict | None = None) -> dict:
     """The config of one row: ``base`` with the method's plan, hyperparameters, recipe and loss
-    suffix (``+sigmoid`` also turns distillation off)."""
+    suffix. ``+sigmoid`` also turns distillation off; where the config had it on, the row's config
+    says so (``distill.disabled_by: sigmoid``, kept in the run's ``config.yaml``) and a line on
+    stderr tells the user."""
     data = yaml.safe_load(yaml.safe_dump(base))
     name, hp = parse_method(method)
     loss = method_loss(method)[1]
     if loss is not None:  # the suffix's loss; the sigmoid loss trains without distillation (softmax targets)
         data.setdefault("loss", {})["kind"] = loss
         if loss == "sigmoid":
-            data.setdefault("distill", {})["enabled"] = False
+            distill = data.setdefault("distill", {})
+            if distill.get("enabled"):
+                distill["disabled_by"] = "sigmoid"
+                print(f"tokenflow ablate: {method}: distillation turned off (its soft targets are softmaxes; "
+                      "distill.disabled_by: sigmoid)", file=sys.stderr)
+            distill["enabled"] = False
         else:
             data["loss"].pop("bias", None)
     if name in RECIPES:

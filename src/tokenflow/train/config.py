@@ -104,6 +104,8 @@ class DistillConfig(_Strict):
     ema: float = Field(0.95, ge=0, le=1, description="teacher EMA rate (the paper's 0.95)")
     alpha: float = Field(0.4, ge=0, le=1, description="weight of the teacher's soft targets (ALBEF's 0.4)")
     queue: int = Field(16, ge=0, description="queued teacher samples per modality (the paper's 16)")
+    disabled_by: str | None = Field(None, description="informational: what turned distillation off for this run "
+                                                      "(tokenflow ablate's +sigmoid suffix writes 'sigmoid')")
 
 
 class CSConfig(_Strict):
