@@ -34,10 +34,19 @@ def item(synth):
 
 @pytest.mark.parametrize("aligner", [None, "max-avg"])
 def test_both_sides_are_explain_and_the_pairs_add_up_to_the_difference(model_dir, item, aligner):
+    from tokenflow.data.base import load_image
+
     con = explain_contrast(model_dir, item.media, item.caption, item.negatives[0], aligner=aligner)
+    model = RetrievalModel.from_pretrained(model_dir)
+    bb, plan = model.backbone.eval(), get_aligner(aligner or "tokenflow")  # the saved plan: tokenflow, defaults
+    with torch.no_grad():
+        vis = bb.encode_images(bb.preprocess(load_image(item.media)).unsqueeze(0))
     for side, text in ((con.true, item.caption), (con.false, item.negatives[0])):
         alone = explain(model_dir, item.media, text, aligner=aligner)
         assert side.caption == text and side.score == pytest.approx(alone.score, abs=1e-6)
+        with torch.no_grad():  # the fine score is the one retrieval ranks with, for this very pair
+            want = plan.pairwise(vis, bb.encode_text_strings([text])).t2v
+        assert side.score == pytest.approx(float(want[0, 0]), abs=1e-5)
         assert torch.allclose(side.flow, alone.flow) and sum(word_shares(side)) == pytest.approx(side.score, abs=1e-5)
     moved = con.moved()
     assert sum(p["change"] for p in moved) == pytest.approx(con.false.score - con.true.score, abs=1e-5)
