@@ -242,6 +242,14 @@ def test_cli_prints_a_table_and_writes_the_report(synth, tiny_model_dir, tmp_pat
     assert set(report["scores"]) == {"fused", "fine", "global"}
 
 
+def test_cli_help_names_the_siglip_backbones(capsys):
+    from tokenflow.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["evaluate-compositional", "--help"])
+    assert "SigLIP" in " ".join(capsys.readouterr().out.split())
+
+
 def test_cli_names_the_file_and_entry_of_a_missing_image(tmp_path, tiny_model_dir, capsys):
     from tokenflow.cli import main
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import string
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,6 +213,35 @@ def test_save_and_load_round_trip(siglip, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again.encode_images(px).feats, siglip.encode_images(px).feats)
     assert json.loads((out / "preprocessor_config.json").read_text()) == siglip.processor_settings
+
+
+def test_a_failed_save_leaves_the_files_as_they_were(siglip, tmp_path, monkeypatch):
+    import tokenflow.models.hf_siglip as mod
+
+    out = siglip.save_pretrained(tmp_path / "copy")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(path, *args, **kwargs):  # a writer killed half way through tokenizer.json
+        (Path(path) / "tokenizer.json").write_text('{"half')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(siglip.tokenizer, "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        siglip.save_pretrained(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-written, no staging folder
+    monkeypatch.undo()
+    written = []
+    monkeypatch.setattr(mod, "write_text_atomic", lambda path, text: _atomic(path, text, written))
+    siglip.save_pretrained(out)
+    assert written == (["preprocessor_config.json"] if siglip.processor_settings is not None else [])
+    assert load_backbone(out).model_type == siglip.model_type
+
+
+def _atomic(path, text, written):
+    from tokenflow.utils import write_text_atomic
+
+    written.append(Path(path).name)
+    write_text_atomic(path, text)
 
 
 def test_missing_or_unfit_files_are_named(tmp_path, siglip_folder):

@@ -79,7 +79,8 @@ def add_parser(sub, hparam) -> None:
                    help="image folder (SugarCrepe: COCO val2017; generic: where relative paths start, default the "
                         "file's folder)")
     p.add_argument("--categories", nargs="+", default=None, metavar="NAME", help="only these categories")
-    p.add_argument("--model", required=True, type=Path, help="backbone folder (local CLIP or tiny) or trained model")
+    p.add_argument("--model", required=True, type=Path,
+                   help="backbone folder (local CLIP, SigLIP / SigLIP 2, or tiny) or trained model")
     p.add_argument("--aligner", default=None, choices=[*list_aligners(), "none"],
                    help="plan (default: the one saved with a trained model, else tokenflow; none: global only)")
     p.add_argument("--hp", type=hparam, action="append", metavar="NAME=VALUE", help="aligner hyperparameter")

@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +47,7 @@ from torch import Tensor
 
 from .._extras import require
 from ..errors import FileError
+from ..utils import write_text_atomic
 from .base import DualEncoder
 
 __all__ = ["HFSiglip"]
@@ -216,15 +220,33 @@ class HFSiglip(DualEncoder):
         return {**super().config_dict(), "model_type": self.model_type, "source": self.source}
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write model, tokenizer and image settings so that :meth:`from_pretrained` reads them back."""
+        """Write model, tokenizer and image settings so that :meth:`from_pretrained` reads them back.
+
+        Every file is replaced whole: transformers writes into a hidden staging folder inside
+        ``folder`` (removed by :func:`~tokenflow.utils.remove_temporaries` if killed), then each
+        file moves into place with one ``os.replace``; ``preprocessor_config.json`` is written
+        with :func:`~tokenflow.utils.write_text_atomic`. A failed save leaves the files that were
+        there before."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(folder))
-        self.tokenizer.save_pretrained(str(folder))
+        staging = Path(tempfile.mkdtemp(prefix=".save.", suffix=".tmp", dir=folder))
+        try:
+            self.model.save_pretrained(str(staging))
+            self.tokenizer.save_pretrained(str(staging))
+            if self.processor_settings is None:
+                self.processor.save_pretrained(str(staging))
+            for f in sorted(staging.iterdir()):
+                if f.is_dir():  # none today; a folder replaces the old one whole
+                    shutil.rmtree(folder / f.name, ignore_errors=True)
+                else:
+                    with open(f, "rb+") as fh:
+                        os.fsync(fh.fileno())
+                os.replace(f, folder / f.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         if self.processor_settings is not None:
-            (folder / "preprocessor_config.json").write_text(json.dumps(self.processor_settings, indent=2) + "\n")
-        else:
-            self.processor.save_pretrained(str(folder))
+            settings = json.dumps(self.processor_settings, indent=2) + "\n"
+            write_text_atomic(folder / "preprocessor_config.json", settings)
         return folder
 
 
