@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     bench.add_parser(sub)
     search_commands.add_parsers(sub, _hparam)
-    compositional_cli.add_parser(sub, _hparam)
+    compositional_cli.add_parser(sub, _hparam, stores=search_commands.compositional_stores)
     for add in (_add_make_data, _add_convert_captions, _add_evaluate, _add_demo, _add_ablate, _add_explain,
                 _add_train):
         add(sub)

@@ -3,39 +3,52 @@ benchmark in the generic format (:mod:`tokenflow.eval.compositional`)::
 
     tokenflow evaluate-compositional --benchmark sugarcrepe --annotations sugar-crepe/data \\
         --images coco/val2017 --model FOLDER [--aligner NAME --hp k=v] [--out report.json]
+
+or on features computed elsewhere, with no backbone (``--visual-store V --text-store T``: the
+images' features and every caption's, negatives included; see
+:func:`tokenflow.index.offline.compositional_stores`). The store path is handed in by the CLI
+(``add_parser(..., stores=...)``), as this layer cannot import :mod:`tokenflow.index`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["add_parser"]
 
 
-def _run(args) -> int:
+def _items(args, check_media: bool) -> tuple[list, Path]:
+    """The benchmark's items and the folder their relative media paths start from."""
     from ..errors import UserError
-    from ..models.retrieval import load_for_scoring
-    from ..utils import check_writable, write_text_atomic
-    from .compositional import evaluate_compositional, format_compositional_table
 
-    if args.out:
-        check_writable(args.out.parent, "--out folder")
     if args.benchmark == "sugarcrepe":
         from ..data.sugarcrepe import load_sugarcrepe
 
-        if args.images is None:
+        if args.images is None and check_media:
             raise UserError("--images: SugarCrepe needs the COCO val2017 image folder")
-        items = load_sugarcrepe(args.annotations, args.images, args.categories)
-    else:
-        from ..data.hard_negatives import read_hard_negatives
+        root = args.images if args.images is not None else Path()
+        return load_sugarcrepe(args.annotations, root, args.categories, check_media=check_media), root
+    from ..data.hard_negatives import read_hard_negatives
 
-        items = read_hard_negatives(args.annotations, args.images)
-        if args.categories:
-            items = [it for it in items if it.category in args.categories]
-            if not items:
-                raise UserError(f"{args.annotations}: no item of categories {', '.join(args.categories)}")
+    items = read_hard_negatives(args.annotations, args.images, check_media=check_media)
+    if args.categories:
+        items = [it for it in items if it.category in args.categories]
+        if not items:
+            raise UserError(f"{args.annotations}: no item of categories {', '.join(args.categories)}")
+    return items, args.images if args.images is not None else Path(args.annotations).parent
+
+
+def _model(args) -> tuple:
+    """``(backbone, aligner, plan name, head)`` of ``--model``, on ``--device``."""
+    from ..errors import UserError
+    from ..models.retrieval import load_for_scoring
+
+    if args.model is None:
+        raise UserError("tokenflow evaluate-compositional needs --model (a backbone folder), or --visual-store and "
+                        "--text-store")
     backbone, aligner, name, head, notes = load_for_scoring(args.model, args.aligner, dict(args.hp or []))
     for note in notes:
         print(f"tokenflow evaluate-compositional: note: {note}", file=sys.stderr)
@@ -44,7 +57,25 @@ def _run(args) -> int:
             backbone.set_max_text_len(args.max_words)
         except ValueError as e:
             raise UserError(f"--max-words: {e}") from None
-    backbone = backbone.to(args.device)
+    return backbone.to(args.device), aligner, name, head
+
+
+def _run(args) -> int:
+    from ..errors import UserError
+    from ..utils import check_writable, write_text_atomic
+    from .compositional import evaluate_compositional, format_compositional_table
+
+    if args.out:
+        check_writable(args.out.parent, "--out folder")
+    stored = args.visual_store is not None or args.text_store is not None
+    items, root = _items(args, check_media=not stored)
+    encoded = described = None
+    if stored:  # features computed elsewhere: no backbone
+        if args.stores is None:
+            raise UserError("--visual-store / --text-store: not available here (use the tokenflow command)")
+        backbone, (encoded, aligner, name, head, described) = None, args.stores(args, items, root)
+    else:
+        backbone, aligner, name, head = _model(args)
     w_global = head.get("w_global", 1.0) if args.w_global is None else args.w_global
     w_fine = head.get("w_fine", 1.0) if args.w_fine is None else args.w_fine
     source = {"name": args.benchmark, "annotations": str(args.annotations),
@@ -52,12 +83,14 @@ def _run(args) -> int:
               "categories": sorted({it.category for it in items})}
     report = evaluate_compositional(backbone, items, aligner, w_global=w_global, w_fine=w_fine,
                                     direction=args.direction, batch_size=args.batch_size, num_frames=args.frames,
-                                    workers=args.workers, chunk=args.chunk,
+                                    workers=args.workers, chunk=args.chunk, encoded=encoded,
                                     progress=not args.quiet and sys.stderr.isatty(), source=source)
+    if described is not None:
+        report["backbone"] = described
     report["command"] = ["tokenflow", *(sys.argv[1:] if args.argv is None else args.argv)]
     print(f"{args.benchmark}: {report['evaluated']['items']} items, {report['evaluated']['images']} images, "
-          f"{report['evaluated']['texts']} captions; aligner {name}, w_global {w_global:g}, w_fine {w_fine:g}, "
-          f"s_{args.direction}")
+          f"{report['evaluated']['texts']} captions{' from stores' if stored else ''}; aligner {name}, "
+          f"w_global {w_global:g}, w_fine {w_fine:g}, s_{args.direction}")
     print(format_compositional_table(report))
     if args.out:
         write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
@@ -65,8 +98,10 @@ def _run(args) -> int:
     return 0
 
 
-def add_parser(sub, hparam) -> None:
-    """Register ``evaluate-compositional`` (``hparam``: the CLI's NAME=VALUE parser)."""
+def add_parser(sub, hparam, stores: Callable | None = None) -> None:
+    """Register ``evaluate-compositional`` (``hparam``: the CLI's NAME=VALUE parser; ``stores``:
+    ``(args, items, images root) -> (EncodedItems, aligner, plan name, head, backbone description)``
+    for ``--visual-store`` / ``--text-store``, :func:`tokenflow.index.offline.compositional_stores`)."""
     from ..align import list_aligners
 
     p = sub.add_parser("evaluate-compositional",
@@ -79,8 +114,9 @@ def add_parser(sub, hparam) -> None:
                    help="image folder (SugarCrepe: COCO val2017; generic: where relative paths start, default the "
                         "file's folder)")
     p.add_argument("--categories", nargs="+", default=None, metavar="NAME", help="only these categories")
-    p.add_argument("--model", required=True, type=Path,
-                   help="backbone folder (local CLIP, SigLIP / SigLIP 2, or tiny) or trained model")
+    p.add_argument("--model", type=Path, default=None,
+                   help="backbone folder (local CLIP, SigLIP / SigLIP 2, or tiny) or trained model; with stores: "
+                        "only its plan and fusion weights are used")
     p.add_argument("--aligner", default=None, choices=[*list_aligners(), "none"],
                    help="plan (default: the one saved with a trained model, else tokenflow; none: global only)")
     p.add_argument("--hp", type=hparam, action="append", metavar="NAME=VALUE", help="aligner hyperparameter")
@@ -98,4 +134,10 @@ def add_parser(sub, hparam) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--out", type=Path, default=None, help="JSON report (written atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
+    g = p.add_argument_group("stored features instead of a backbone (tokenflow encode or import-features)")
+    g.add_argument("--visual-store", type=Path, default=None,
+                   help="store of the images' (or videos') features: a row is an item's image when its path is "
+                        "the file, or its id is the file's path relative to --images, its name, or its stem")
+    g.add_argument("--text-store", type=Path, default=None,
+                   help="store of every caption's features, negatives included, matched by their text")
+    p.set_defaults(func=_run, stores=stores)

@@ -318,6 +318,14 @@ def _add_encode(sub) -> None:
     p.set_defaults(func=_encode)
 
 
+def compositional_stores(args, items, root):
+    """``evaluate-compositional`` from stores: :func:`tokenflow.index.offline.compositional_stores`
+    (imported when used, so the CLI starts without numpy's store code)."""
+    from .offline import compositional_stores as run
+
+    return run(args, items, root)
+
+
 def _import(args) -> int:
     from .importer import import_features
 

@@ -12,12 +12,21 @@ here too):
 A store may hold more rows than the split (the whole dataset); a split item or caption missing
 from it is refused, with the count. Scoring is :func:`tokenflow.eval.evaluate.evaluate`'s, on the
 stored features.
+
+The compositional evaluation (``tokenflow evaluate-compositional --visual-store V --text-store
+T``) has no split: the hard-negative file's entries are matched to store rows instead
+(:func:`hard_negative_tokens`). A visual row is an entry's image when its path is the image's
+file (a relative path starts at the images folder), or else when its id is the image's path
+relative to the images folder, its file name, or its file name without the extension (COCO's
+``000000391895``). Captions, the true ones and every negative, are matched by their text (a
+text store written with ``texts``). Entries missing from a store are refused, with the count.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +37,8 @@ from ..tokens import Tokens
 from .importer import store_source
 from .store import FeatureStore
 
-__all__ = ["caption_ids", "evaluate_stores", "open_stores", "plan_for_stores", "split_tokens", "store_tokens"]
+__all__ = ["caption_ids", "compositional_stores", "evaluate_stores", "hard_negative_tokens", "open_stores",
+           "plan_for_stores", "split_tokens", "store_tokens"]
 
 
 def caption_ids(split) -> list[str]:
@@ -198,6 +208,99 @@ def evaluate_command(args) -> int:
         write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
         print(f"report: {args.out}")
     return 0
+
+
+def _media_ids(media: Sequence[Path], stores: Sequence[FeatureStore], root: Path) -> list[str]:
+    """The visual store id of each of ``media`` (see the module docstring for the rule)."""
+    by_path: dict[str, str] = {}
+    by_id: set[str] = set()
+    for s in stores:
+        for i, path in zip(s.ids, s.paths, strict=True):
+            by_id.add(i)
+            if path:
+                by_path.setdefault(str((root / path).resolve()), i)
+    out, missing = [], []
+    for m in media:
+        rel = m.relative_to(root).as_posix() if m.is_relative_to(root) else None
+        hit = by_path.get(str(m.resolve())) or next((k for k in (rel, m.as_posix(), m.name, m.stem)
+                                                      if k and k in by_id), None)
+        if hit is None:
+            missing.append(m)
+        out.append(hit)
+    if missing:
+        raise UserError(f"--visual-store {stores[0].folder}: {len(missing)} of the {len(media)} images of the items "
+                        f"are not in it (first: {missing[0]}); a row is an image when its path is the file, or its id "
+                        "is the file's path relative to --images, its name or its name without the extension")
+    twice = [i for i, n in Counter(out).items() if n > 1]
+    if twice:
+        shared = [str(m) for m, i in zip(media, out, strict=True) if i == twice[0]]
+        raise UserError(f"--visual-store {stores[0].folder}: row {twice[0]!r} matches {len(shared)} different files "
+                        f"({', '.join(shared[:2])}); give the rows their paths, or ids relative to --images")
+    return out
+
+
+def _caption_ids(texts: Sequence[str], stores: Sequence[FeatureStore]) -> list[str]:
+    """The text store id of each caption of ``texts``, matched by its text."""
+    by_text: dict[str, str] = {}
+    for s in stores:
+        for i, t in zip(s.ids, s.texts, strict=True):
+            if t is not None:
+                by_text.setdefault(t, i)
+    if not by_text:
+        raise UserError(f"--text-store {stores[0].folder}: holds no caption texts, and captions are matched by their "
+                        "text; write it with texts (import-features: a 'texts' array; encode --texts)")
+    missing = [t for t in texts if t not in by_text]
+    if missing:
+        raise UserError(f"--text-store {stores[0].folder}: {len(missing)} of the {len(texts)} captions of the items "
+                        f"(true captions and negatives) are not in it (first: {missing[0]!r})")
+    return [by_text[t] for t in texts]
+
+
+def hard_negative_tokens(items: Sequence, visual: Sequence[FeatureStore], text: Sequence[FeatureStore],
+                         root: str | Path):
+    """The :class:`~tokenflow.eval.compositional.EncodedItems` of hard-negative ``items`` from
+    stores: each distinct image (``root``: where relative paths start) and each distinct caption,
+    negatives included, once (see the module docstring for the matching)."""
+    from ..eval.compositional import EncodedItems
+
+    t0 = time.perf_counter()
+    media = list(dict.fromkeys(it.media for it in items))
+    texts = list(dict.fromkeys(t for it in items for t in it.texts))
+    vis = store_tokens(visual, _media_ids(media, visual, Path(root)), "--visual-store")
+    txt = store_tokens(text, _caption_ids(texts, text), "--text-store")
+    return EncodedItems(media, texts, vis, txt, time.perf_counter() - t0)
+
+
+def compositional_stores(args, items: Sequence, root: Path) -> tuple:
+    """``tokenflow evaluate-compositional --visual-store V --text-store T``: ``(encoded items,
+    aligner, plan name, head, backbone description)`` for
+    :func:`~tokenflow.eval.compositional.evaluate_compositional` (``encoded=``)."""
+    from ..data.base import VIDEO_EXTENSIONS
+
+    if args.visual_store is None or args.text_store is None:
+        raise UserError("tokenflow evaluate-compositional from stores needs both --visual-store and --text-store")
+    if args.max_words is not None:
+        raise UserError("--max-words: not available with stored features (no backbone encodes anything)")
+    vstores, tstores = open_stores(args.visual_store, "visual", "--visual-store"), open_stores(
+        args.text_store, "text", "--text-store")
+    kinds = {"video" if it.media.suffix.lower() in VIDEO_EXTENSIONS else "image" for it in items}
+    held = (vstores[0].tokens_info or {}).get("modality")
+    if held in ("image", "video") and kinds != {held}:
+        raise UserError(f"--visual-store {vstores[0].folder}: features of {held}s, but the items hold "
+                        f"{' and '.join(sorted(kinds))}s")
+    if vstores[0].dim != tstores[0].dim:
+        raise UserError(f"--visual-store {vstores[0].folder} has D={vstores[0].dim}, --text-store "
+                        f"{tstores[0].folder} D={tstores[0].dim}: features of different models")
+    aligner, name, head, notes = plan_for_stores(args.aligner, dict(args.hp or []), vstores[0].dim, args.model)
+    for note in notes:
+        print(f"tokenflow evaluate-compositional: note: {note}", file=sys.stderr)
+    mismatch = source_mismatch(vstores[0], tstores[0])
+    if mismatch:
+        print(f"tokenflow evaluate-compositional: warning: {mismatch}", file=sys.stderr)
+    encoded = hard_negative_tokens(items, vstores, tstores, root)
+    described = {"stores": {"visual": [str(s.folder) for s in vstores], "text": [str(s.folder) for s in tstores]},
+                 "visual": store_source(vstores[0]), "text": store_source(tstores[0])}
+    return encoded, aligner, name, head, described
 
 
 def add_store_options(p, *, explain: bool = False) -> None:
