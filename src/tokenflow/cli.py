@@ -359,7 +359,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--seeds", type=int, default=None, help="seeds per task (default 3, --full 5)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--jobs", type=int, default=None,
-                   help="groups (task, protocol, seed) run at once in separate processes (default: one per core)")
+                   help="runs (task, protocol, seed, method) trained at once in separate processes (default: one "
+                        "per core)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.set_defaults(func=_demo)
 

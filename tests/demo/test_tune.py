@@ -10,7 +10,7 @@ import pytest
 from tokenflow.data.scenes import make_scenes
 from tokenflow.demo import tune as tune_mod
 from tokenflow.demo.protocol import stage_config
-from tokenflow.demo.tune import GRIDS, apply_tuned, read_tuned, search_grid, write_tuned
+from tokenflow.demo.tune import GRIDS, apply_tuned, label, read_tuned, search_grid, write_tuned
 
 BUDGET = {"epochs": 2, "batch_size": 16, "lr": 1e-3, "lr_finetune": 3e-4, "pretrain_epochs": 1}
 
@@ -68,6 +68,10 @@ def test_recorded_choices_are_applied_to_bare_plan_names(tmp_path, monkeypatch):
     got = apply_tuned(["global", "tokenflow", "scan:lam=9", "max-avg"], "scenes", "scratch", tuned)
     assert got == ["global", "tokenflow:lam=5.0", "scan:lam=9", "max-avg"]
     assert apply_tuned(["tokenflow"], "scenes", "finetune", tuned) == ["tokenflow"]  # nothing recorded there
+    # a loss suffix stays last, and the row is named after plan and loss
+    assert apply_tuned(["tokenflow+sigmoid"], "scenes", "scratch", tuned) == ["tokenflow:lam=5.0+sigmoid"]
+    assert [label(m) for m in ("tokenflow:lam=5.0+sigmoid", "scan:lam=9", "global")] == [
+        "tokenflow+sigmoid", "scan", "global"]
     assert read_tuned(tmp_path / "none.json") == {}
     path.write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="tokenflow-demo-tuned/1"):

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from .budget import SCENES, VIDEO_FRAMES, budget
+from .tune import label
 
-__all__ = ["digest", "make_task_data", "run_group", "stage_config"]
+__all__ = ["digest", "make_task_data", "prepare", "run_one", "stage_config"]
 
 
 def make_task_data(task: str, folder: Path, p: dict, seed: int, videos: bool, pretrain: bool = True) -> dict:
@@ -145,46 +146,57 @@ def hard_negatives_of(model_dir: Path, where: dict) -> dict | None:
             "categories": {k: v["accuracy"] for k, v in fused["categories"].items()}}
 
 
-def run_group(task: str, seed: int, protocol: str, out: str, quick: bool, videos: bool, methods: list[str],
-              workers: int, threads: int | None = None) -> list[dict]:
-    """Data, (pretraining,) and every method's run for one (task, seed, protocol); one row per method.
+def _logger(tag: str):
+    def log(line: str) -> None:
+        print(f"{tag} {line}", flush=True)
+    return log
 
-    ``methods`` are run specs (``tokenflow:lam=5``); rows carry the plan's name in ``method``
-    and the spec in ``spec``.
-    """
+
+def prepare(task: str, seed: int, protocols: list[str], out: str, quick: bool, videos: bool, workers: int,
+            threads: int | None = None) -> dict:
+    """One (task, seed)'s data (with its pretraining split when ``finetune`` is among ``protocols``)
+    and, for ``finetune``, its global pretraining; returns where things are (``pretrained``:
+    the pretrained ``best/`` folder and its digest, or None)."""
+    if threads:
+        torch.set_num_threads(threads)
+    p = budget(quick, videos)
+    out = Path(out)
+    finetune = "finetune" in protocols
+    where = make_task_data(task, out / "data" / task / f"seed-{seed}", p, seed, videos, pretrain=finetune)
+    if finetune:
+        runs = out / "runs" / task / "finetune" / f"seed-{seed}"
+        pre_dir, pre_digest = pretrain(where, p, seed, runs, workers, _logger(f"[{task} finetune seed {seed}]"))
+        where["pretrained"] = (str(pre_dir), pre_digest)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in where.items()}
+
+
+def run_one(task: str, seed: int, protocol: str, spec: str, where: dict, out: str, quick: bool, videos: bool,
+            workers: int, threads: int | None = None) -> dict:
+    """Train and test one method (a run spec, ``tokenflow:lam=5``) of one (task, seed, protocol);
+    returns its row: the plan's name in ``method``, the spec in ``spec``, R@K, and on scenes the
+    pointing and hard-negative accuracy."""
     from ..align.registry import is_token_plan
     from ..train.ablate import folder_name, parse_method, run_methods
 
     if threads:
         torch.set_num_threads(threads)
-    tag = f"[{task} {protocol} seed {seed}]"
-
-    def log(line: str) -> None:
-        print(f"{tag} {line}", flush=True)
-
+    log = _logger(f"[{task} {protocol} seed {seed}]")
     p = budget(quick, videos)
-    out = Path(out)
-    where = make_task_data(task, out / "data" / task / f"seed-{seed}", p, seed, videos,
-                           pretrain=protocol == "finetune")
-    runs = out / "runs" / task / protocol / f"seed-{seed}"
-    pre_dir, pre_digest = (pretrain(where, p, seed, runs, workers, log) if protocol == "finetune"
-                           else (None, None))
-    base = stage_config(where, p, seed, runs, stage=protocol, backbone=str(pre_dir or "tiny"))
+    runs = Path(out) / "runs" / task / protocol / f"seed-{seed}"
+    pre = where.get("pretrained") if protocol == "finetune" else None
+    base = stage_config(where, p, seed, runs, stage=protocol, backbone=pre[0] if pre else "tiny")
     base["data"]["workers"] = workers
-    rows = run_methods(base, methods, runs, log=log)
-    for row, spec in zip(rows, methods, strict=True):
-        name = parse_method(spec)[0]
-        model_dir = runs / folder_name(spec) / "best"
-        row.update({"task": task, "protocol": protocol, "seed": seed, "method": name, "spec": spec})
-        if pre_dir is not None:
-            row.update({"pretrained_from": str(pre_dir), "pretrained_sha256": pre_digest})
-        if task == "scenes" and is_token_plan(name):
-            row["pointing"] = pointing_of(model_dir, where)
-            log(f"{name:<10} pointing (T*c) {row['pointing']['flow']['accuracy']:5.1f} % (chance "
-                f"{row['pointing']['chance']:.1f} %)")
-        hn = hard_negatives_of(model_dir, where)
-        if hn is not None:
-            row["hard_negatives"] = hn
-    if pre_dir is not None and digest(pre_dir) != pre_digest:
-        raise RuntimeError(f"{pre_dir} changed during the fine-tunes; the pretrained cache must stay as written")
-    return rows
+    row = run_methods(base, [spec], runs, log=log)[0]
+    name = parse_method(spec)[0]
+    model_dir = runs / folder_name(spec) / "best"
+    row.update({"task": task, "protocol": protocol, "seed": seed, "method": label(spec), "spec": spec})
+    if pre:
+        row.update({"pretrained_from": pre[0], "pretrained_sha256": pre[1]})
+    if task == "scenes" and is_token_plan(name):
+        row["pointing"] = pointing_of(model_dir, where)
+        log(f"{name:<10} pointing (T*c) {row['pointing']['flow']['accuracy']:5.1f} % (chance "
+            f"{row['pointing']['chance']:.1f} %)")
+    hn = hard_negatives_of(model_dir, where)
+    if hn is not None:
+        row["hard_negatives"] = hn
+    return row

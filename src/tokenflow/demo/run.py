@@ -93,22 +93,43 @@ def _check(tasks: Sequence[str], protocols: Sequence[str], seeds: int, videos: b
     return tasks, protocols
 
 
-def _run_groups(groups: list[tuple], out: Path, quick: bool, videos: bool, workers: int, jobs: int,
-                threads: int | None) -> list[dict]:
-    """Every (task, seed, protocol, methods) group's rows: in this process or in spawned ones."""
-    from .protocol import run_group
+#: Rough cost order of a run, so that the longest start first and the pool ends level.
+_COST = {"global": 0, "max-avg": 1}
 
-    if jobs == 1:
-        return [r for t, s, p, m in groups for r in run_group(t, s, p, str(out), quick, videos, m, workers)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+
+def _run_all(jobs_list: list[tuple], protocols: list[str], out: Path, quick: bool, videos: bool, workers: int,
+             jobs: int, threads: int | None) -> list[dict]:
+    """``jobs_list``: (task, seed, {protocol: [specs]}). Each (task, seed) is prepared once (data,
+    pretraining); then every (protocol, spec) is one run. In this process (``jobs == 1``) or over
+    ``jobs`` spawned processes, a run starting as soon as its (task, seed) is prepared."""
+    from .protocol import digest, prepare, run_one
+
+    def runs_of(task: str, seed: int, specs: dict, where: dict) -> list[tuple]:
+        todo = [(task, seed, pr, spec, where) for pr, ss in specs.items() for spec in ss]
+        return sorted(todo, key=lambda r: -_COST.get(r[3].partition(":")[0], 2))
 
     rows: list[dict] = []
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(run_group, t, s, p, str(out), quick, videos, m, workers, threads)
-                   for t, s, p, m in groups]
-        for f in futures:
-            rows += f.result()
+    if jobs == 1:
+        for task, seed, specs in jobs_list:
+            where = prepare(task, seed, protocols, str(out), quick, videos, workers)
+            rows += [run_one(*r, str(out), quick, videos, workers) for r in runs_of(task, seed, specs, where)]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            prepared = {pool.submit(prepare, t, s, protocols, str(out), quick, videos, workers, threads): (t, s, sp)
+                        for t, s, sp in jobs_list}
+            running = []
+            for f in as_completed(prepared):
+                task, seed, specs = prepared[f]
+                running += [pool.submit(run_one, *r, str(out), quick, videos, workers, threads)
+                            for r in runs_of(task, seed, specs, f.result())]
+            rows = [f.result() for f in running]
+    for r in rows:  # the pretrained caches are as they were written
+        if "pretrained_from" in r and digest(Path(r["pretrained_from"])) != r["pretrained_sha256"]:
+            raise RuntimeError(f"{r['pretrained_from']} changed during the fine-tunes; the pretrained cache must "
+                               "stay as written")
     return rows
 
 
@@ -156,12 +177,12 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, full: bool =
     Args:
         methods: rows; a bare plan name takes the hyperparameters recorded in ``tuned.json``.
         seeds: seeds ``seed, seed + 1, ...``; each has its own data and start, shared by every method.
-        jobs: groups run at once in separate processes, each with an equal share of the CPU
-            threads (default: as many as the machine has cores, at most the groups); 1 runs
+        jobs: processes that prepare (task, seed) groups and then train the runs, each with an
+            equal share of the CPU threads (default: as many as the machine has cores); 1 runs
             everything in this process.
     """
     from ..train.ablate import check_methods
-    from .tune import apply_tuned, read_tuned
+    from .tune import apply_tuned, label, read_tuned
 
     methods = check_methods(list(methods or (QUICK_METHODS if quick else METHODS)))
     full_or_quick = full or quick
@@ -173,17 +194,18 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, full: bool =
         p = budget(quick, videos)
         t0 = time.perf_counter()
         tuned = _tune(out, tasks, protocols, methods, quick, videos, workers, log) if full else read_tuned()
-        groups = [(t, s, pr, apply_tuned(methods, t, pr, tuned)) for t in tasks for pr in protocols
+        groups = [(t, s, {pr: apply_tuned(methods, t, pr, tuned) for pr in protocols}) for t in tasks
                   for s in range(seed, seed + seeds)]
-        jobs = max(1, min(jobs or os.cpu_count() or 1, len(groups)))
+        jobs = max(1, min(jobs or os.cpu_count() or 1, len(groups) * len(protocols) * len(methods)))
         threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
         log(f"tokenflow demo: {', '.join(tasks)}, {' and '.join(protocols)}, seeds {seed}..{seed + seeds - 1}; "
             f"per seed and method: {p['sizes'][0]} {'videos' if videos else 'images'} x {p['epochs']} epochs"
             + (f" (finetune after a global pretraining of {p['pretrain'][0]} x {p['pretrain_epochs']})"
-               if "finetune" in protocols else "") + f"; methods {', '.join(groups[0][3])}; {jobs} job(s) on "
-            f"{machine()}")
-        rows = _run_groups(groups, out, quick, videos, workers, jobs, threads)
-        order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+               if "finetune" in protocols else "")
+            + "; methods " + "; ".join(f"{pr}: {', '.join(ms)}" for pr, ms in groups[0][2].items())
+            + f"; {jobs} job(s) on {machine()}")
+        rows = _run_all(groups, protocols, out, quick, videos, workers, jobs, threads)
+        order = {m: i for i, m in enumerate(dict.fromkeys(label(m) for m in methods))}
         rows.sort(key=lambda r: (tasks.index(r["task"]), protocols.index(r["protocol"]), order[r["method"]],
                                  r["seed"]))
         summary = summarise(rows)

@@ -19,7 +19,9 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _hp(spec: str) -> str:
-    return spec.partition(":")[2].replace(",", ", ") or "–"
+    from ..train.ablate import method_loss
+
+    return method_loss(spec)[0].partition(":")[2].replace(",", ", ") or "–"
 
 
 def summarise(rows: Sequence[dict]) -> list[dict]:
@@ -124,8 +126,7 @@ def results_markdown(meta: dict, rows: list[dict], summary: list[dict]) -> str:
             title = (f"## {t}, {protocol}: test split of {first['test_items']} {'videos' if videos else 'images'}, "
                      f"{first['test_texts']} captions ({100 * several / first['test_texts']:.1f} % of them true of "
                      "more than one test image; all count as correct)")
-            md += [format_seed_table(summary, t, protocol, title), _verdicts(summary, t, protocol), ""]
             pointed = [r for r in sub if "pointing" in r]
-            if pointed:
-                md[-1] += f" Pointing chance: {pointed[0]['pointing']['chance']:.1f} %."
+            chance = f" Pointing chance: {pointed[0]['pointing']['chance']:.1f} %." if pointed else ""
+            md += [format_seed_table(summary, t, protocol, title), _verdicts(summary, t, protocol) + chance, ""]
     return "\n".join(md)

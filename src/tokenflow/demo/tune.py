@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..utils import machine, write_text_atomic
 
-__all__ = ["GRIDS", "TUNED_FILE", "TUNING_SEED", "apply_tuned", "read_tuned", "search_grid", "tune"]
+__all__ = ["GRIDS", "TUNED_FILE", "TUNING_SEED", "apply_tuned", "label", "read_tuned", "search_grid", "tune"]
 
 #: plan -> hyperparameter -> values tried. tokenflow's and scan's lam is the inverse softmax
 #: temperature of eq 11/15-16 (scan's default 9 is SCAN's own text-image value; tokenflow's
@@ -105,9 +105,22 @@ def write_tuned(results: dict, quick: bool, path: Path = TUNED_FILE) -> dict:
 def apply_tuned(methods: list[str], task: str, protocol: str, tuned: dict) -> list[str]:
     """Run specs: a bare plan name takes its recorded hyperparameters for (task, protocol);
     a method given with its own (``tokenflow:lam=5``) keeps them."""
+    from ..train.ablate import method_loss
+
     chosen = tuned.get("results", {}).get(task, {}).get(protocol, {})
     out = []
     for m in methods:
-        hp = chosen.get(m, {}).get("chosen") if ":" not in m else None
-        out.append(f"{m}:" + ",".join(f"{k}={v}" for k, v in sorted(hp.items())) if hp else m)
+        plan, loss = method_loss(m)  # a loss suffix (max-avg+sigmoid) stays at the end
+        hp = chosen.get(plan, {}).get("chosen") if ":" not in plan else None
+        spec = f"{plan}:" + ",".join(f"{k}={v}" for k, v in sorted(hp.items())) if hp else plan
+        out.append(spec + (f"+{loss}" if loss else ""))
     return out
+
+
+def label(spec: str) -> str:
+    """A run spec's row name: the plan and its loss suffix, without hyperparameters
+    (``tokenflow:lam=5+sigmoid`` -> ``tokenflow+sigmoid``)."""
+    from ..train.ablate import method_loss, parse_method
+
+    loss = method_loss(spec)[1]
+    return parse_method(spec)[0] + (f"+{loss}" if loss else "")
