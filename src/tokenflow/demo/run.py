@@ -42,6 +42,26 @@ def _prepare_out(out: Path) -> Iterator[None]:
         yield
 
 
+def _clear_captions(test, boxes: dict) -> list[int]:
+    """Test captions, one per image, whose named objects share no word ("a red circle and a blue
+    cross", not "a red circle and a red cross"): each object word then has one right box."""
+    from ..eval.pointing import boxes_for
+
+    out, seen = [], set()
+    for k, text in enumerate(test.texts):
+        i = test.text_item[k]
+        if i in seen:
+            continue
+        words = text.replace(",", "").split()
+        named = [o["words"] for o in boxes_for(boxes, test.item_paths[i])
+                 if any(words[j: j + len(o["words"])] == o["words"] for j in range(len(words)))]
+        flat = [w for ws in named for w in ws]
+        if len(named) > 1 and len(set(flat)) == len(flat):
+            out.append(k)
+            seen.add(i)
+    return out
+
+
 def _figures(out: Path, summary: list[dict], videos: bool, n: int, log) -> list[str]:
     """Explanation figures of ``n`` test pairs from the (protocol, plan) that points best on
     scenes (pointing by T·c, the contributions the figures draw), seed ``min(seeds)``'s model."""
@@ -64,8 +84,8 @@ def _figures(out: Path, summary: list[dict], videos: bool, n: int, log) -> list[
     title = (f"{best['method']} ({best['protocol']}), seed {seed}: pointing {best['pointing']['flow'][0]:.1f} % "
              f"over seeds (chance {best['pointing_chance'][0]:.1f} %)")
     figures = []
-    for i in range(min(n, len(test))):
-        k = test.text_item.index(i)
+    for k in _clear_captions(test, boxes)[:n]:
+        i = test.text_item[k]
         expl = explain(model, test.item_paths[i], test.texts[k])
         objects = boxes_for(boxes, test.item_paths[i])
         pt = expl.pointing(objects)
