@@ -20,7 +20,7 @@ from .._extras import require
 from ..align import Aligner
 from ..models.retrieval import RetrievalModel
 from ..utils import atomic_path
-from .explain import Direction, Explanation, explain, render
+from .explain import Direction, Explanation, explain, load_model, render
 
 __all__ = ["Contrast", "explain_contrast", "render_contrast", "word_shares"]
 
@@ -82,12 +82,7 @@ def explain_contrast(model: RetrievalModel | str | Path, media: str | Path, capt
     (see :func:`~tokenflow.viz.explain.explain` for the arguments); fusion weights are the model's."""
     if not negative or not negative.strip():
         raise ValueError("negative caption is empty: give the false caption to compare with")
-    if not isinstance(model, RetrievalModel):
-        folder = Path(model)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"model folder {folder} not found (a folder saved by tokenflow train, or a "
-                                    "backbone folder)")
-        model = RetrievalModel.from_pretrained(folder)
+    model = load_model(model)
     sides = [explain(model, media, text, direction=direction, aligner=aligner, num_frames=num_frames)
              for text in (caption, negative)]
     return Contrast(*sides, w_global=model.w_global, w_fine=model.w_fine)

@@ -96,6 +96,18 @@ def _centre_square(image):
     return image.crop((left, top, left + side, top + side))
 
 
+def load_model(model: RetrievalModel | str | Path) -> RetrievalModel:
+    """``model`` itself, or the :class:`RetrievalModel` saved in that folder (``FileNotFoundError``
+    naming it when there is none)."""
+    if isinstance(model, RetrievalModel):
+        return model
+    folder = Path(model)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} not found (a folder saved by tokenflow train, or a "
+                                "backbone folder)")
+    return RetrievalModel.from_pretrained(folder)
+
+
 @torch.no_grad()
 def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str, *, direction: Direction = "t2v",
             aligner: Aligner | str | None = None, num_frames: int = 12) -> Explanation:
@@ -108,12 +120,7 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
         raise ValueError(f"direction must be 't2v' or 'v2t', got {direction!r}")
     if not caption or not caption.strip():
         raise ValueError("caption is empty: give the text to explain")
-    if not isinstance(model, RetrievalModel):
-        folder = Path(model)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"model folder {folder} not found (a folder saved by tokenflow train, or a "
-                                    "backbone folder)")
-        model = RetrievalModel.from_pretrained(folder)
+    model = load_model(model)
     if isinstance(aligner, str):
         aligner = aligner_for(aligner, dim=model.backbone.embed_dim)
     aligner = aligner or model.aligner
