@@ -66,10 +66,9 @@ def _convert(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .data import load_split
+    from .eval.command import evaluation_split, fusion_weights, publish_report
     from .eval.evaluate import evaluate, format_table, protocol_folds
     from .models.retrieval import load_for_scoring
-    from .utils import check_writable, write_text_atomic
 
     if args.visual_store is not None or args.text_store is not None:  # features computed elsewhere
         from .index.offline import evaluate_command
@@ -77,15 +76,7 @@ def _evaluate(args) -> int:
         return evaluate_command(args)
     if args.model is None:
         raise UserError("tokenflow evaluate needs --model (a backbone folder), or --visual-store and --text-store")
-    split = load_split(args.dataset, args.root, args.split, media=args.media)
-    if args.positives:
-        from .data.positives import add_positives
-
-        split = add_positives(split, args.positives, args.split)
-    if args.out:
-        check_writable(args.out.parent, "--out folder")
-    if args.rerank_top is not None and args.rerank_top < 1:
-        raise UserError(f"--rerank-top: the shortlist must hold at least 1 item, got {args.rerank_top}")
+    split = evaluation_split(args)
     backbone, aligner, name, head, notes = load_for_scoring(args.model, args.aligner, dict(args.hp or []))
     for note in notes:
         print(f"tokenflow evaluate: note: {note}", file=sys.stderr)
@@ -94,10 +85,7 @@ def _evaluate(args) -> int:
         from .data.frame_cache import with_frame_cache
 
         split = with_frame_cache(split, args.frame_cache, args.frames, backbone.preprocess, backbone.image_size)
-    if args.w_global is None:
-        args.w_global = head.get("w_global", 1.0)
-    if args.w_fine is None:
-        args.w_fine = head.get("w_fine", 1.0)
+    args.w_global, args.w_fine = fusion_weights(args, head)
     folds = args.folds if args.folds is not None else protocol_folds(args.dataset, args.split, len(split))
     report = evaluate(backbone, split, aligner, w_global=args.w_global, w_fine=args.w_fine,
                       batch_size=args.batch_size, num_frames=args.frames, video_tokens=args.video_tokens,
@@ -105,14 +93,9 @@ def _evaluate(args) -> int:
                       progress=not args.quiet and sys.stderr.isatty(), rerank_top=args.rerank_top,
                       **_test_norm_options(args))
     report["dataset"] = {"name": args.dataset, "root": str(args.root), "split": args.split}
-    report["command"] = ["tokenflow", *sys.argv[1:]] if args.argv is None else ["tokenflow", *args.argv]
-    print(f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} texts, "
-          f"aligner {name}, skipped {report['skipped']['count']}")
-    print(format_table(report))
-    if args.out:
-        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
-        print(f"report: {args.out}")
-    return 0
+    headline = (f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} "
+                f"texts, aligner {name}, skipped {report['skipped']['count']}")
+    return publish_report(report, args, headline, format_table(report))
 
 
 def _with_max_words(backbone, max_words: int | None):

@@ -12,7 +12,6 @@ images' features and every caption's, negatives included; see
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +61,8 @@ def _model(args) -> tuple:
 
 def _run(args) -> int:
     from ..errors import UserError
-    from ..utils import check_writable, write_text_atomic
+    from ..utils import check_writable
+    from .command import fusion_weights, publish_report
     from .compositional import evaluate_compositional, format_compositional_table
 
     if args.out:
@@ -76,8 +76,7 @@ def _run(args) -> int:
         backbone, (encoded, aligner, name, head, described) = None, args.stores(args, items, root)
     else:
         backbone, aligner, name, head = _model(args)
-    w_global = head.get("w_global", 1.0) if args.w_global is None else args.w_global
-    w_fine = head.get("w_fine", 1.0) if args.w_fine is None else args.w_fine
+    w_global, w_fine = fusion_weights(args, head)
     source = {"name": args.benchmark, "annotations": str(args.annotations),
               "images": None if args.images is None else str(args.images),
               "categories": sorted({it.category for it in items})}
@@ -87,15 +86,10 @@ def _run(args) -> int:
                                     progress=not args.quiet and sys.stderr.isatty(), source=source)
     if described is not None:
         report["backbone"] = described
-    report["command"] = ["tokenflow", *(sys.argv[1:] if args.argv is None else args.argv)]
-    print(f"{args.benchmark}: {report['evaluated']['items']} items, {report['evaluated']['images']} images, "
-          f"{report['evaluated']['texts']} captions{' from stores' if stored else ''}; aligner {name}, "
-          f"w_global {w_global:g}, w_fine {w_fine:g}, s_{args.direction}")
-    print(format_compositional_table(report))
-    if args.out:
-        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
-        print(f"report: {args.out}")
-    return 0
+    headline = (f"{args.benchmark}: {report['evaluated']['items']} items, {report['evaluated']['images']} images, "
+                f"{report['evaluated']['texts']} captions{' from stores' if stored else ''}; aligner {name}, "
+                f"w_global {w_global:g}, w_fine {w_fine:g}, s_{args.direction}")
+    return publish_report(report, args, headline, format_compositional_table(report))
 
 
 def add_parser(sub, hparam, stores: Callable | None = None) -> None:

@@ -162,11 +162,8 @@ def evaluate_stores(visual: str | Path, text: str | Path, split, aligner, **opti
 
 def evaluate_command(args) -> int:
     """``tokenflow evaluate --visual-store V --text-store T --dataset ... --root ... --split ...``."""
-    import json
-
-    from ..data import load_split
+    from ..eval.command import evaluation_split, fusion_weights, publish_report
     from ..eval.evaluate import format_table, protocol_folds
-    from ..utils import check_writable, write_text_atomic
 
     if args.visual_store is None or args.text_store is None:
         raise UserError("tokenflow evaluate from stores needs both --visual-store and --text-store")
@@ -174,15 +171,7 @@ def evaluate_command(args) -> int:
     if bad or args.test_norm == "qbnorm":
         raise UserError(f"{(bad or ['--test-norm qbnorm'])[0]}: not available with stored features (no backbone "
                         "encodes anything)")
-    split = load_split(args.dataset, args.root, args.split, media=args.media)
-    if args.positives:
-        from ..data.positives import add_positives
-
-        split = add_positives(split, args.positives, args.split)
-    if args.out:
-        check_writable(args.out.parent, "--out folder")
-    if args.rerank_top is not None and args.rerank_top < 1:
-        raise UserError(f"--rerank-top: the shortlist must hold at least 1 item, got {args.rerank_top}")
+    split = evaluation_split(args)
     dim = open_stores(args.visual_store, "visual", "--visual-store")[0].dim
     aligner, name, head, notes = plan_for_stores(args.aligner, dict(args.hp or []), dim, args.model)
     for note in notes:
@@ -192,22 +181,16 @@ def evaluate_command(args) -> int:
     mismatch = source_mismatch(vstore, tstore)
     if mismatch:
         print(f"tokenflow evaluate: warning: {mismatch}", file=sys.stderr)
-    w_global = head.get("w_global", 1.0) if args.w_global is None else args.w_global
-    w_fine = head.get("w_fine", 1.0) if args.w_fine is None else args.w_fine
+    w_global, w_fine = fusion_weights(args, head)
     folds = args.folds if args.folds is not None else protocol_folds(args.dataset, args.split, len(split))
     norm = {} if args.test_norm is None else {"test_norm": args.test_norm,
                                               "test_norm_temperature": args.test_norm_temperature}
     report = evaluate_stores(args.visual_store, args.text_store, split, aligner, w_global=w_global, w_fine=w_fine,
                              chunk=args.chunk, folds=folds, rerank_top=args.rerank_top, device=args.device, **norm)
     report["dataset"] = {"name": args.dataset, "root": str(args.root), "split": args.split}
-    report["command"] = ["tokenflow", *sys.argv[1:]] if args.argv is None else ["tokenflow", *args.argv]
-    print(f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} texts from "
-          f"stores, aligner {name}")
-    print(format_table(report))
-    if args.out:
-        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
-        print(f"report: {args.out}")
-    return 0
+    headline = (f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} "
+                f"texts from stores, aligner {name}")
+    return publish_report(report, args, headline, format_table(report))
 
 
 def _media_ids(media: Sequence[Path], stores: Sequence[FeatureStore], root: Path) -> list[str]:
@@ -349,6 +332,7 @@ def explain_stored(args):
 def query_store_search(args, dirs: Sequence[Path]):
     """``tokenflow search --index V --query-store T``: ``(searcher, plan name, labels, queries)``,
     the queries being the stored features of T's rows (``--query-id``: those rows only)."""
+    from ..eval.command import fusion_weights
     from .searcher import Searcher
 
     given = [f"--{k}" for k in ("text", "queries", "image", "video") if getattr(args, k)]
@@ -369,7 +353,6 @@ def query_store_search(args, dirs: Sequence[Path]):
     aligner, name, head, notes = plan_for_stores(args.aligner, dict(args.hp or []), index_store.dim, args.model)
     for note in notes:
         print(f"tokenflow search: note: {note}", file=sys.stderr)
-    w_global = head.get("w_global", 1.0) if args.w_global is None else args.w_global
-    w_fine = head.get("w_fine", 1.0) if args.w_fine is None else args.w_fine
+    w_global, w_fine = fusion_weights(args, head)
     searcher = Searcher(list(dirs), aligner=aligner, w_global=w_global, w_fine=w_fine, device=args.device)
     return searcher, name, labels, queries
