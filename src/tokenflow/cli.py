@@ -66,7 +66,7 @@ def _convert(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .eval.command import evaluation_split, fusion_weights, publish_report
+    from .eval.command import evaluation_split, fusion_weights, publish_report, with_max_words
     from .eval.evaluate import evaluate, format_table, protocol_folds
     from .models.retrieval import load_for_scoring
 
@@ -80,7 +80,7 @@ def _evaluate(args) -> int:
     backbone, aligner, name, head, notes = load_for_scoring(args.model, args.aligner, dict(args.hp or []))
     for note in notes:
         print(f"tokenflow evaluate: note: {note}", file=sys.stderr)
-    backbone = _with_max_words(backbone, args.max_words).to(args.device)
+    backbone = with_max_words(backbone, args.max_words).to(args.device)
     if args.frame_cache is not None:
         from .data.frame_cache import with_frame_cache
 
@@ -96,16 +96,6 @@ def _evaluate(args) -> int:
     headline = (f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} "
                 f"texts, aligner {name}, skipped {report['skipped']['count']}")
     return publish_report(report, args, headline, format_table(report))
-
-
-def _with_max_words(backbone, max_words: int | None):
-    """``--max-words``: the caption length, up to the backbone's positional limit."""
-    if max_words is not None:
-        try:
-            backbone.set_max_text_len(max_words)
-        except ValueError as e:
-            raise UserError(f"--max-words: {e}") from None
-    return backbone
 
 
 def _test_norm_options(args) -> dict:

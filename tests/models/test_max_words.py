@@ -84,11 +84,11 @@ def test_shipped_configs_set_max_words():
 
 
 def test_evaluate_cli_max_words(clip77, tmp_path):
-    from tokenflow.cli import _with_max_words
+    from tokenflow.eval.command import with_max_words
     from tokenflow.errors import UserError
 
     clip = load_backbone(clip77)
-    assert _with_max_words(clip, 70).max_text_len == 70
-    assert _with_max_words(clip, None).max_text_len == 70
+    assert with_max_words(clip, 70).max_text_len == 70
+    assert with_max_words(clip, None).max_text_len == 70
     with pytest.raises(UserError, match="--max-words: max_words 78"):
-        _with_max_words(clip, 78)
+        with_max_words(clip, 78)

@@ -1,5 +1,5 @@
 """Steps shared by the evaluation commands (``tokenflow evaluate`` with a backbone or from stores,
-``tokenflow evaluate-compositional``): the split and its checks, the fusion weights, the report's
+``tokenflow evaluate-compositional``): the split and its checks, ``--max-words``, the fusion weights, the report's
 output. They sit in this layer so that the CLI, :mod:`tokenflow.index.offline` and
 :mod:`tokenflow.eval.compositional_cli` use one copy."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-__all__ = ["evaluation_split", "fusion_weights", "publish_report"]
+__all__ = ["evaluation_split", "fusion_weights", "publish_report", "with_max_words"]
 
 
 def evaluation_split(args):
@@ -28,6 +28,19 @@ def evaluation_split(args):
     if args.rerank_top is not None and args.rerank_top < 1:
         raise UserError(f"--rerank-top: the shortlist must hold at least 1 item, got {args.rerank_top}")
     return split
+
+
+def with_max_words(backbone, max_words: int | None):
+    """``--max-words``: the caption length, up to the backbone's positional limit (``UserError``
+    naming the limit beyond it); ``backbone`` itself."""
+    from ..errors import UserError
+
+    if max_words is not None:
+        try:
+            backbone.set_max_text_len(max_words)
+        except ValueError as e:
+            raise UserError(f"--max-words: {e}") from None
+    return backbone
 
 
 def fusion_weights(args, head: dict) -> tuple[float, float]:

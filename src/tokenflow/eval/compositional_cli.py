@@ -44,6 +44,7 @@ def _model(args) -> tuple:
     """``(backbone, aligner, plan name, head)`` of ``--model``, on ``--device``."""
     from ..errors import UserError
     from ..models.retrieval import load_for_scoring
+    from .command import with_max_words
 
     if args.model is None:
         raise UserError("tokenflow evaluate-compositional needs --model (a backbone folder), or --visual-store and "
@@ -51,12 +52,7 @@ def _model(args) -> tuple:
     backbone, aligner, name, head, notes = load_for_scoring(args.model, args.aligner, dict(args.hp or []))
     for note in notes:
         print(f"tokenflow evaluate-compositional: note: {note}", file=sys.stderr)
-    if args.max_words is not None:  # as tokenflow evaluate --max-words
-        try:
-            backbone.set_max_text_len(args.max_words)
-        except ValueError as e:
-            raise UserError(f"--max-words: {e}") from None
-    return backbone.to(args.device), aligner, name, head
+    return with_max_words(backbone, args.max_words).to(args.device), aligner, name, head
 
 
 def _run(args) -> int:
