@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .._extras import require
-from ..errors import FileError
+from ._hf import check_folder, checked_text_len, load_weights
 from .base import DualEncoder, eos_positions
 
 __all__ = ["HFCLIP"]
@@ -54,24 +54,14 @@ class HFCLIP(DualEncoder):
     @classmethod
     def from_pretrained(cls, folder: str | Path, max_text_len: int = MAX_TEXT_LEN) -> HFCLIP:
         """Load model, tokenizer and image processor from ``folder`` (``local_files_only``)."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"CLIP folder {folder} does not exist "
-                                    "(weights are loaded from a local folder only)")
-        for name in ("config.json", "preprocessor_config.json"):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder}: missing {name}; expected a folder written by "
-                                        "CLIPModel.save_pretrained plus its tokenizer and image processor")
+        folder = check_folder(folder, "CLIP", "CLIPModel.save_pretrained plus its tokenizer and image processor")
         if not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json")):
             raise FileNotFoundError(f"{folder}: missing the tokenizer (tokenizer.json, or vocab.json + merges.txt)")
         require("transformers", "clip", "loading a CLIP folder")
         from transformers import CLIPModel, CLIPTokenizer
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-        try:
-            model = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval()
-        except Exception as e:  # a truncated, corrupt or pickled weights file: name the folder, not a stack
-            raise FileError(f"{folder}: cannot read the CLIP weights ({type(e).__name__}: {e})") from None
+        model = load_weights(CLIPModel, folder, "CLIP")
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
         processor = CLIPImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
         return cls(model, tokenizer, processor, max_text_len=max_text_len, source=str(folder))
@@ -84,11 +74,7 @@ class HFCLIP(DualEncoder):
     def set_max_text_len(self, n: int) -> None:
         """Cut captions at ``n`` tokens (``<|startoftext|>`` and ``<|endoftext|>`` included), up to
         :attr:`text_position_limit`; beyond it ``ValueError`` naming the limit."""
-        limit = self.text_position_limit
-        if not isinstance(n, int) or not 3 <= n <= limit:
-            raise ValueError(f"max_words {n}: this CLIP text encoder has {limit} positions "
-                             f"(text_config.max_position_embeddings), so captions take 3 to {limit} tokens")
-        self.max_text_len = n
+        self.max_text_len = checked_text_len(n, self.text_position_limit, "CLIP")
 
     def image_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         vm = self.model.vision_model

@@ -48,6 +48,7 @@ from torch import Tensor
 from .._extras import require
 from ..errors import FileError
 from ..utils import write_text_atomic
+from ._hf import check_folder, checked_text_len, load_weights
 from .base import DualEncoder
 
 __all__ = ["HFSiglip"]
@@ -100,14 +101,8 @@ class HFSiglip(DualEncoder):
     @classmethod
     def from_pretrained(cls, folder: str | Path, max_text_len: int = MAX_TEXT_LEN) -> HFSiglip:
         """Load model, tokenizer and image settings from ``folder`` (``local_files_only``)."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"SigLIP folder {folder} does not exist (weights are loaded from a local folder "
-                                    "only)")
-        for name in ("config.json", "preprocessor_config.json"):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder}: missing {name}; expected a folder written by save_pretrained of "
-                                        "a SiglipModel or Siglip2Model plus its tokenizer and image processor")
+        folder = check_folder(folder, "SigLIP", "save_pretrained of a SiglipModel or Siglip2Model plus its tokenizer "
+                              "and image processor")
         if not (folder / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{folder}: missing tokenizer.json (a fast tokenizer). A folder with only "
                                     "spiece.model: run AutoTokenizer.from_pretrained(folder).save_pretrained(folder) "
@@ -120,10 +115,7 @@ class HFSiglip(DualEncoder):
         if model_type not in MODEL_TYPES:
             raise FileError(f"{folder / 'config.json'}: model_type {model_type!r} is not 'siglip' or 'siglip2'")
         model_cls = SiglipModel if model_type == "siglip" else Siglip2Model
-        try:
-            model = model_cls.from_pretrained(str(folder), local_files_only=True).eval()
-        except Exception as e:  # a truncated, corrupt or pickled weights file: name the folder, not a stack
-            raise FileError(f"{folder}: cannot read the {model_type} weights ({type(e).__name__}: {e})") from None
+        model = load_weights(model_cls, folder, model_type)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:
@@ -144,11 +136,7 @@ class HFSiglip(DualEncoder):
     def set_max_text_len(self, n: int) -> None:
         """Keep at most ``n`` tokens per caption (special tokens included), up to
         :attr:`text_position_limit`; beyond it ``ValueError`` naming the limit."""
-        limit = self.text_position_limit
-        if not isinstance(n, int) or not 3 <= n <= limit:
-            raise ValueError(f"max_words {n}: this SigLIP text encoder has {limit} positions "
-                             f"(text_config.max_position_embeddings), so captions take 3 to {limit} tokens")
-        self.max_text_len = n
+        self.max_text_len = checked_text_len(n, self.text_position_limit, "SigLIP")
 
     # -- images -----------------------------------------------------------------------------------
     def _patchify(self, pixels: Tensor) -> Tensor:
