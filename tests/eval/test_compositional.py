@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import save_tiny_model
 from tokenflow import Tokens, get_aligner
 from tokenflow.data.hard_negatives import HardNegative, read_hard_negatives, write_hard_negatives
 from tokenflow.eval.compositional import (EncodedItems, accuracy_report, evaluate_compositional,
@@ -191,14 +192,10 @@ def test_accuracy_report_counts_and_rejects_rows_without_a_negative():
 @pytest.fixture(scope="module")
 def tiny_model_dir(synth, tmp_path_factory):
     from tokenflow.data import load_split
-    from tokenflow.models import RetrievalModel, TinyCLIP, TinyConfig, WordTokenizer
 
     split = load_split("flickr30k", synth / "images", "train")
-    torch.manual_seed(0)
-    tiny = TinyCLIP(TinyConfig(), WordTokenizer.build(split.texts))
-    folder = tmp_path_factory.mktemp("compositional-model") / "best"
-    RetrievalModel(tiny, get_aligner("tokenflow"), w_global=0.5, w_fine=2.0).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("compositional-model") / "best", split.texts, seed=0,
+                           w_global=0.5, w_fine=2.0)
 
 
 def test_end_to_end_on_the_synthetic_twins_equals_the_naive_loop(synth, tiny_model_dir):

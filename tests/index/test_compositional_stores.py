@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import save_tiny_model
 from tokenflow import get_aligner
 from tokenflow.cli import main
 from tokenflow.data import read_hard_negatives
@@ -20,15 +21,12 @@ HARD = ("images", "hard_negatives.json")
 def model_dir(synth, tmp_path_factory):
     """A tiny model saved with a plan and fusion weights (not 1, 1), its vocabulary the captions'."""
     from tokenflow.data import load_split
-    from tokenflow.models import RetrievalModel, TinyCLIP, TinyConfig, WordTokenizer
+    from tokenflow.models import TinyConfig
 
     split = load_split("flickr30k", synth / "images", "train")
-    torch.manual_seed(2)
-    tiny = TinyCLIP(TinyConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2, embed_dim=16),
-                    WordTokenizer.build(split.texts))
-    folder = tmp_path_factory.mktemp("hn-model") / "best"
-    RetrievalModel(tiny, get_aligner("tokenflow"), w_global=0.5, w_fine=2.0).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("hn-model") / "best", split.texts, seed=2, w_global=0.5,
+                           w_fine=2.0, config=TinyConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2,
+                                                         embed_dim=16))
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
+from tests.helpers import save_tiny_model
 from tokenflow import get_aligner
 from tokenflow.cli import main
 from tokenflow.data import load_split, read_hard_negatives
-from tokenflow.models import RetrievalModel, TinyCLIP, TinyConfig, WordTokenizer
+from tokenflow.models import RetrievalModel
 from tokenflow.viz import explain
 from tokenflow.viz.contrast import explain_contrast, render_contrast, word_shares
 
@@ -19,11 +20,8 @@ from tokenflow.viz.contrast import explain_contrast, render_contrast, word_share
 @pytest.fixture(scope="module")
 def model_dir(synth, tmp_path_factory):
     split = load_split("flickr30k", synth / "images", "train")
-    torch.manual_seed(1)
-    tiny = TinyCLIP(TinyConfig(), WordTokenizer.build(split.texts))
-    folder = tmp_path_factory.mktemp("contrast-model") / "best"
-    RetrievalModel(tiny, get_aligner("tokenflow"), w_global=0.5, w_fine=2.0).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("contrast-model") / "best", split.texts, seed=1, w_global=0.5,
+                           w_fine=2.0)
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import save_tiny_model
 from tokenflow import get_aligner
 from tokenflow.cli import main
 from tokenflow.data import MediaError, load_image, load_split, read_video_frames
-from tokenflow.models import RetrievalModel, TinyCLIP, TinyConfig, WordTokenizer
+from tokenflow.models import RetrievalModel
 from tokenflow.viz import explain, render
 
 
@@ -17,11 +18,8 @@ from tokenflow.viz import explain, render
 def model_dir(synth, tmp_path_factory):
     split = load_split("flickr30k", synth / "images", "train")
     videos = load_split("msrvtt", synth / "videos", "train")
-    torch.manual_seed(0)
-    tiny = TinyCLIP(TinyConfig(), WordTokenizer.build(split.texts + videos.texts))
-    folder = tmp_path_factory.mktemp("model") / "best"
-    RetrievalModel(tiny, get_aligner("tokenflow"), w_global=1.0, w_fine=1.0).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "best", split.texts + videos.texts, seed=0,
+                           w_global=1.0, w_fine=1.0)
 
 
 @pytest.mark.parametrize("aligner", [None, "scan", "sinkhorn"])
