@@ -317,10 +317,10 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="where fine-grained alignment helps: plans against global on synthetic "
                                     "scenes, paired over seeds (nothing to download)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    p.add_argument("--quick", action="store_true", help="a smoke run at a tiny budget, both protocols (about 90 s "
+    p.add_argument("--quick", action="store_true", help="a smoke run at a tiny budget, both protocols (about 45 s "
                                                         "on 2 cores); too small to compare methods")
     p.add_argument("--full", action="store_true", help="both protocols, 5 seeds, and first the grid search of each "
-                   "plan's hyperparameters on a tuning seed's val split (about 30 min on 2 cores)")
+                   "plan's hyperparameters on a tuning seed's val split (about 20 min on 2 cores)")
     p.add_argument("--videos", action="store_true", help="the bindings task as MSR-VTT-style videos")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help=f"global (no plan), plan names, NAME:key=value,..., NAME+sigmoid, cs-aligner, or all "

@@ -10,7 +10,8 @@ import pytest
 from tokenflow.data.scenes import make_scenes
 from tokenflow.demo import tune as tune_mod
 from tokenflow.demo.protocol import stage_config
-from tokenflow.demo.tune import GRIDS, apply_tuned, label, read_tuned, search_grid, write_tuned
+from tokenflow.demo.budget import label
+from tokenflow.demo.tune import GRIDS, apply_tuned, read_tuned, search_grid, write_tuned
 
 BUDGET = {"epochs": 2, "batch_size": 16, "lr": 1e-3, "lr_finetune": 3e-4, "pretrain_epochs": 1}
 

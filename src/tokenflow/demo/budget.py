@@ -8,7 +8,7 @@ anything.
 
 from __future__ import annotations
 
-__all__ = ["ALL_METHODS", "BUDGETS", "METHODS", "PROTOCOLS", "QUICK_METHODS", "SCENES", "TASKS", "budget"]
+__all__ = ["ALL_METHODS", "BUDGETS", "METHODS", "PROTOCOLS", "QUICK_METHODS", "SCENES", "TASKS", "budget", "label"]
 
 #: Every method the demo knows: "global" is the global similarity alone; the others add a plan,
 #: except "cs-aligner", which adds the Cauchy-Schwarz divergence term to the global loss.
@@ -46,3 +46,12 @@ def budget(quick: bool, videos: bool = False) -> dict:
         p["pretrain"] = (p["pretrain"][0] // 4, p["pretrain"][1] // 2)
         p["sizes"] = (p["sizes"][0] // 4, p["sizes"][1] // 2, p["sizes"][2] // 4)
     return p
+
+
+def label(spec: str) -> str:
+    """A run spec's row name: the plan and its loss suffix, without hyperparameters
+    (``tokenflow:lam=5+sigmoid`` -> ``tokenflow+sigmoid``)."""
+    from ..train.ablate import method_loss, parse_method
+
+    loss = method_loss(spec)[1]
+    return parse_method(spec)[0] + (f"+{loss}" if loss else "")

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .budget import SCENES, VIDEO_FRAMES, budget
-from .tune import label
+from .budget import SCENES, VIDEO_FRAMES, budget, label
 
 __all__ = ["digest", "make_task_data", "prepare", "run_one", "stage_config"]
 

@@ -202,7 +202,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, full: bool =
             everything in this process.
     """
     from ..train.ablate import check_methods
-    from .tune import apply_tuned, label, read_tuned
+    from .budget import label
+    from .tune import apply_tuned, read_tuned
 
     methods = check_methods(list(methods or (QUICK_METHODS if quick else METHODS)))
     full_or_quick = full or quick

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..utils import machine, write_text_atomic
 
-__all__ = ["GRIDS", "TUNED_FILE", "TUNING_SEED", "apply_tuned", "label", "read_tuned", "search_grid", "tune"]
+__all__ = ["GRIDS", "TUNED_FILE", "TUNING_SEED", "apply_tuned", "read_tuned", "search_grid", "tune"]
 
 #: plan -> hyperparameter -> values tried. tokenflow's and scan's lam is the inverse softmax
 #: temperature of eq 11/15-16 (scan's default 9 is SCAN's own text-image value; tokenflow's
@@ -115,12 +115,3 @@ def apply_tuned(methods: list[str], task: str, protocol: str, tuned: dict) -> li
         spec = f"{plan}:" + ",".join(f"{k}={v}" for k, v in sorted(hp.items())) if hp else plan
         out.append(spec + (f"+{loss}" if loss else ""))
     return out
-
-
-def label(spec: str) -> str:
-    """A run spec's row name: the plan and its loss suffix, without hyperparameters
-    (``tokenflow:lam=5+sigmoid`` -> ``tokenflow+sigmoid``)."""
-    from ..train.ablate import method_loss, parse_method
-
-    loss = method_loss(spec)[1]
-    return parse_method(spec)[0] + (f"+{loss}" if loss else "")
