@@ -100,7 +100,8 @@ def _verdicts(summary: Sequence[dict], task: str, protocol: str) -> str:
             continue
         p = s["paired_r1"]
         word = {"beats": "beats", "trails": "trails", "level": "is level with"}[p["verdict"]]
-        out.append(f"{s['method']} {word} global on t2v R@1 ({p['mean']:+.1f} ± {p['se']:.1f}, "
+        se = "–" if p["se"] != p["se"] else f"{p['se']:.1f}"  # NaN with one seed
+        out.append(f"{s['method']} {word} global on t2v R@1 ({p['mean']:+.1f} ± {se}, "
                    f"{p['positive']}/{p['n']} seeds positive).")
     return " ".join(out)
 
