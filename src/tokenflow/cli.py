@@ -66,9 +66,9 @@ def _convert(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .eval.command import evaluation_split, fusion_weights, publish_report, with_max_words
+    from .eval.command import evaluation_split, publish_report, scoring_notes, with_max_words
     from .eval.evaluate import evaluate, format_table, protocol_folds
-    from .models.retrieval import load_for_scoring
+    from .models.scoring import load_scoring
 
     if args.visual_store is not None or args.text_store is not None:  # features computed elsewhere
         from .index.offline import evaluate_command
@@ -77,15 +77,15 @@ def _evaluate(args) -> int:
     if args.model is None:
         raise UserError("tokenflow evaluate needs --model (a backbone folder), or --visual-store and --text-store")
     split = evaluation_split(args)
-    backbone, aligner, name, head, notes = load_for_scoring(args.model, args.aligner, dict(args.hp or []))
-    for note in notes:
-        print(f"tokenflow evaluate: note: {note}", file=sys.stderr)
-    backbone = with_max_words(backbone, args.max_words).to(args.device)
+    scoring = load_scoring(args.model, args.aligner, dict(args.hp or []), w_global=args.w_global, w_fine=args.w_fine)
+    scoring_notes(scoring, "evaluate")
+    aligner, name = scoring.aligner, scoring.name
+    backbone = with_max_words(scoring.backbone, args.max_words).to(args.device)
     if args.frame_cache is not None:
         from .data.frame_cache import with_frame_cache
 
         split = with_frame_cache(split, args.frame_cache, args.frames, backbone.preprocess, backbone.image_size)
-    args.w_global, args.w_fine = fusion_weights(args, head)
+    args.w_global, args.w_fine = scoring.w_global, scoring.w_fine
     folds = args.folds if args.folds is not None else protocol_folds(args.dataset, args.split, len(split))
     report = evaluate(backbone, split, aligner, w_global=args.w_global, w_fine=args.w_fine,
                       batch_size=args.batch_size, num_frames=args.frames, video_tokens=args.video_tokens,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-__all__ = ["evaluation_split", "fusion_weights", "publish_report", "with_max_words"]
+__all__ = ["evaluation_split", "fusion_weights", "publish_report", "scoring_notes", "with_max_words"]
 
 
 def evaluation_split(args):
@@ -49,6 +49,14 @@ def fusion_weights(args, head: dict) -> tuple[float, float]:
     w_global = head.get("w_global", 1.0) if args.w_global is None else args.w_global
     w_fine = head.get("w_fine", 1.0) if args.w_fine is None else args.w_fine
     return w_global, w_fine
+
+
+def scoring_notes(scoring, command: str) -> None:
+    """Print to stderr what a :class:`~tokenflow.models.scoring.Scoring` overrode of the trained
+    folder, and its notes, as ``tokenflow COMMAND: note: ...`` lines."""
+    overridden = scoring.describe_overrides()
+    for note in [*([overridden] if overridden else []), *scoring.notes]:
+        print(f"tokenflow {command}: note: {note}", file=sys.stderr)
 
 
 def publish_report(report: dict, args, headline: str, table: str) -> int:

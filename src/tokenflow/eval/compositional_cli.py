@@ -43,16 +43,15 @@ def _items(args, check_media: bool) -> tuple[list, Path]:
 def _model(args) -> tuple:
     """``(backbone, aligner, plan name, head)`` of ``--model``, on ``--device``."""
     from ..errors import UserError
-    from ..models.retrieval import load_for_scoring
-    from .command import with_max_words
+    from ..models.scoring import load_scoring
+    from .command import scoring_notes, with_max_words
 
     if args.model is None:
         raise UserError("tokenflow evaluate-compositional needs --model (a backbone folder), or --visual-store and "
                         "--text-store")
-    backbone, aligner, name, head, notes = load_for_scoring(args.model, args.aligner, dict(args.hp or []))
-    for note in notes:
-        print(f"tokenflow evaluate-compositional: note: {note}", file=sys.stderr)
-    return with_max_words(backbone, args.max_words).to(args.device), aligner, name, head
+    scoring = load_scoring(args.model, args.aligner, dict(args.hp or []))
+    scoring_notes(scoring, "evaluate-compositional")
+    return with_max_words(scoring.backbone, args.max_words).to(args.device), scoring.aligner, scoring.name, scoring.head
 
 
 def _run(args) -> int:

@@ -6,6 +6,7 @@ aligner.
 store = encode_store(backbone, split, "store/")          # or StoreWriter / write_store
 index_dir = Indexer("flat").index("store/")              # store/index/
 results = Searcher(index_dir, model=backbone, aligner=get_aligner("tokenflow")).search(["a red cube"], k=10)
+searcher = Searcher.from_model(index_dir, "runs/x/best")  # a trained folder: its plan, weights, w_global, w_fine
 ```
 """
 

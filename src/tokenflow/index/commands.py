@@ -109,7 +109,7 @@ def _encode_source(args):
 
 
 def _encode(args) -> int:
-    from ..models import load_backbone
+    from ..models.scoring import load_scoring
     from .encode import backbone_fingerprint, encode_store
 
     if args.texts is None and args.images is None and args.videos is None and args.dataset is None:
@@ -127,7 +127,7 @@ def _encode(args) -> int:
     device = args.device
     if device == "cuda" and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    backbone = load_backbone(args.model).to(device).eval()
+    backbone = load_scoring(args.model).backbone.to(device).eval()  # the backbone the scoring path scores with
     if args.max_words is not None:
         backbone.set_max_text_len(args.max_words)
     t0 = time.perf_counter()
@@ -196,9 +196,11 @@ def _queries(args, searcher):
 
 
 def _search_model(args, dirs: list[Path]):
-    """(backbone, aligner, plan name, head): ``--model``, else the folder that encoded the store
-    when it is still there; with neither, an error."""
-    from ..models.retrieval import load_for_scoring
+    """The :class:`~tokenflow.models.scoring.Scoring` of ``--model``, else of the folder that
+    encoded the store when it is still there (with neither, an error), after ``--aligner``,
+    ``--hp``, ``--w-global`` and ``--w-fine``; its backbone on ``--device``."""
+    from ..eval.command import scoring_notes
+    from ..models.scoring import load_scoring
     from .store import FeatureStore
 
     model = args.model
@@ -209,10 +211,10 @@ def _search_model(args, dirs: list[Path]):
         else:
             raise UserError(f"--model: needed to encode the queries; the store's backbone {named!r} is not a local "
                             "folder")
-    backbone, aligner, name, head, notes = load_for_scoring(model, args.aligner, dict(args.hp or []))
-    for note in notes:
-        print(f"tokenflow search: note: {note}", file=sys.stderr)
-    return backbone.to(args.device).eval(), aligner, name, head
+    scoring = load_scoring(model, args.aligner, dict(args.hp or []), w_global=args.w_global, w_fine=args.w_fine)
+    scoring_notes(scoring, "search")
+    scoring.backbone.to(args.device).eval()
+    return scoring
 
 
 def _store_of(index_dir: Path) -> Path:
@@ -236,11 +238,10 @@ def _search(args) -> int:
         searcher, name, labels, queries = query_store_search(args, dirs)
         aligner, w_global, w_fine = searcher.aligner, searcher.w_global, searcher.w_fine
     else:
-        backbone, aligner, name, head = _search_model(args, dirs)
-        w_global = head.get("w_global", 1.0) if args.w_global is None else args.w_global
-        w_fine = head.get("w_fine", 1.0) if args.w_fine is None else args.w_fine
-        searcher = Searcher(dirs, model=backbone, aligner=aligner, w_global=w_global, w_fine=w_fine,
-                            device=args.device, check_backbone=not args.no_check_backbone)
+        scoring = _search_model(args, dirs)
+        searcher = Searcher.from_scoring(dirs, scoring, device=args.device,
+                                         check_backbone=not args.no_check_backbone)
+        aligner, name, w_global, w_fine = scoring.aligner, scoring.name, scoring.w_global, scoring.w_fine
         labels, queries = _queries(args, searcher)
     t0 = time.perf_counter()
     results = searcher.search(queries, k=args.k, shortlist=args.shortlist)

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..align import Aligner
 from ..errors import UserError
 from ..models.base import DualEncoder
+from ..models.scoring import Scoring
 from ..tokens import Tokens
 from .shortlist import load_index
 
@@ -81,6 +82,26 @@ class Searcher:
         self.aligner = None if aligner is None else aligner.to(device).eval()
         if model is not None:
             self._check_model(model, check_backbone)
+
+    @classmethod
+    def from_scoring(cls, index_dirs: str | Path | Sequence[str | Path], scoring: Scoring, **options) -> Searcher:
+        """A searcher that scores with ``scoring`` (:func:`tokenflow.models.scoring.load_scoring`):
+        its backbone encodes the queries, its plan and fusion weights rank; ``options`` are the
+        constructor's (``device``, ``chunk``, ``check_backbone``)."""
+        return cls(index_dirs, model=scoring.backbone, aligner=scoring.aligner, w_global=scoring.w_global,
+                   w_fine=scoring.w_fine, **options)
+
+    @classmethod
+    def from_model(cls, index_dirs: str | Path | Sequence[str | Path], folder: str | Path, aligner: str | None = None,
+                   hparams: dict | None = None, *, w_global: float | None = None, w_fine: float | None = None,
+                   **options) -> Searcher:
+        """A searcher over a trained (or bare backbone) ``folder``, through the one scoring path: its
+        trained plan with its learned weights and fusion weights unless overridden (see
+        :func:`~tokenflow.models.scoring.load_scoring`); ``options`` as :meth:`from_scoring`."""
+        from ..models.scoring import load_scoring
+
+        scoring = load_scoring(folder, aligner, hparams, w_global=w_global, w_fine=w_fine)
+        return cls.from_scoring(index_dirs, scoring, **options)
 
     def with_plan(self, aligner: Aligner | None, *, w_global: float | None = None,
                   w_fine: float | None = None) -> Searcher:

@@ -8,7 +8,6 @@ hyperparameters, the fusion weights and the logit scale) and, for plans with par
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from pathlib import Path
@@ -17,14 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from .._extras import require
-from ..align import Aligner, Tokens, get_aligner, get_aligner_class
+from ..align import Aligner, Tokens, get_aligner
 from ..utils import atomic_path, read_safetensors, write_text_atomic
 from .base import DualEncoder, VideoTokens
 from .loading import load_backbone
+from .scoring import HEAD_FILE, hparam_problems, load_scoring, read_head_config
 
 __all__ = ["RetrievalModel", "hparam_problems", "load_for_scoring", "read_head_config"]
 
-HEAD_FILE = "tokenflow.json"
 CLIP_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
 
 
@@ -103,75 +102,15 @@ class RetrievalModel(nn.Module):
                    logit_bias=head.get("logit_bias"))
 
 
-def hparam_problems(name: str, hparams: dict) -> list[str]:
-    """What is wrong with ``hparams`` for the plan ``name``: each hyperparameter whose
-    constructor default is a number must be a finite number of that kind (an int where the
-    default is an int); empty when all is well. Unknown names are left to ``get_aligner``."""
-    params = inspect.signature(get_aligner_class(name).__init__).parameters
-    problems = []
-    for key, value in hparams.items():
-        default = params[key].default if key in params else None
-        if isinstance(default, bool) or not isinstance(default, (int, float)):
-            continue
-        kinds = (int,) if isinstance(default, int) else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-            want = "an integer" if kinds == (int,) else "a finite number"
-            problems.append(f"{key}={value!r}: {name}'s {key} must be {want} (default {default!r})")
-    return problems
-
-
-def read_head_config(folder: str | Path) -> dict | None:
-    """``tokenflow.json`` of a saved model folder, or ``None`` for a bare backbone folder."""
-    path = Path(folder) / HEAD_FILE
-    if not path.is_file():
-        return None
-    try:
-        head = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(head, dict) or "aligner" not in head:
-        raise ValueError(f"{path}: expected an object with 'aligner', 'hparams', 'w_global', 'w_fine'")
-    return head
-
-
 def load_for_scoring(folder: str | Path, aligner: str | None = None,
                      hparams: dict | None = None) -> tuple[DualEncoder, Aligner | None, str, dict, list[str]]:
-    """What ``evaluate``, ``encode`` and ``search`` score with: ``(backbone, aligner, plan name,
-    head, notes)``.
+    """``(backbone, aligner, plan name, head, notes)`` of :func:`tokenflow.models.scoring.load_scoring`
+    (the one scoring path; its ``describe_overrides()`` line, if any, is the first note).
 
-    A folder trained by tokenflow (it has a head config) brings its plan, learned plan weights
-    and fusion weights (``head``); ``aligner`` other than None replaces the plan, and
-    ``hparams`` override the plan's (learned weights are kept when they still fit). A bare
-    backbone folder gets ``aligner`` (default ``tokenflow``; ``"none"``: global only) with
-    ``hparams``. ``notes`` are messages for the user (a learned plan freshly initialised).
-    Hyperparameters that are not finite numbers of their kind raise ``ValueError``.
-    """
-    from ..align import aligner_for
-
-    hparams, notes = dict(hparams or {}), []
-    head = read_head_config(folder)
-
-    def check(name: str) -> None:
-        problems = hparam_problems(name, hparams)
-        if problems:
-            raise ValueError("--hp: " + "; ".join(problems))
-
-    if head is not None and aligner is None:
-        model = RetrievalModel.from_pretrained(folder)
-        backbone, plan = model.backbone, model.aligner
-        if hparams and head["aligner"] is not None:
-            check(head["aligner"])
-            plan = aligner_for(head["aligner"], {**head.get("hparams", {}), **hparams}, dim=backbone.embed_dim)
-            if model.aligner is not None and plan.state_dict().keys() == model.aligner.state_dict().keys():
-                plan.load_state_dict(model.aligner.state_dict())  # learned plan weights stay
-        return backbone, plan, head["aligner"] or "none", head, notes
-    backbone = load_backbone(folder)
-    name = aligner or "tokenflow"
-    if name == "none":
-        return backbone, None, name, head or {}, notes
-    check(name)
-    plan = aligner_for(name, hparams, dim=backbone.embed_dim)
-    if any(True for _ in plan.parameters()):
-        notes.append(f"{name} has learned weights and {folder} holds none; they are freshly initialised. "
-                     "Use a folder trained with it instead.")
-    return backbone, plan, name, head or {}, notes
+    A trained folder brings its plan with its learned weights and hyperparameters, and its fusion
+    weights (``head``); ``aligner`` replaces the plan (the trained one keeps its weights), and
+    ``hparams`` override the plan's. A bare backbone folder gets ``aligner`` (default
+    ``tokenflow``; ``"none"``: global only)."""
+    s = load_scoring(folder, aligner, hparams)
+    overridden = s.describe_overrides()
+    return s.backbone, s.aligner, s.name, s.head, [*([overridden] if overridden else []), *s.notes]

@@ -82,7 +82,7 @@ def explain_contrast(model: RetrievalModel | str | Path, media: str | Path, capt
     (see :func:`~tokenflow.viz.explain.explain` for the arguments); fusion weights are the model's."""
     if not negative or not negative.strip():
         raise ValueError("negative caption is empty: give the false caption to compare with")
-    model = load_model(model)
+    model = load_model(model, aligner if isinstance(aligner, str) else None)
     sides = [explain(model, media, text, direction=direction, aligner=aligner, num_frames=num_frames)
              for text in (caption, negative)]
     return Contrast(*sides, w_global=model.w_global, w_fine=model.w_fine)

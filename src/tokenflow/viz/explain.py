@@ -26,6 +26,7 @@ from ..data.base import VIDEO_EXTENSIONS, load_image
 from ..data.video import read_video_frames
 from ..eval.pointing import pointing
 from ..models.retrieval import RetrievalModel
+from ..models.scoring import load_scoring
 from ..utils import atomic_path
 
 __all__ = ["Explanation", "explain", "explain_tokens", "render"]
@@ -96,16 +97,27 @@ def _centre_square(image):
     return image.crop((left, top, left + side, top + side))
 
 
-def load_model(model: RetrievalModel | str | Path) -> RetrievalModel:
-    """``model`` itself, or the :class:`RetrievalModel` saved in that folder (``FileNotFoundError``
-    naming it when there is none)."""
+def load_model(model: RetrievalModel | str | Path, aligner: str | None = None) -> RetrievalModel:
+    """``model`` itself, or what the folder ``model`` is scored with as a :class:`RetrievalModel`
+    (:func:`tokenflow.models.scoring.load_scoring`: its trained plan with its learned weights, or
+    the plan ``aligner``; ``FileNotFoundError`` naming the folder when there is none)."""
     if isinstance(model, RetrievalModel):
         return model
-    folder = Path(model)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} not found (a folder saved by tokenflow train, or a "
-                                "backbone folder)")
-    return RetrievalModel.from_pretrained(folder)
+    scoring = load_scoring(model, aligner)
+    head = scoring.head
+    return RetrievalModel(scoring.backbone, scoring.aligner, w_global=scoring.w_global, w_fine=scoring.w_fine,
+                          logit_scale=head.get("logit_scale"), max_logit_scale=head.get("max_logit_scale", 100.0),
+                          logit_bias=head.get("logit_bias"))
+
+
+def _plan_of(model: RetrievalModel, aligner: Aligner | str | None) -> Aligner | None:
+    """The plan to explain: an Aligner as given; a name: the model's own plan when it is that one
+    (with its learned weights), else that plan built fresh; None: the model's plan."""
+    if not isinstance(aligner, str):
+        return aligner or model.aligner
+    if model.aligner is not None and getattr(model.aligner, "name", None) == aligner:
+        return model.aligner
+    return aligner_for(aligner, dim=model.backbone.embed_dim)
 
 
 @torch.no_grad()
@@ -113,17 +125,16 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
             aligner: Aligner | str | None = None, num_frames: int = 12) -> Explanation:
     """Explain how ``media`` (an image, or a video's middle frame) matches ``caption``.
 
-    ``model``: a :class:`RetrievalModel` or a saved model folder. ``aligner``: explain another
-    plan than the model's own (a name or an Aligner).
+    ``model``: a :class:`RetrievalModel` or a saved model folder (read by the one scoring path,
+    :func:`tokenflow.models.scoring.load_scoring`). ``aligner``: explain another plan than the
+    model's own (a name or an Aligner); the model's own plan by name keeps its learned weights.
     """
     if direction not in ("t2v", "v2t"):
         raise ValueError(f"direction must be 't2v' or 'v2t', got {direction!r}")
     if not caption or not caption.strip():
         raise ValueError("caption is empty: give the text to explain")
-    model = load_model(model)
-    if isinstance(aligner, str):
-        aligner = aligner_for(aligner, dim=model.backbone.embed_dim)
-    aligner = aligner or model.aligner
+    model = load_model(model, aligner if isinstance(aligner, str) else None)
+    aligner = _plan_of(model, aligner)
     if aligner is None:
         raise ValueError("this model has no fine-grained plan (global only): pass aligner=... to explain one")
     if not aligner.token_plan:
