@@ -49,10 +49,10 @@ def worker(n: int, m: int) -> None:
 def threshold(blocks: list[int], rounds: int) -> None:
     import torch
 
-    from tokenflow.align import transport
+    from tokenflow.align.transport import _exact
 
     gen = torch.Generator().manual_seed(0)
-    transport.POOL_MIN_PAIRS = 0  # this benchmark decides, block by block
+    _exact.POOL_MIN_PAIRS = 0  # this benchmark decides, block by block
     print("| block (pairs) | plan | 1 process ms | pool of 2 ms | pool / 1 process |")
     print("|---|---|---|---|---|")
     for p in blocks:
@@ -61,12 +61,12 @@ def threshold(blocks: list[int], rounds: int) -> None:
         rows, cols = torch.ones(p, 12, dtype=torch.bool), torch.rand(p, 32, generator=gen) < 0.75
         cols[:, 0] = True
         for name, mass in (("emd", 1.0), ("omit exact, mass 0.8", 0.8)):
-            transport.exact_plans(c, a, b, rows, cols, "exact", mass, workers=2)  # start the pool
+            _exact.exact_plans(c, a, b, rows, cols, "exact", mass, workers=2)  # start the pool
             best = {1: float("inf"), 2: float("inf")}
             for _ in range(rounds * 5):
                 for w in (1, 2):
                     t0 = time.perf_counter()
-                    transport.exact_plans(c, a, b, rows, cols, "exact", mass, workers=w)
+                    _exact.exact_plans(c, a, b, rows, cols, "exact", mass, workers=w)
                     best[w] = min(best[w], time.perf_counter() - t0)
             print(f"| {p} | {name} | {best[1] * 1e3:.2f} | {best[2] * 1e3:.2f} | {best[2] / best[1]:.2f} |",
                   flush=True)

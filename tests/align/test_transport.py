@@ -7,7 +7,7 @@ import torch
 
 from tokenflow import Tokens, get_aligner
 from tokenflow.align import transport
-from tokenflow.align.transport import SCALING_RANGE, Transport, sinkhorn_plans
+from tokenflow.align.transport import SCALING_RANGE, Transport, _exact, sinkhorn_plans
 
 from .conftest import make_tokens
 from .naive import naive_pairwise
@@ -162,10 +162,10 @@ def test_exact_solver_failure_raises(mass):
     cost = np.array([[[0.0, 1.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]])
     a, b = np.array([[0.5, 0.5], [0.5, 0.5]]), np.array([[0.5, 0.5], [np.nan, 1.0]])
     tokens = np.ones((2, 2), dtype=bool)
-    plans, codes = transport._solve_pairs("exact", mass, cost, a, b, tokens, tokens)
+    plans, codes = _exact._solve_pairs("exact", mass, cost, a, b, tokens, tokens)
     with pytest.raises(RuntimeError, match="exact OT solver failed on pair 1"):
-        transport._check_plans("exact", mass, plans, codes, a, b, tokens, tokens)
-    transport._check_plans("exact", mass, plans[:1], codes[:1], a[:1], b[:1], tokens[:1], tokens[:1])  # pair 0 is fine
+        _exact._check_plans("exact", mass, plans, codes, a, b, tokens, tokens)
+    _exact._check_plans("exact", mass, plans[:1], codes[:1], a[:1], b[:1], tokens[:1], tokens[:1])  # pair 0 is fine
 
 
 @pytest.mark.parametrize("name, hp", [("emd", {}), ("omit", {"solver": "exact", "mass": 0.6}),
@@ -176,6 +176,6 @@ def test_exact_pool_equals_serial(name, hp, gen, monkeypatch):
     monkeypatch.setenv("TOKENFLOW_EXACT_WORKERS", "1")
     serial = aligner.pairwise(vis, txt)
     monkeypatch.setenv("TOKENFLOW_EXACT_WORKERS", "2")
-    monkeypatch.setattr(transport, "POOL_MIN_PAIRS", 0)
+    monkeypatch.setattr(_exact, "POOL_MIN_PAIRS", 0)
     pooled = aligner.pairwise(vis, txt)
     assert torch.equal(serial.v2t, pooled.v2t) and torch.equal(serial.t2v, pooled.t2v)
