@@ -392,15 +392,16 @@ def _add_train(sub) -> None:
 
 
 def _serve(args) -> int:
-    from .serve import DEFAULT_PLANS, Limits
+    from .serve import Limits
     from .serve.app import LOOPBACK_HOSTS, create_app, run
 
     hosts = None if "*" in args.allow_host else [*LOOPBACK_HOSTS, args.host, *args.allow_host]
-    app = create_app(args.index, args.model, aligner_names=args.aligner or DEFAULT_PLANS, w_global=args.w_global,
+    app = create_app(args.index, args.model, aligner_names=args.aligner, w_global=args.w_global,
                      w_fine=args.w_fine, limits=Limits(max_k=args.max_k, shortlist=args.shortlist),
                      media_root=args.media_root, allowed_hosts=hosts, device=args.device)
     info = app.state.engine.info()
-    print(f"tokenflow serve: {info['count']} {info['kind']} items, plans {' '.join(info['plans'])}; "
+    plans = " ".join(f"{p} ({info['plan_source'][p]})" for p in info["plans"])
+    print(f"tokenflow serve: {info['count']} {info['kind']} items, plans {plans}; "
           f"open http://{args.host}:{args.port}/ (Ctrl-C stops)")
     run(app, args.host, args.port)
     return 0
@@ -413,14 +414,18 @@ def _add_serve(sub) -> None:
     p.add_argument("--index", required=True, nargs="+", type=Path, metavar="DIR",
                    help="index folder(s) of one collection, or its store folder (tokenflow index STORE)")
     p.add_argument("--model", type=Path, default=None,
-                   help="backbone folder that encoded the collection (default: the index's backbone, if a folder)")
+                   help="model folder (trained, or the bare backbone) that encoded the collection (default: the "
+                        "index's backbone, if a folder)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--aligner", nargs="+", default=None, choices=[*list_aligners(), "global"], metavar="NAME",
-                   help="plans the page offers, the first two side by side (default: tokenflow max-avg scan "
-                        "sinkhorn uniform); global (no plan) is always offered")
-    p.add_argument("--w-global", type=float, default=1.0, help="weight of the global similarity")
-    p.add_argument("--w-fine", type=float, default=1.0, help="weight of the fine-grained score")
+                   help="plans the page offers, the first two side by side (default: a trained model's plan, with "
+                        "its learned weights, then tokenflow max-avg scan sinkhorn uniform, built fresh); global "
+                        "(no plan) is always offered")
+    p.add_argument("--w-global", type=float, default=None,
+                   help="weight of the global similarity (default: a trained model's, else 1)")
+    p.add_argument("--w-fine", type=float, default=None,
+                   help="weight of the fine-grained score (default: a trained model's, else 1)")
     p.add_argument("--shortlist", type=int, default=100, help="items re-ranked per query")
     p.add_argument("--max-k", type=int, default=50, help="most results a query may ask for")
     p.add_argument("--media-root", type=Path, default=None,

@@ -185,9 +185,6 @@ def load_scoring(folder: str | Path, aligner: str | None = None, hparams: dict |
     folder's backbone when already loaded (it is not loaded again). Bad hyperparameters raise
     :class:`~tokenflow.errors.UserError` naming them."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} not found (a folder saved by tokenflow train, or a "
-                                "backbone folder)")
     trained = TrainedPlan.read(folder)
     backbone = load_backbone(folder) if backbone is None else backbone
     plan, name, is_trained, overrides, notes = build_plan(trained, aligner, hparams, dim=backbone.embed_dim)

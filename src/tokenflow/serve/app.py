@@ -3,10 +3,12 @@
 Endpoints (every error is JSON ``{"error": message}`` with a 4xx status):
 
 * ``GET /``: the page (plain HTML, CSS and JS from ``static/``; no build step).
-* ``GET /api/info``: the collection (kind, size, backbone), the plans offered, the limits.
+* ``GET /api/info``: the collection (kind, size, backbone), the plans offered (the trained plan first,
+  and for each plan ``plan_source``: ``"trained"``, the model folder's plan with its learned weights,
+  or ``"fresh"``, built anew), the fusion weights, the limits.
 * ``POST /api/search``: ``{"query": TEXT, "k": 10, "plans": ["tokenflow", "max-avg"],
   "hparams": {"tokenflow": {"lam": 20}}, "w_global": 1, "w_fine": 1}`` -> the top k per plan
-  with ``score = w_global * global + w_fine * fine``. Over a text collection the query is an
+  with ``score = w_global * global + w_fine * fine`` (and each plan's ``plan_source``). Over a text collection the query is an
   image: ``multipart/form-data`` with the JSON in field ``request`` and the file in ``image``.
 * ``POST /api/explain``: ``{"query", "item", "plan", "hparams"}`` (or the same multipart) ->
   ``d`` over the patch grid, ``e`` per word, the strongest pairs ``T_hat x c``, the scores.
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from .._extras import require
 from ..models.base import DualEncoder
-from .engine import DEFAULT_PLANS, Engine, Limits, Query
+from .engine import Engine, Limits, Query
 from .media import RequestError, decode_upload, thumbnail_png
 
 require("fastapi", "serve", "tokenflow serve")
@@ -47,7 +49,7 @@ from starlette.concurrency import run_in_threadpool  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
 
-__all__ = ["LOOPBACK_HOSTS", "create_app", "default_model", "run", "serve_in_thread"]
+__all__ = ["LOOPBACK_HOSTS", "create_app", "default_model", "default_model_folder", "run", "serve_in_thread"]
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -60,6 +62,12 @@ def default_model(index_dir: str | Path) -> DualEncoder:
     """The backbone named in the index's settings (``index.json``), when that name is a folder here."""
     from ..models.loading import load_backbone
 
+    return load_backbone(default_model_folder(index_dir))
+
+
+def default_model_folder(index_dir: str | Path) -> Path:
+    """The folder named as the backbone in the index's settings (``index.json``), when it is a folder
+    here (``UserError`` otherwise)."""
     path = Path(index_dir) / "index.json"
     try:
         backbone = json.loads(path.read_text()).get("backbone", {})
@@ -69,30 +77,36 @@ def default_model(index_dir: str | Path) -> DualEncoder:
     if not name or not Path(name).is_dir():
         raise UserError(f"the index {index_dir} was encoded with backbone {name!r}, which is not a folder here: "
                         "pass --model FOLDER (the backbone that encoded the collection)")
-    return load_backbone(name)
+    return Path(name)
 
 
 def create_app(index_dir: str | Path | Sequence[str | Path], model: DualEncoder | str | Path | None = None, *,
-               aligner_names: Sequence[str] = DEFAULT_PLANS, w_global: float = 1.0, w_fine: float = 1.0,
+               aligner_names: Sequence[str] | None = None, w_global: float | None = None,
+               w_fine: float | None = None,
                limits: Limits = Limits(), media_root: str | Path | None = None,
                allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS, device: str = "cpu",
                check_backbone: bool = True) -> FastAPI:
     """The app over a search index (see the module docstring).
 
     ``index_dir``: an index folder, a store with its ``index/``, a store in parts, or a list of
-    them (as ``tokenflow search --index`` takes). ``model``: the backbone, a backbone folder, or None for :func:`default_model`.
-    ``aligner_names``: the plans offered (plus ``"global"``). ``allowed_hosts``: Host headers
-    answered (None: any, e.g. behind a proxy that checks them)."""
+    them (as ``tokenflow search --index`` takes). ``model``: a model folder (trained or a bare
+    backbone; None: :func:`default_model_folder`), read by the one scoring path
+    (:func:`tokenflow.models.scoring.load_scoring`), or a backbone object (no trained plan).
+    ``aligner_names``: the plans offered (plus ``"global"``; None: a trained folder's plan, with its
+    learned weights, then :data:`DEFAULT_PLANS`, built fresh). ``w_global``, ``w_fine``: None, the
+    trained folder's. ``allowed_hosts``: Host headers answered (None: any, e.g. behind a proxy that
+    checks them)."""
     from ..index.commands import index_dirs
-    from ..models.loading import load_backbone
+    from ..models.scoring import TrainedPlan, load_scoring
 
     dirs = [d for p in ([index_dir] if isinstance(index_dir, (str, Path)) else index_dir) for d in index_dirs(Path(p))]
-    if model is None:
-        model = default_model(dirs[0])
-    elif not isinstance(model, DualEncoder):
-        model = load_backbone(model)
-    engine = Engine(dirs, model, plans=aligner_names, w_global=w_global, w_fine=w_fine, limits=limits,
-                    media_root=media_root, device=device, check_backbone=check_backbone)
+    trained = None
+    if not isinstance(model, DualEncoder):
+        folder = default_model_folder(dirs[0]) if model is None else Path(model)
+        scoring = load_scoring(folder, w_global=w_global, w_fine=w_fine)
+        model, w_global, w_fine, trained = scoring.backbone, scoring.w_global, scoring.w_fine, TrainedPlan.read(folder)
+    engine = Engine(dirs, model, plans=aligner_names, trained=trained, w_global=w_global, w_fine=w_fine,
+                    limits=limits, media_root=media_root, device=device, check_backbone=check_backbone)
     app = FastAPI(title="tokenflow serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     _add_errors(app)

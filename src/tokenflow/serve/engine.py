@@ -27,18 +27,21 @@ from pathlib import Path
 
 import torch
 
-from ..align import Aligner, aligner_for, get_aligner_class, list_aligners
+from ..align import Aligner, get_aligner_class, list_aligners
 from ..index import Searcher
 from ..models.base import DualEncoder
-from ..models.retrieval import hparam_problems
+from ..errors import UserError
+from ..models.scoring import GLOBAL_ONLY, TrainedPlan, build_plan, hparam_problems
 from ..tokens import Tokens
 from .media import MediaRoot, RequestError, middle_frame_index
 
 __all__ = ["DEFAULT_PLANS", "GLOBAL", "Engine", "Limits"]
 
 GLOBAL = "global"  # rank by the global similarity alone (no plan)
-#: Plans the page offers unless told otherwise: token plans without learned weights.
+#: Plans the page offers unless told otherwise, after a trained model's own plan: token plans without
+#: learned weights.
 DEFAULT_PLANS = ("tokenflow", "max-avg", "scan", "sinkhorn", "uniform")
+TRAINED, FRESH = "trained", "fresh"  # a plan as the folder trained it (its learned weights), or built anew
 TOP_PAIRS = 6  # strongest word-patch pairs in an explanation
 
 
@@ -70,15 +73,26 @@ class Engine:
     Args:
         index_dirs: index folder(s) of one collection, as :class:`~tokenflow.index.Searcher` takes.
         model: the backbone that encoded the collection (encodes the queries).
-        plans: the plan names a request may use (``"global"`` is always allowed).
-        w_global, w_fine: default weights of the fused score (a request may set its own).
+        plans: the plan names a request may use (``"global"`` is always allowed); None: the
+            trained plan first, then :data:`DEFAULT_PLANS`.
+        trained: what the model folder was trained with (:class:`~tokenflow.models.scoring.TrainedPlan`):
+            its plan is served with its learned weights and hyperparameters (the one scoring path,
+            :func:`~tokenflow.models.scoring.build_plan`); every other plan is built fresh.
+        w_global, w_fine: default weights of the fused score (None: the trained folder's, else 1;
+            a request may set its own).
         media_root: folder every media file must lie in (default: see :class:`MediaRoot`).
     """
 
     def __init__(self, index_dirs: str | Path | Sequence[str | Path], model: DualEncoder, *,
-                 plans: Sequence[str] = DEFAULT_PLANS, w_global: float = 1.0, w_fine: float = 1.0,
-                 limits: Limits = Limits(), media_root: str | Path | None = None, device: str = "cpu",
-                 check_backbone: bool = True):
+                 plans: Sequence[str] | None = None, trained: TrainedPlan | None = None,
+                 w_global: float | None = None, w_fine: float | None = None, limits: Limits = Limits(),
+                 media_root: str | Path | None = None, device: str = "cpu", check_backbone: bool = True):
+        self.trained = trained
+        self.trained_name = None if trained is None else (GLOBAL if trained.name == GLOBAL_ONLY else trained.name)
+        if plans is None:
+            plans = [*([self.trained_name] if self.trained_name else []), *DEFAULT_PLANS]
+        w_global = (1.0 if trained is None else trained.w_global) if w_global is None else w_global
+        w_fine = (1.0 if trained is None else trained.w_fine) if w_fine is None else w_fine
         unknown = sorted(set(plans) - set(list_aligners()) - {GLOBAL})
         if unknown:
             raise ValueError(f"unknown plans {unknown}; valid: {', '.join([GLOBAL, *list_aligners()])}")
@@ -95,7 +109,7 @@ class Engine:
         # A text store keeps its texts where a visual one keeps file paths: no media to serve then.
         self.media = MediaRoot([p for store in self.base.stores for p in store.paths] if self.kind == "visual" else [],
                                media_root)
-        self._aligners: OrderedDict[tuple, Aligner] = OrderedDict()
+        self._aligners: OrderedDict[tuple, tuple[Aligner, bool]] = OrderedDict()
         self._lock = threading.Lock()
         self._busy = threading.BoundedSemaphore(max(1, limits.workers))
 
@@ -111,6 +125,8 @@ class Engine:
         """What the page needs to draw its form."""
         store = self.base.stores[0]
         return {"kind": self.kind, "count": len(self.base), "plans": self.plans, "default_plans": self.plans[:2],
+                "plan_source": {p: TRAINED if p == self.trained_name else FRESH for p in self.plans},
+                "trained_plan": self.trained_name,
                 "backbone": store.backbone.get("name"), "w_global": self.w_global, "w_fine": self.w_fine,
                 "query": "text" if self.kind == "visual" else "image",
                 "limits": {"max_query_chars": self.limits.max_query_chars, "max_k": self.limits.max_k,
@@ -147,7 +163,12 @@ class Engine:
 
     def aligner(self, name: object, hparams: object = None) -> Aligner | None:
         """The aligner of an allowed plan with checked hyperparameters (built once, then reused);
-        None for ``"global"``."""
+        None for ``"global"``. The trained plan keeps its learned weights (see :meth:`plan`)."""
+        return self.plan(name, hparams)[0]
+
+    def plan(self, name: object, hparams: object = None) -> tuple[Aligner | None, str]:
+        """``(aligner, source)``: the aligner as :meth:`aligner` gives it, and ``"trained"`` when it is
+        the folder's trained plan with its learned weights (``"fresh"`` otherwise)."""
         if not isinstance(name, str) or name not in self.plans:
             raise RequestError(f"unknown plan {name!r}; this server offers: {', '.join(self.plans)}", 400)
         hparams = {} if hparams is None else hparams
@@ -156,22 +177,24 @@ class Engine:
         if name == GLOBAL:
             if hparams:
                 raise RequestError(f"the global ranking takes no hyperparameters, got {sorted(hparams)}", 400)
-            return None
+            return None, TRAINED if name == self.trained_name else FRESH
         self._check_hparams(name, hparams)
         key = (name, tuple(sorted(hparams.items())))
         with self._lock:
             if key in self._aligners:
                 self._aligners.move_to_end(key)
-                return self._aligners[key]
-        try:
-            built = aligner_for(name, hparams, dim=self.base.dim).to(self.device).eval()
-        except (ValueError, TypeError) as e:
+                built, trained = self._aligners[key]
+                return built, TRAINED if trained else FRESH
+        try:  # the one scoring path: the trained plan with its weights, any other built fresh
+            built, _, trained, _, _ = build_plan(self.trained, name, hparams, dim=self.base.dim)
+        except (UserError, ValueError, TypeError) as e:
             raise RequestError(f"plan {name}: {e}", 400) from None
+        built = built.to(self.device).eval()
         with self._lock:
-            self._aligners[key] = built
+            self._aligners[key] = (built, trained)
             while len(self._aligners) > 32:
                 self._aligners.popitem(last=False)
-        return built
+        return built, TRAINED if trained else FRESH
 
     def _check_hparams(self, name: str, hparams: dict) -> None:
         import inspect
@@ -212,15 +235,15 @@ class Engine:
             raise RequestError(f"give 1 to {self.limits.max_plans} plans, got {len(plans)}", 400)
         wg = self.check_weight("w_global", w_global, self.w_global)
         wf = self.check_weight("w_fine", w_fine, self.w_fine)
-        aligners = [self.aligner(name, hp) for name, hp in plans]
+        built = [self.plan(name, hp) for name, hp in plans]
         with self._busy:
             tokens, _ = self.encode(query)
             out = []
-            for (name, hp), aligner in zip(plans, aligners):
+            for (name, hp), (aligner, source) in zip(plans, built):
                 searcher = self._searcher(aligner, wg, wf)
                 res = searcher.search(tokens, k=k, shortlist=self.limits.shortlist)[0]
-                out.append({"plan": name, "hparams": hp, "w_global": wg, "w_fine": wf if aligner else 0.0,
-                            "results": self._results(res)})
+                out.append({"plan": name, "plan_source": source, "hparams": hp, "w_global": wg,
+                            "w_fine": wf if aligner else 0.0, "results": self._results(res)})
         return {"kind": self.kind, "k": k, "plans": out}
 
     def _searcher(self, aligner: Aligner | None, w_global: float, w_fine: float) -> Searcher:

@@ -103,6 +103,9 @@ def load_model(model: RetrievalModel | str | Path, aligner: str | None = None) -
     the plan ``aligner``; ``FileNotFoundError`` naming the folder when there is none)."""
     if isinstance(model, RetrievalModel):
         return model
+    if not Path(model).is_dir():
+        raise FileNotFoundError(f"model folder {model} not found (a folder saved by tokenflow train, or a "
+                                "backbone folder)")
     scoring = load_scoring(model, aligner)
     head = scoring.head
     return RetrievalModel(scoring.backbone, scoring.aligner, w_global=scoring.w_global, w_fine=scoring.w_fine,

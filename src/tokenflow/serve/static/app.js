@@ -46,6 +46,12 @@ async function api(path, body) {
   return data;
 }
 
+// "trained": the model folder's own plan, with its learned weights and hyperparameters;
+// "fresh": built anew for this page (learned weights, if the plan has any, untrained).
+function planLabel(name, source) {
+  return source === "trained" ? `${name} (trained)` : name === "global" ? name : `${name} (fresh)`;
+}
+
 async function init() {
   const info = await (await fetch("api/info")).json();
   state.info = info;
@@ -55,7 +61,7 @@ async function init() {
   $("query").maxLength = info.limits.max_query_chars;
   for (const [sel, first] of [["planA", info.default_plans[0]], ["planB", info.default_plans[1] || ""]]) {
     if (sel === "planB") $(sel).append(el("option", { value: "" }, "(none)"));
-    for (const p of info.plans) $(sel).append(el("option", { value: p }, p));
+    for (const p of info.plans) $(sel).append(el("option", { value: p }, planLabel(p, info.plan_source[p])));
     $(sel).value = first;
   }
   if (info.query === "image") {
@@ -98,7 +104,7 @@ function render(data) {
     const other = data.plans.length > 1 ? data.plans[1 - c].results.map((r) => r.id) : null;
     const col = el("div", { class: "column", "data-plan": plan.plan });
     const hp = Object.entries(plan.hparams || {}).map(([k, v]) => `${k}=${v}`).join(", ");
-    col.append(el("h2", {}, `${plan.plan}${hp ? ` (${hp})` : ""}`));
+    col.append(el("h2", {}, `${planLabel(plan.plan, plan.plan_source)}${hp ? ` (${hp})` : ""}`));
     if (other) {
       col.append(el("p", { class: "legend" },
         `up / down: rank here against ${data.plans[1 - c].plan}`));
