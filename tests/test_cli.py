@@ -30,10 +30,51 @@ def test_bench_rejects_unknown_aligner():
         main(["bench", "--aligners", "filip", "--quick"])
 
 
-def test_version(capsys):
-    with pytest.raises(SystemExit):
+#: The commands the README and docs name; a refactor of the CLI must keep every one.
+COMMANDS = {"ablate", "bench", "convert-captions", "demo", "encode", "evaluate", "evaluate-compositional", "explain",
+            "import-features", "index", "make-data", "prepare-frames", "search", "serve", "train"}
+
+
+def test_version_is_the_installed_packages_and_exits_0(capsys):
+    import importlib.metadata
+
+    import tokenflow
+
+    with pytest.raises(SystemExit) as stop:
         main(["--version"])
-    assert "tokenflow" in capsys.readouterr().out
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == f"tokenflow {tokenflow.__version__}\n"
+    assert tokenflow.__version__ == importlib.metadata.version("tokenflow")  # pyproject.toml's
+
+
+def test_every_command_is_offered_and_its_help_exits_0(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([])  # no command: usage on stderr, exit 2
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "the following arguments are required: command" in err
+    offered = set(err.split("{", 1)[1].split("}", 1)[0].split(","))
+    assert offered == COMMANDS
+    for command in sorted(COMMANDS):
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--help"])
+        assert stop.value.code == 0, command
+        assert capsys.readouterr().out.startswith(f"usage: tokenflow {command} "), command
+
+
+def test_the_installed_command_runs(tmp_path):
+    import subprocess
+    import sys
+
+    import tokenflow
+
+    done = subprocess.run([sys.executable, "-m", "tokenflow", "--version"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert (done.returncode, done.stdout) == (0, f"tokenflow {tokenflow.__version__}\n"), done.stderr
+    missing = tmp_path / "missing.pkl"  # a user error: exit 2 and one line naming the file
+    done = subprocess.run([sys.executable, "-m", "tokenflow", "convert-captions", str(missing)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and str(missing) in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_every_option_of_every_command_says_what_it_does():
