@@ -16,7 +16,7 @@ from tokenflow.demo import digest
 from tokenflow.demo.tune import read_tuned
 from tokenflow.models import load_backbone
 from tokenflow.train import load_config
-from tokenflow.train.loop import build_model
+from tokenflow.train import build_model
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ SRC = Path(tokenflow.__file__).parent
 
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [
-    ["tokenflow._extras", "tokenflow._version", "tokenflow.errors", "tokenflow.utils", "tokenflow.tokens"],
+    ["tokenflow._extras", "tokenflow._version", "tokenflow.errors", "tokenflow.utils", "tokenflow.tokens",
+     "tokenflow.distributed"],
     ["tokenflow.losses"],
     ["tokenflow.align", "tokenflow"],
     ["tokenflow.data", "tokenflow.models"],

@@ -1,5 +1,8 @@
 """Process-group helpers: one code path for a single process and for ``torchrun``.
 
+Below the evaluation and the training (torch and :class:`~tokenflow.tokens.Tokens` only), so
+that both share them; joining the group is :func:`tokenflow.train.distributed.init_distributed`.
+
 Features are gathered **with gradients** so that every process scores its own rows against
 the whole global batch (open_clip's ``local_loss``: memory B_local x B_global). The gather is
 ``torch.distributed._functional_collectives.all_gather_single``, the current autograd-aware
@@ -14,7 +17,6 @@ first, every slice is padded to the largest and the padding is cut off after the
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +24,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..tokens import Tokens
+from .tokens import Tokens
 
 __all__ = ["DistInfo", "all_gather_grad", "all_gather_objects", "all_gather_rows", "all_gather_tokens",
-           "gather_ids", "gather_sizes", "init_distributed", "shard"]
+           "gather_ids", "gather_sizes", "mean_over_processes", "shard"]
 
 
 @dataclass(frozen=True)
@@ -41,25 +43,6 @@ class DistInfo:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
-    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1); pick the device.
-
-    ``device="auto"``: this rank's GPU if CUDA is available, else the CPU. NCCL on GPUs, gloo on CPU.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local), dev
 
 
 def gather_sizes(n: int, info: DistInfo, device: torch.device) -> list[int]:
@@ -142,3 +125,13 @@ def all_gather_objects(obj, info: DistInfo) -> list:
 def shard(n: int, info: DistInfo) -> range:
     """This process's contiguous share of ``range(n)``; shares differ in length by one at most."""
     return range(info.rank * n // info.world, (info.rank + 1) * n // info.world)
+
+
+def mean_over_processes(stats: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Each value's mean over the processes (a loss of the global batch, not of this process's rows)."""
+    if not info.enabled:
+        return stats
+    keys = sorted(stats)
+    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / info.world for k, v in zip(keys, t.tolist(), strict=True)}

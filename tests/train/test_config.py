@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tokenflow.train import ConfigError, load_config
-from tokenflow.train.loop import lr_at
+from tokenflow.train.schedule import lr_at
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

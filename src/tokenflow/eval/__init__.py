@@ -1,4 +1,5 @@
-"""Retrieval evaluation: metrics and the ``tokenflow evaluate`` pipeline; hard-negative accuracy."""
+"""Retrieval evaluation: metrics and the ``tokenflow evaluate`` pipeline (one process, or shared by the
+processes of a ``torchrun`` run: :mod:`tokenflow.eval.sharded`); hard-negative accuracy."""
 
 from .compositional import evaluate_compositional, format_compositional_table
 from .evaluate import Encoded, encode_split, evaluate, format_table, similarity

@@ -22,7 +22,7 @@ from .. import __version__
 from ..align import list_aligners
 from ..utils import check_writable, folder_lock, machine, write_text_atomic
 from .config import load_config
-from .loop import train
+from .trainer import train
 
 __all__ = ["LOSSES", "RECIPES", "check_methods", "folder_name", "format_markdown", "method_loss", "parse_method",
            "run_ablation", "run_methods"]

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..align import Aligner
 from ..align.base import LossInputs, TrainingLosses
+from ..distributed import DistInfo, all_gather_tokens, gather_ids, gather_sizes
 from ..losses import (FeatureQueue, contrastive_loss, cs_divergence, cs_divergence_tokens, distill_targets,
                       id_targets, ring_sigmoid_losses)
 from ..losses.sigmoid import INIT_BIAS, INIT_SCALE
@@ -40,9 +41,8 @@ from ..models.base import VideoTokens
 from ..models.retrieval import RetrievalModel
 from ..tokens import Tokens
 from .config import CSConfig, LossKind
-from .distributed import DistInfo, all_gather_tokens, gather_ids, gather_sizes
 
-__all__ = ["Batch", "Objective", "StepOutput", "initial_logits"]
+__all__ = ["Batch", "Objective", "StepOutput", "grad_norm", "initial_logits"]
 
 
 @dataclass
@@ -249,3 +249,9 @@ class Objective(nn.Module):
             loss = loss * share
             stats = {k: v * share for k, v in stats.items()}
         return StepOutput(loss, stats, enqueue)
+
+
+def grad_norm(model: nn.Module) -> Tensor:
+    """The L2 norm of all gradients together (what ``clip_grad_norm_`` measures), without clipping."""
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())

@@ -1,6 +1,18 @@
 """The run folder's safety rules: what a resumed run may change, how ``best/`` is swapped, and
 what a killed process leaves behind.
 
+A run's folder (``run.out``)::
+
+    config.yaml        the resolved configuration
+    log.jsonl          one JSON object per logged step, validation run, skipped file
+    last.safetensors   the resume checkpoint (whole training state, replaced atomically, with the
+                       resolved configuration, the tokenflow version and the date)
+    .tokenflow.lock    the folder's lock, held by the process that writes it (its pid inside)
+    best/              the model with the best validation score (a folder that
+                       ``tokenflow evaluate --model`` and ``load_backbone`` read)
+    val_best.json      validation report of that model
+    test.json          test report of the best model, evaluated once at the end
+
 * :data:`SAFE_TO_CHANGE` is the one list of configuration keys that ``--resume`` lets change:
   they cannot alter the weights, the log's numbers or the chosen checkpoint. Any other change
   is refused with a diff (``key: old -> new``) unless ``--force-config`` is given.
@@ -26,8 +38,8 @@ from typing import Any
 from ..errors import FileError
 from ..utils import remove_temporaries, write_text_atomic
 
-__all__ = ["KILL_ENV", "KILL_POINTS", "SAFE_TO_CHANGE", "config_changes", "format_changes", "kill_point",
-           "read_log", "recover_model_dir", "remove_leftovers", "save_model_dir"]
+__all__ = ["KILL_ENV", "KILL_POINTS", "SAFE_TO_CHANGE", "config_changes", "format_changes", "kill_armed",
+           "kill_point", "read_log", "recover_model_dir", "remove_leftovers", "save_model_dir"]
 
 #: Keys a resumed run may change: logging and progress output, checkpoint cadence, data loader
 #: processes and the in-memory media cache (the batches are a function of the seed and the
@@ -87,6 +99,12 @@ KILL_ENV = "TOKENFLOW_TEST_KILL_AT"
 KILL_POINTS = ("step", "log-line", "checkpoint", "best-copy", "best-journal", "best-aside", "best-in",
                "best-unjournaled", "val-best", "done")
 _reached: dict[str, int] = {}
+
+
+def kill_armed(name: str) -> bool:
+    """Whether :data:`KILL_ENV` names the point ``name`` (read once by a writer that would pay for
+    the point on every call, such as the log's torn line)."""
+    return any(part.strip().rpartition(":")[0] == name for part in os.environ.get(KILL_ENV, "").split(","))
 
 
 def kill_point(name: str, flush=None) -> None:
