@@ -157,7 +157,7 @@ def _ablate(args) -> int:
 
 
 def _explain(args) -> int:
-    from .viz import explain, render
+    from .viz import render
 
     if args.negative is not None:  # a true and a false caption, side by side
         from .viz.contrast import contrast_command
@@ -173,8 +173,7 @@ def _explain(args) -> int:
         from .eval.pointing import boxes_for, read_boxes
 
         objects = boxes_for(read_boxes(args.boxes), args.media)  # a bad sidecar fails before any work
-    expl = explain_stored(args) if stored else explain(args.model, args.media, args.caption, direction=args.direction,
-                                                       aligner=args.aligner, num_frames=args.frames)
+    expl, fusion = (explain_stored(args), None) if stored else _explain_model(args)
     render(expl, args.out, top=args.top)
     words = [t for t in expl.tokens if not (t.startswith("<") and t.endswith(">"))]
     if not words:
@@ -183,9 +182,14 @@ def _explain(args) -> int:
     for p in expl.top_pairs(args.top):
         print(f"{p['word']:>12} -> patch ({p['row']}, {p['col']}): T_hat {p['T_hat']:.2f} x c {p['c']:.2f} "
               f"= {p['T_hat_x_c']:.2f}")
-    print(f"{expl.aligner} {expl.direction}: fine score {expl.score:.4f}, global {expl.global_score:.4f}; "
-          f"figure: {args.out}")
     numbers = expl.to_dict(args.top)
+    fused = ""
+    if fusion is not None:  # the score search, serve and evaluate rank this pair with
+        numbers.update(w_global=fusion[0], w_fine=fusion[1], fused_score=fusion[0] * expl.global_score +
+                       fusion[1] * expl.score)
+        fused = f", score {numbers['fused_score']:.4f} (w_global {fusion[0]:g}, w_fine {fusion[1]:g})"
+    print(f"{expl.aligner} {expl.direction}: fine score {expl.score:.4f}, global {expl.global_score:.4f}{fused}; "
+          f"figure: {args.out}")
     if objects is not None:
         pt = expl.pointing(objects)
         for w in pt.words:
@@ -200,6 +204,17 @@ def _explain(args) -> int:
 
         write_text_atomic(args.json, json.dumps(numbers, indent=2) + "\n")
     return 0
+
+
+def _explain_model(args):
+    """``(explanation, (w_global, w_fine))`` of ``--model`` (through the one scoring path: its trained
+    plan with its learned weights, or ``--aligner``), ``--media`` and ``--caption``."""
+    from .viz.explain import explain, load_model
+
+    model = load_model(args.model, args.aligner)
+    expl = explain(model, args.media, args.caption, direction=args.direction, aligner=args.aligner,
+                   num_frames=args.frames)
+    return expl, (model.w_global, model.w_fine)
 
 
 def _add_make_data(sub) -> None:

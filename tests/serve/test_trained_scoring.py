@@ -6,6 +6,7 @@ through ``search`` (the Searcher and the CLI), ``serve``'s ``/api/search``, ``ev
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,12 @@ def test_search_serve_evaluate_and_explain_give_the_same_score(run, monkeypatch,
     top = max(expected, key=expected.get)
     expl = explain(best, split.item_paths[split.item_ids.index(top)], query)
     explained = W_GLOBAL * expl.global_score + W_FINE * expl.score
+    numbers = tmp_path / "explain.json"  # the CLI prints and writes the fused score
+    assert main(["explain", "--model", str(best), "--media", str(split.item_paths[split.item_ids.index(top)]),
+                 "--caption", query, "--aligner", name, "--out", str(tmp_path / "x.png"), "--json", str(numbers)]) == 0
+    assert json.loads(numbers.read_text())["fused_score"] == pytest.approx(expected[top], abs=1e-5)
+    printed = re.search(r", score (-?[0-9.]+) \(w_global 0.5, w_fine 2\)", capsys.readouterr().out)
+    assert printed and float(printed.group(1)) == pytest.approx(expected[top], abs=1e-4)
     for scores in (cli, served, evaluated):
         assert scores.keys() == expected.keys()
         torch.testing.assert_close(torch.tensor([scores[i] for i in expected]), torch.tensor(list(expected.values())),
