@@ -69,11 +69,11 @@ def test_the_installed_command_runs(tmp_path):
     import tokenflow
 
     done = subprocess.run([sys.executable, "-m", "tokenflow", "--version"], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120)
+                          cwd=tmp_path, timeout=120, check=False)
     assert (done.returncode, done.stdout) == (0, f"tokenflow {tokenflow.__version__}\n"), done.stderr
     missing = tmp_path / "missing.pkl"  # a user error: exit 2 and one line naming the file
     done = subprocess.run([sys.executable, "-m", "tokenflow", "convert-captions", str(missing)], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=120)
+                          text=True, cwd=tmp_path, timeout=120, check=False)
     assert done.returncode == 2 and str(missing) in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
