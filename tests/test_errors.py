@@ -64,7 +64,7 @@ def test_a_damaged_weights_file_is_named(tmp_path, synth, model_dir, capsys, dam
 
 
 def test_a_damaged_checkpoint_is_named(tmp_path, synth, capsys):
-    from tests.train.test_train import _config
+    from tests.train.helpers import _config
 
     path = _config(tmp_path, synth / "images", "run", run={"max_steps": 1}, distill={"enabled": False})
     (tmp_path / "run").mkdir()
@@ -92,7 +92,7 @@ def test_a_read_only_output_folder_stops_before_any_work(tmp_path, synth, model_
                         lambda *a, **k: pytest.fail("evaluated first"))
     assert _evaluate(synth / "images", model_dir, "--out", str(locked / "r.json")) == 2
     assert f"--out folder {locked} is not writable (Permission denied)" in capsys.readouterr().err
-    from tests.train.test_train import _config
+    from tests.train.helpers import _config
 
     path = _config(tmp_path, synth / "images", "run", run={"max_steps": 1, "out": str(locked / "run")})
     assert main(["train", "--config", str(path)]) == 2

@@ -8,23 +8,9 @@ import math
 import pytest
 import torch
 
+from tests.losses.naive import naive_loss
 from tokenflow import Tokens
 from tokenflow.losses import FeatureQueue, contrastive_loss, distill_targets, ema_update, id_targets
-
-
-def naive_loss(sv, st, scale, yv, yt):
-    """Eq 1-5 one query at a time: L_V over rows of s^V, L_T over columns of s^T, averaged."""
-    n, m = len(sv), len(sv[0])
-    lv = []
-    for i in range(n):
-        z = sum(math.exp(scale * sv[i][j]) for j in range(m))
-        lv.append(-sum(yv[i][j] * math.log(math.exp(scale * sv[i][j]) / z) for j in range(m)))
-    n, m = len(st), len(st[0])
-    lt = []
-    for j in range(m):
-        z = sum(math.exp(scale * st[i][j]) for i in range(n))
-        lt.append(-sum(yt[i][j] * math.log(math.exp(scale * st[i][j]) / z) for i in range(n)))
-    return 0.5 * (sum(lv) / len(lv) + sum(lt) / len(lt))
 
 
 def test_contrastive_loss_matches_the_equations_with_rectangular_scores():

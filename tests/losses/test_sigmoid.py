@@ -11,18 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.losses.naive import naive_sigmoid
 from tokenflow import Tokens, get_aligner
 from tokenflow.losses import INIT_BIAS, INIT_SCALE, ring_sigmoid_losses, sigmoid_loss
-
-
-def naive_sigmoid(s, scale, bias, row_ids, col_ids):
-    """-(1/|B|) sum_i sum_j log(1 / (1 + exp(-z_ij (t s_ij + b)))), one pair at a time."""
-    total = 0.0
-    for i in range(len(s)):
-        for j in range(len(s[0])):
-            z = 1.0 if row_ids[i] == col_ids[j] else -1.0
-            total += math.log(1.0 + math.exp(-z * (scale * s[i][j] + bias)))
-    return total / len(s)
 
 
 def naive_max_avg(mu, om):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from tests.train.test_train import grad_setup
+from tests.train.helpers import grad_setup
 from tokenflow.train.distributed import init_distributed
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tests.train.test_sharded_eval import eval_cases, run_case
+from tests.train.helpers import eval_cases, run_case
 from tokenflow.train.distributed import init_distributed
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.test_train import ROOT, _config, _env, _log, _tensors
+from tests.train.helpers import ROOT, _config, _env, _log, _tensors
 from tokenflow.train.checkpoint import read_checkpoint_info
 from tokenflow.train.runfolder import KILL_POINTS
 from tokenflow.utils import LOCK_FILE

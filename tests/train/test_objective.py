@@ -8,48 +8,11 @@ import math
 import pytest
 import torch
 
-from tests.losses.test_losses import naive_loss
-from tokenflow import Tokens, get_aligner
+from tests.losses.naive import naive_loss
+from tests.train.helpers import S, _batch, _model, _pair_scores
+from tokenflow import Tokens
 from tokenflow.losses import FeatureQueue
-from tokenflow.models import TinyCLIP, TinyConfig, WordTokenizer
-from tokenflow.models.retrieval import RetrievalModel
-from tokenflow.train import Batch, Objective
-
-S = float(torch.tensor(math.log(3.0), dtype=torch.float32).double().exp())
-TEXTS = ["a red circle left", "blue square right", "small green triangle", "red square", "a big blue circle"]
-
-
-def _model(aligner="tokenflow", seed=0) -> RetrievalModel:
-    """A float64 tiny model with logit scale ~3 (its exact value, a rounded log, is ``S``)."""
-    torch.manual_seed(seed)
-    tiny = TinyCLIP(TinyConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2, embed_dim=16),
-                    WordTokenizer.build(TEXTS))
-    return RetrievalModel(tiny, None if aligner is None else get_aligner(aligner), w_global=0.7, w_fine=1.3,
-                          logit_scale=3.0).double()
-
-
-def _batch(model, item_ids, seed=1) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    ids, mask = model.backbone.tokenize([TEXTS[i % len(TEXTS)] for i in item_ids])
-    return Batch(torch.randn(len(item_ids), 3, 16, 16, generator=g, dtype=torch.float64), None, ids, mask,
-                 torch.tensor(item_ids))
-
-
-def _pair_scores(model, vis: Tokens, txt: Tokens):
-    """Per pair: global dot product and the plan's directional scores from ``plan()``."""
-    vis, txt = vis.detach(), txt.detach()
-    n, m = len(vis), len(txt)
-    g = [[float(vis.pooled[i] @ txt.pooled[j]) for j in range(m)] for i in range(n)]
-    if model.aligner is None:
-        return g, g, g
-    fv = [[0.0] * m for _ in range(n)]
-    ft = [[0.0] * m for _ in range(n)]
-    for i in range(n):
-        for j in range(m):
-            with torch.no_grad():
-                p = model.aligner.plan(vis[i], txt[j])
-            fv[i][j], ft[i][j] = float(p.score_v2t), float(p.score_t2v)
-    return g, fv, ft
+from tokenflow.train import Objective
 
 
 def _soft(rows, scale, labels, alpha, by_rows=True):

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.train.test_train import _config, _env, _log
+from tests.train.helpers import _config, _env, _log
 from tokenflow.cli import main
 from tokenflow.train import Trainer, load_config, train
 from tokenflow.train.checkpoint import FORMAT, read_checkpoint_info

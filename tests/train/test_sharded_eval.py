@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -10,38 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.test_train import ROOT, _config, _torchrun
+from tests.train.helpers import ROOT, _config, _torchrun, eval_cases, run_case
 from tokenflow import get_aligner
 from tokenflow.data import load_split
 from tokenflow.data.synthetic import make_synthetic
 from tokenflow.eval.evaluate import evaluate
 from tokenflow.models import RetrievalModel, TinyCLIP, TinyConfig, WordTokenizer
 from tokenflow.train.distributed import DistInfo
-from tokenflow.train.trainer import evaluate_sharded
-
-
-def eval_cases(folder: Path) -> dict[str, tuple[RetrievalModel, object, dict]]:
-    """name -> (model, split, settings), read from ``folder`` (also imported by _sharded_eval.py).
-
-    The validation split has 6 images (3 per process) and 5 captions each (12 and 13 texts per
-    process); a broken image leaves the processes 2 and 3 rows; a one-item split leaves one
-    process with no row and fewer texts than processes."""
-    model = RetrievalModel.from_pretrained(folder / "model")
-    only_global = RetrievalModel.from_pretrained(folder / "model")
-    only_global.aligner = None
-    val = load_split("flickr30k", folder / "data" / "images", "val")
-    one = val.subset([0])
-    return {
-        "tokenflow": (model, val, {}),
-        "global, folds of 2": (only_global, val, {"folds": 2}),
-        "a broken image skipped": (model, load_split("flickr30k", folder / "broken", "val"), {"on_error": "skip"}),
-        "one item, one text": (model, dataclasses.replace(one, texts=one.texts[:1], text_item=[0]), {}),
-    }
-
-
-def run_case(model: RetrievalModel, split, settings: dict, info: DistInfo) -> dict | None:
-    return evaluate_sharded(model.backbone, split, model.aligner, info, w_global=model.w_global,
-                            w_fine=model.w_fine, batch_size=4, **settings)
 
 
 @pytest.fixture(scope="module")

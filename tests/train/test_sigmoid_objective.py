@@ -11,9 +11,8 @@ import socket
 import pytest
 import torch
 
-from tests.losses.test_sigmoid import naive_sigmoid
-from tests.train.test_objective import TEXTS, _batch, _pair_scores
-from tests.train.test_train import _config, _log
+from tests.losses.naive import naive_sigmoid
+from tests.train.helpers import TEXTS, _batch, _config, _log, _pair_scores
 from tokenflow import get_aligner
 from tokenflow.models import TinyCLIP, TinyConfig, WordTokenizer
 from tokenflow.models.retrieval import RetrievalModel

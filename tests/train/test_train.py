@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,42 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
+from tests.train.helpers import ROOT, _config, _env, _log, _tensors, _torchrun, grad_setup
 from tokenflow.cli import main
 from tokenflow.data.synthetic import make_synthetic
 from tokenflow.train import ConfigError, load_config, save_checkpoint, train
 from tokenflow.train.checkpoint import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = {"image_size": 16, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16}
-
-
-def _config(tmp_path: Path, root: Path, out: str, **sections) -> Path:
-    data = {"data": {"dataset": "flickr30k", "root": str(root), "test_split": None},
-            "model": {"backbone": "tiny", "aligner": "tokenflow", "tiny": TINY},
-            "distill": {"enabled": True, "queue": 6},
-            "optim": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "lr_new": 1e-2, "warmup": 0},
-            "run": {"out": str(tmp_path / out), "deterministic": True, "log_every": 1, "progress": False}}
-    for k, v in sections.items():
-        data[k] = {**data.get(k, {}), **v}
-    path = tmp_path / f"{out}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _env() -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def _log(out: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
-
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
 
 
 # -- learning -----------------------------------------------------------------------------------
@@ -181,32 +150,6 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, synth):
 
 
 # -- torchrun -----------------------------------------------------------------------------------
-def grad_setup(kind: str = "tokenflow"):
-    """A fixed model and batch for the gradient check (also imported by _ddp_grads.py).
-    ``kind``: "tokenflow", or "mpa-cs" (set heads with their losses, plus the CS term)."""
-    from tests.train.test_objective import _batch, _model
-    from tokenflow.align import aligner_for
-    from tokenflow.train import Objective
-    from tokenflow.train.config import CSConfig
-
-    model = _model("tokenflow").float()
-    cs = None
-    if kind == "mpa-cs":
-        torch.manual_seed(0)
-        model.aligner = aligner_for("mpa", {"heads": 2}, dim=16)
-        cs = CSConfig(weight=0.5)
-    batch = _batch(model, [0, 1, 2, 3, 4, 0, 1, 2], seed=5)
-    batch.pixels = batch.pixels.float()
-    return model, Objective(model, cs=cs), batch
-
-
-def _torchrun(args: list[str], tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-           "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", *args]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["tokenflow", "mpa-cs"])
 def test_two_processes_give_the_single_process_gradients(tmp_path, kind):

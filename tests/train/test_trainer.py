@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tests.train.test_train import _config
+from tests.train.helpers import _config
 from tokenflow.train import Trainer, load_config, train
 
 
