@@ -7,6 +7,33 @@ from pathlib import Path
 
 import torch
 
+from tokenflow import Tokens
+
+JUNK = 1e3  # padding is filled with large junk values: any leak into a score shows
+
+
+def make_tokens(n, length, dim, *, gen, dtype=torch.float64, min_real=1, normalise=True, junk=JUNK):
+    """Random tokens with real positions scattered anywhere and junk in the padding."""
+    feats = torch.randn(n, length, dim, generator=gen, dtype=torch.float64)
+    pooled = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    if normalise:  # CLIP-like: unit-norm features
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        pooled = pooled / pooled.norm(dim=-1, keepdim=True)
+    mask = torch.zeros(n, length, dtype=torch.bool)
+    for i in range(n):
+        k = int(torch.randint(min_real, length + 1, (1,), generator=gen))
+        mask[i, torch.randperm(length, generator=gen)[:k]] = True
+    feats = torch.where(mask[..., None], feats, torch.full_like(feats, junk))
+    return Tokens(feats.to(dtype), mask, pooled.to(dtype))
+
+
+def pad_tokens(tok, extra, fill):
+    """``tok`` with ``extra`` padding positions appended, their features all ``fill``."""
+    n, _, dim = tok.feats.shape
+    feats = torch.cat([tok.feats, torch.full((n, extra, dim), fill, dtype=tok.dtype)], 1)
+    mask = torch.cat([tok.mask, torch.zeros(n, extra, dtype=torch.bool)], 1)
+    return Tokens(feats, mask, tok.pooled)
+
 
 def save_tiny_model(folder: Path, texts: Sequence[str], *, seed: int, w_global: float, w_fine: float,
                     config=None) -> Path:

@@ -4,11 +4,10 @@ and against what the Searcher returns over an exact index."""
 import pytest
 import torch
 
+from tests.helpers import make_tokens
 from tokenflow import get_aligner
 from tokenflow.eval.metrics import retrieval_metrics
 from tokenflow.eval.two_stage import two_stage_metrics, two_stage_scores
-
-from ..align.conftest import make_tokens
 
 
 def naive_order(g: list[float], f: list[float], top: int) -> list[int]:

@@ -6,11 +6,10 @@ import json
 import pytest
 import torch
 
+from tests.helpers import make_tokens
 from tokenflow import get_aligner
 from tokenflow.errors import FileError, UserError
 from tokenflow.index import Indexer, Searcher, write_store
-
-from ..align.conftest import make_tokens
 
 pytest.importorskip("faiss")
 

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import make_tokens
 from tokenflow.errors import FileError
 from tokenflow.index import FeatureStore, StoreWriter, write_store
 from tokenflow.index.store import MANIFEST
-
-from ..align.conftest import make_tokens
 
 BACKBONE = {"name": "random", "sha256": "0" * 64}
 
