@@ -36,9 +36,11 @@ preset        marginals   mass             solver      gradient    paper
     ``sinkhorn`` (:mod:`._sinkhorn`): entropic plan for a whole block of pairs at once.
     ``exact`` (:mod:`._exact`): the linear program, POT's network simplex per pair in float64
     (the partial problem by the same dummy construction), on a pool of processes for large
-    blocks. ``hungarian``: the one-to-one matching of min(l1, l2) pairs, each weighted
-    1 / min(l1, l2). Every exact route raises when the solver reports a non-optimal or
-    infeasible plan, never returns it.
+    blocks (:func:`exact_pool`: it forks while CUDA is not initialised and spawns after, see
+    :func:`pool_start_method`; :func:`shutdown_pool` stops it, and runs at exit).
+    ``hungarian``: the one-to-one matching of min(l1, l2) pairs, each weighted 1 / min(l1, l2).
+    Every exact route raises when the solver reports a non-optimal or infeasible plan, never
+    returns it.
 ``grad``
     ``unroll`` differentiates through the Sinkhorn iterations and the marginals;
     ``plan-fixed`` holds the plan constant (gradients reach the features through ``c`` only,
@@ -74,14 +76,14 @@ from ..base import Aligner
 from ..block import BlockContext, token_sim
 from ..registry import register_aligner
 from ..results import Plan, Scores
-from ._exact import POOL_MIN_PAIRS, exact_plans, exact_pool, exact_workers, pool_start_method, shutdown_pool
+from ._exact import exact_plans, exact_pool, exact_workers, pool_start_method, shutdown_pool
 from ._marginals import MARGINALS, eq14_marginals, l2g_marginals, pair_layout, uniform_marginals
 from ._sinkhorn import CHECK_EVERY, SCALING_RANGE, SinkhornResult, sinkhorn_plans
 
 __all__ = [
-    "CHECK_EVERY", "EMD", "MARGINALS", "OMIT", "POOL_MIN_PAIRS", "SCALING_RANGE", "Assignment", "PartialOT",
-    "Sinkhorn", "SinkhornResult", "Transport", "eq14_marginals", "exact_plans", "exact_pool", "exact_workers",
-    "l2g_marginals", "pool_start_method", "shutdown_pool", "sinkhorn_plans", "uniform_marginals",
+    "CHECK_EVERY", "EMD", "MARGINALS", "OMIT", "SCALING_RANGE", "Assignment", "PartialOT", "Sinkhorn",
+    "SinkhornResult", "Transport", "eq14_marginals", "exact_plans", "exact_pool", "exact_workers", "l2g_marginals",
+    "pool_start_method", "shutdown_pool", "sinkhorn_plans", "uniform_marginals",
 ]
 
 SOLVERS = ("sinkhorn", "exact", "hungarian")
