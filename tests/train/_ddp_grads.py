@@ -3,6 +3,7 @@ of a fixed batch; rank 0 saves the averaged gradients (safetensors) to argv[1]."
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -24,8 +25,12 @@ def main() -> None:
     out.loss.backward()
     if info.main:
         save_file({n: p.grad.contiguous() for n, p in model.named_parameters() if p.grad is not None}, sys.argv[1])
-    torch.distributed.barrier()  # no rank tears the group down while another still uses it
-    torch.distributed.destroy_process_group()
+    torch.distributed.barrier()  # every rank is done with the group and its output is written
+    # Leave without C++ teardown: a gloo group's destructors at exit aborted one rank once
+    # ("terminate called without an active exception", SIGABRT) on a loaded 2-core machine.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
