@@ -98,15 +98,14 @@ def pretrain(where: dict, p: dict, seed: int, runs: Path, workers: int, log) -> 
 
 
 @torch.no_grad()
-def pointing_of(model_dir: Path, where: dict) -> dict:
-    """Pointing accuracy of a trained token-plan model over every test caption with its own image,
-    under each reading of :data:`~tokenflow.eval.pointing.WEIGHTS` (t2v plan)."""
+def pointing_of(model, where: dict) -> dict:
+    """Pointing accuracy of a trained token-plan model (a :class:`~tokenflow.models.RetrievalModel`)
+    over every test caption with its own image, under each reading of
+    :data:`~tokenflow.eval.pointing.WEIGHTS` (t2v plan)."""
     from ..data import load_split
     from ..eval.evaluate import encode_split
     from ..eval.pointing import WEIGHTS, Pointing, boxes_for, pointing, read_boxes
-    from ..models.retrieval import RetrievalModel
 
-    model = RetrievalModel.from_pretrained(model_dir)
     split = load_split(where["dataset"], where["root"], "test")
     boxes = read_boxes(where["boxes"])
     enc = encode_split(model.backbone, split)
@@ -126,16 +125,15 @@ def pointing_of(model_dir: Path, where: dict) -> dict:
     return {**out, "chance": total["flow"].chance_accuracy, "direction": "t2v"}
 
 
-def hard_negatives_of(model_dir: Path, where: dict) -> dict | None:
-    """Accuracy of the fused score on the test split's hard negatives (None without the file)."""
+def hard_negatives_of(model, where: dict) -> dict | None:
+    """Accuracy of a trained model's fused score on the test split's hard negatives (None without
+    the file)."""
     from ..data import read_hard_negatives
     from ..eval import evaluate_compositional
-    from ..models.retrieval import RetrievalModel
 
     path = Path(where["root"]) / "hard_negatives.json"
     if not path.is_file():
         return None
-    model = RetrievalModel.from_pretrained(model_dir)
     items = read_hard_negatives(path, where["root"])
     report = evaluate_compositional(model.backbone, items, model.aligner, w_global=model.w_global,
                                     w_fine=model.w_fine, num_frames=VIDEO_FRAMES)
@@ -175,6 +173,7 @@ def run_one(task: str, seed: int, protocol: str, spec: str, where: dict, out: st
     returns its row: the plan's name in ``method``, the spec in ``spec``, R@K, and on scenes the
     pointing and hard-negative accuracy."""
     from ..align.registry import is_token_plan
+    from ..models.retrieval import RetrievalModel
     from ..train.ablate import folder_name, parse_method, run_methods
 
     if threads:
@@ -187,15 +186,15 @@ def run_one(task: str, seed: int, protocol: str, spec: str, where: dict, out: st
     base["data"]["workers"] = workers
     row = run_methods(base, [spec], runs, log=log)[0]
     name = parse_method(spec)[0]
-    model_dir = runs / folder_name(spec) / "best"
     row.update({"task": task, "protocol": protocol, "seed": seed, "method": label(spec), "spec": spec})
     if pre:
         row.update({"pretrained_from": pre[0], "pretrained_sha256": pre[1]})
+    model = RetrievalModel.from_pretrained(runs / folder_name(spec) / "best")  # loaded once for both
     if task == "scenes" and is_token_plan(name):
-        row["pointing"] = pointing_of(model_dir, where)
+        row["pointing"] = pointing_of(model, where)
         log(f"{name:<10} pointing (T*c) {row['pointing']['flow']['accuracy']:5.1f} % (chance "
             f"{row['pointing']['chance']:.1f} %)")
-    hn = hard_negatives_of(model_dir, where)
+    hn = hard_negatives_of(model, where)
     if hn is not None:
         row["hard_negatives"] = hn
     return row

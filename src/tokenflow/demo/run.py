@@ -45,16 +45,16 @@ def _prepare_out(out: Path) -> Iterator[None]:
 def _clear_captions(test, boxes: dict) -> list[int]:
     """Test captions, one per image, whose named objects share no word ("a red circle and a blue
     cross", not "a red circle and a red cross"): each object word then has one right box."""
-    from ..eval.pointing import boxes_for
+    from ..eval.pointing import boxes_for, object_words
 
     out, seen = [], set()
     for k, text in enumerate(test.texts):
         i = test.text_item[k]
         if i in seen:
             continue
-        words = text.replace(",", "").split()
-        named = [o["words"] for o in boxes_for(boxes, test.item_paths[i])
-                 if any(words[j: j + len(o["words"])] == o["words"] for j in range(len(words)))]
+        objects = boxes_for(boxes, test.item_paths[i])
+        named = [objects[j]["words"] for j in sorted({j for _, j in object_words(text.replace(",", "").split(),
+                                                                                   objects)})]
         flat = [w for ws in named for w in ws]
         if len(named) > 1 and len(set(flat)) == len(flat):
             out.append(k)
@@ -146,10 +146,10 @@ def _run_all(jobs_list: list[tuple], protocols: list[str], out: Path, quick: boo
                 running += [pool.submit(run_one, *r, str(out), quick, videos, workers, threads)
                             for r in runs_of(task, seed, specs, f.result())]
             rows = [f.result() for f in running]
-    for r in rows:  # the pretrained caches are as they were written
-        if "pretrained_from" in r and digest(Path(r["pretrained_from"])) != r["pretrained_sha256"]:
-            raise RuntimeError(f"{r['pretrained_from']} changed during the fine-tunes; the pretrained cache must "
-                               "stay as written")
+    cached = {(r["pretrained_from"], r["pretrained_sha256"]) for r in rows if "pretrained_from" in r}
+    for folder, sha in sorted(cached):  # each pretrained cache is as it was written
+        if digest(Path(folder)) != sha:
+            raise RuntimeError(f"{folder} changed during the fine-tunes; the pretrained cache must stay as written")
     return rows
 
 

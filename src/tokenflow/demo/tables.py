@@ -58,11 +58,14 @@ def _pm(ms: tuple[float, float]) -> str:
     return f"{ms[0]:.1f} ± {ms[1]:.1f}"
 
 
+def _se(p: dict) -> str:
+    return "–" if p["se"] != p["se"] else f"{p['se']:.1f}"  # NaN with one seed
+
+
 def _paired_cell(p: dict | None) -> list[str]:
     if p is None:
         return ["–", "–"]
-    se = "–" if p["se"] != p["se"] else f"{p['se']:.1f}"  # NaN with one seed
-    return [f"{p['mean']:+.1f} ± {se} ({p['positive']}/{p['n']} seeds > 0)", p["verdict"]]
+    return [f"{p['mean']:+.1f} ± {_se(p)} ({p['positive']}/{p['n']} seeds > 0)", p["verdict"]]
 
 
 def format_seed_table(summary: Sequence[dict], task: str, protocol: str = "scratch", title: str = "") -> str:
@@ -100,8 +103,7 @@ def _verdicts(summary: Sequence[dict], task: str, protocol: str) -> str:
             continue
         p = s["paired_r1"]
         word = {"beats": "beats", "trails": "trails", "level": "is level with"}[p["verdict"]]
-        se = "–" if p["se"] != p["se"] else f"{p['se']:.1f}"  # NaN with one seed
-        out.append(f"{s['method']} {word} global on t2v R@1 ({p['mean']:+.1f} ± {se}, "
+        out.append(f"{s['method']} {word} global on t2v R@1 ({p['mean']:+.1f} ± {_se(p)}, "
                    f"{p['positive']}/{p['n']} seeds positive).")
     return " ".join(out)
 
