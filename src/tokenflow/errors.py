@@ -7,7 +7,7 @@ anything else is a bug and shows its traceback (exit 1). ``tokenflow --debug`` a
 
 from __future__ import annotations
 
-__all__ = ["Diverged", "FileError", "UserError"]
+__all__ = ["Diverged", "FileError", "HParamError", "UserError"]
 
 
 class UserError(Exception):
@@ -18,6 +18,11 @@ class UserError(Exception):
 
 class FileError(UserError, ValueError):
     """A file or folder that cannot be read or written as needed: the message names it."""
+
+
+class HParamError(UserError, ValueError):
+    """A plan hyperparameter that is unknown, of the wrong type, non-finite or out of range: the
+    message names where it came from (``--hp``, a config key, a request), the plan and the key."""
 
 
 class Diverged(RuntimeError):
