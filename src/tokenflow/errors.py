@@ -7,7 +7,7 @@ anything else is a bug and shows its traceback (exit 1). ``tokenflow --debug`` a
 
 from __future__ import annotations
 
-__all__ = ["Diverged", "FileError", "HParamError", "UserError"]
+__all__ = ["Diverged", "FileError", "HParamError", "InputError", "UserError"]
 
 
 class UserError(Exception):
@@ -18,6 +18,13 @@ class UserError(Exception):
 
 class FileError(UserError, ValueError):
     """A file or folder that cannot be read or written as needed: the message names it."""
+
+
+class InputError(UserError, ValueError):
+    """A bad value or file content given by the user: an unknown dataset, split or method name, a
+    malformed annotation file, a setting out of its range. The message names the file, field or
+    option and what was expected. It is a ``ValueError`` too, so ``except ValueError`` still
+    catches it."""
 
 
 class HParamError(UserError, ValueError):
