@@ -159,6 +159,12 @@ class Aligner(nn.Module):
         tv, tt = self.plans(c, v, t)
         return self._plan_of(v, t, c, tv[0, :, 0, :], tt[0, :, 0, :])
 
+    def explain_weights(self, vis: Tokens, txt: Tokens) -> tuple[Tensor, Tensor, str] | None:
+        """This plan's own token weights for one pair, for drawing an explanation: visual [l1] and
+        text [l2] over real tokens, and a line saying what they are. None (the default) when the
+        plan weighs no token on its own; explanations then show something else and say so."""
+        return None
+
     def _single_pair(self, vis: Tokens, txt: Tokens, check: bool) -> tuple[Tokens, Tokens, Tensor]:
         """The checked, padding-zeroed tokens of one pair and their similarities c [1, L1, 1, L2]."""
         if len(vis) != 1 or len(txt) != 1:

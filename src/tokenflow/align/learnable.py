@@ -56,6 +56,13 @@ class Learnable(Aligner):
         tp = e / e.sum((1, 3), keepdim=True)
         return tp, tp
 
+    def explain_weights(self, vis: Tokens, txt: Tokens) -> tuple[Tensor, Tensor, str]:
+        """Each real position's share of the learned plan softmax(W) (its row and column sums)."""
+        v, t, c = self._single_pair(vis, txt, check=False)
+        tp = self.plans(c, v, t)[0][0, :, 0, :][v.mask[0]][:, t.mask[0]]
+        return (tp.sum(1), tp.sum(0), "learnable's learned position weights: each patch's and each word's share "
+                "of softmax(W) over the pair's real positions")
+
     def block(self, v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> tuple[Tensor, Tensor]:
         wd = work_dtype(v.dtype)
         (n, l1, dim), (m, l2, _) = v.feats.shape, t.feats.shape

@@ -52,6 +52,14 @@ class TokenFlow(Aligner):
         tt = e * torch.softmax(self.lam * d * c + bv, 1) / l2.view(1, 1, -1, 1)
         return tv, tt  # d and e are zero at padding, so both plans are too
 
+    def explain_weights(self, vis: Tokens, txt: Tokens) -> tuple[Tensor, Tensor, str]:
+        """d and e of eq 14 over the pair's real tokens: the weights this plan's flows carry."""
+        v, t, _ = self._single_pair(vis, txt, check=False)
+        d, e = global_weights(v, t)
+        return (d[0, :, 0, 0][v.mask[0]], e[0, 0, 0, :][t.mask[0]],
+                "tokenflow's token weights (eq 14): d = patch . caption's global feature, "
+                "e = image's global feature . word")
+
     def block(self, v: Tokens, t: Tokens, ctx: BlockContext | None = None) -> tuple[Tensor, Tensor]:
         ctx = ctx or BlockContext(v, t)
         c, e = token_sim_and_e(v, t, ctx)

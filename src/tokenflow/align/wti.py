@@ -108,6 +108,13 @@ class WeightedTokenInteraction(Aligner):
         logits = mlp(tok.feats.to(pdtype)).squeeze(-1).to(dtype)
         return torch.softmax(logits.masked_fill(~tok.mask, float("-inf")), -1)
 
+    def explain_weights(self, vis: Tokens, txt: Tokens) -> tuple[Tensor, Tensor, str]:
+        """The learned weights a_s and b_t of one pair's real tokens (each side sums to 1)."""
+        v, t, c = self._single_pair(vis, txt, check=False)
+        a = self.token_weights(self.visual_weight, v, c.dtype)[0][v.mask[0]]
+        b = self.token_weights(self.text_weight, t, c.dtype)[0][t.mask[0]]
+        return a, b, "wti's learned token weights (softmax of its weight MLPs over each side's tokens)"
+
     def plans(self, c: Tensor, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
         a = self.token_weights(self.visual_weight, v, c.dtype)
         b = self.token_weights(self.text_weight, t, c.dtype)
