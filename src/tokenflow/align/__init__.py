@@ -6,10 +6,12 @@ asked for (:mod:`tokenflow.align.registry`).
 
 from ..tokens import Tokens
 from .base import Aligner
-from .registry import aligner_for, get_aligner, get_aligner_class, is_token_plan, list_aligners, register_aligner
+from .hparams import HParam
+from .registry import (aligner_for, check_hparams, get_aligner, get_aligner_class, hparam_specs, hparam_table,
+                       is_token_plan, list_aligners, register_aligner)
 from .results import Plan, Scores
 
 __all__ = [
-    "Aligner", "Plan", "Scores", "Tokens", "aligner_for", "get_aligner", "get_aligner_class", "is_token_plan",
-    "list_aligners", "register_aligner",
+    "Aligner", "HParam", "Plan", "Scores", "Tokens", "aligner_for", "check_hparams", "get_aligner",
+    "get_aligner_class", "hparam_specs", "hparam_table", "is_token_plan", "list_aligners", "register_aligner",
 ]

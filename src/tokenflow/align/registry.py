@@ -3,6 +3,13 @@
 The built-in plans are listed by name with the module that defines them, and a module is
 imported only when one of its names is asked for: ``get_aligner("max-avg")`` loads neither
 POT nor scipy, which only the transport plans need.
+
+Each plan declares its hyperparameters once, as a ``hparam_specs`` tuple of
+:class:`~tokenflow.align.hparams.HParam` next to its ``__init__``; :func:`hparam_specs`,
+:func:`check_hparams` and :func:`hparam_table` read it. A plugin registered without one falls
+back to its constructor's signature, read here and nowhere else: every argument but ``self``,
+``chunk`` and ``dim`` is a hyperparameter, typed after its default (an int default: an integer,
+a float one: a finite number, no or a None default: any value but a non-finite number).
 """
 
 from __future__ import annotations
@@ -13,8 +20,14 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .base import Aligner
+from .hparams import HParam, check_values, format_value
 
-__all__ = ["aligner_for", "get_aligner", "get_aligner_class", "is_token_plan", "list_aligners", "register_aligner"]
+__all__ = ["aligner_for", "check_hparams", "get_aligner", "get_aligner_class", "hparam_specs", "hparam_table",
+           "is_token_plan", "list_aligners", "register_aligner"]
+
+#: Constructor arguments that are not hyperparameters: the block size, and the embedding size,
+#: which the backbone gives (:func:`aligner_for`).
+NOT_HPARAMS = ("chunk", "dim")
 
 #: Built-in names and the module (under ``tokenflow.align``) that registers each.
 BUILTIN: dict[str, str] = {
@@ -79,25 +92,79 @@ def is_token_plan(name: str) -> bool:
     return bool(get_aligner_class(name).token_plan)
 
 
-def get_aligner(name: str, **hyper) -> Aligner:
-    """Build the aligner registered as ``name`` with its hyperparameters (e.g. ``lam=1.0``).
+def _declared_specs(cls: type[Aligner]) -> tuple[HParam, ...]:
+    """``hparam_specs`` of the class that defines ``cls``'s constructor (or of a subclass of it);
+    a constructor without one gets a spec read off its signature."""
+    for k in cls.__mro__:
+        if "hparam_specs" in vars(k):
+            return tuple(vars(k)["hparam_specs"])
+        if "__init__" in vars(k):
+            break
+    specs = []
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.name == "self" or p.name in NOT_HPARAMS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = None if p.default is p.empty else p.default
+        kind = type(default) if type(default) in (bool, int, float, str) else object
+        specs.append(HParam(p.name, kind, default))
+    return tuple(specs)
 
-    Raises ``ValueError`` naming the valid choices for an unknown name or hyperparameter.
+
+def hparam_specs(name: str) -> dict[str, HParam]:
+    """The hyperparameters of the plan registered as ``name``, by name, as its class declares them
+    (``chunk`` and ``dim`` are not hyperparameters). Raises ``ValueError`` for an unknown plan."""
+    return {spec.name: spec for spec in _declared_specs(get_aligner_class(name))}
+
+
+def check_hparams(name: str, hparams: dict, *, source: str = "hparams") -> None:
+    """Check hyperparameters for the plan ``name`` against its spec.
+
+    Raises :class:`~tokenflow.errors.HParamError` (a ``UserError`` and a ``ValueError``) whose
+    message names ``source`` (``--hp``, a config key, a request), the plan, each bad key and what
+    was expected: an unknown key lists the valid ones; a wrong type, a non-finite number or a
+    value out of range gives the type, range and default. Cross-checks between hyperparameters
+    (``heads`` dividing the embedding size, ...) are left to the plan's constructor."""
+    check_values(name, hparam_specs(name), hparams, source)
+
+
+def hparam_table() -> str:
+    """A Markdown table of every built-in plan's hyperparameters: plan, name, type, default,
+    range or choices, meaning (one ``(none)`` row for a plan without any)."""
+    rows = ["| plan | hyperparameter | type | default | range | meaning |", "| --- | --- | --- | --- | --- | --- |"]
+    for name in sorted(BUILTIN):
+        specs = hparam_specs(name)
+        if not specs:
+            rows.append(f"| `{name}` | (none) | | | | |")
+        for spec in specs.values():
+            kind = spec.type.__name__ + (" or null" if spec.optional else "")
+            rows.append(f"| `{name}` | `{spec.name}` | {kind} | `{format_value(spec.default)}` | "
+                        f"{spec.range_text()} | {spec.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def _construction_args(cls: type[Aligner]) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) & set(NOT_HPARAMS)
+
+
+def get_aligner(name: str, **hyper) -> Aligner:
+    """Build the aligner registered as ``name`` with its hyperparameters (e.g. ``lam=1.0``);
+    ``chunk`` and, for plans with learned heads, ``dim`` may be given too.
+
+    Raises ``ValueError`` naming the valid choices for an unknown name, and
+    :class:`~tokenflow.errors.HParamError` (a ``ValueError``) for a hyperparameter its spec rejects.
     """
     cls = get_aligner_class(name)
-    params = inspect.signature(cls.__init__).parameters
-    valid = [p for p in params if p != "self"]
-    unknown = sorted(set(hyper) - set(valid))
-    if unknown:
-        raise ValueError(f"aligner {name!r} has no hyperparameter(s) {unknown}; valid: {valid}")
+    extra = _construction_args(cls)
+    check_hparams(name, {k: v for k, v in hyper.items() if k not in extra}, source=f"get_aligner({name!r})")
     return cls(**hyper)
 
 
 def aligner_for(name: str, hparams: dict | None = None, dim: int | None = None) -> Aligner:
     """:func:`get_aligner` for a backbone of embedding size ``dim``: aligners with learned
-    heads over the features (``mpa``, ``dive``) get ``dim`` unless ``hparams`` sets it."""
+    heads over the features (``mpa``, ``dive``, ``wti``, ``xclip``) get ``dim`` unless ``hparams``
+    sets it."""
     hparams = dict(hparams or {})
     cls = get_aligner_class(name)
-    if dim is not None and "dim" in inspect.signature(cls.__init__).parameters:
+    if dim is not None and "dim" in _construction_args(cls):
         hparams.setdefault("dim", int(dim))
     return get_aligner(name, **hparams)
