@@ -149,3 +149,80 @@ def test_a_store_written_again_under_an_open_one_is_refused_not_misread(tmp_path
         f.unlink()
     with pytest.raises(FileError, match="shard-00000.tokens.npy: cannot be read any more"):
         store.tokens([1])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("shards", "nope", "'shards' is not a list"),
+    ("count", 99, "'count' is 99, the shards hold 23 rows"),
+    ("dtype", "fp8", "'dtype' is 'fp8'"),
+    ("dim", "8", "'dim' is '8', not a count"),
+])
+def test_a_corrupt_manifest_field_is_named(tmp_path, field, value, message):
+    write_store(tmp_path, rand(seed=7), ids_of(23), kind="visual", backbone=BACKBONE, shard_size=10)
+    manifest = tmp_path / MANIFEST
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), field: value}))
+    with pytest.raises(FileError, match=f"{manifest}: corrupt manifest, .*{message}"):
+        FeatureStore(tmp_path)
+
+
+def test_corrupt_shard_entries_in_the_manifest_are_named(tmp_path):
+    write_store(tmp_path, rand(seed=7), ids_of(23), kind="visual", backbone=BACKBONE, shard_size=10)
+    manifest = tmp_path / MANIFEST
+    good = json.loads(manifest.read_text())
+    for damage, message in [(lambda s: s.pop("rows"), r"shards\[1\] lacks 'rows' or 'files'"),
+                            (lambda s: s["files"].pop("mask"), r"shards\[1\].files are \['global', 'tokens'\]"),
+                            (lambda s: s["files"]["global"].pop("bytes"), r"shards\[1\] 'global' is not a file entry"),
+                            (lambda s: s["meta"].update(path="../elsewhere.json"), r"shards\[1\] 'meta' is not")]:
+        m = json.loads(json.dumps(good))
+        damage(m["shards"][1])
+        manifest.write_text(json.dumps(m))
+        with pytest.raises(FileError, match=f"{manifest}: corrupt manifest, {message}"):
+            FeatureStore(tmp_path)
+    manifest.write_text("[1, 2]")
+    with pytest.raises(FileError, match="corrupt manifest, not a JSON object"):
+        FeatureStore(tmp_path)
+
+
+def test_corrupt_shard_metadata_is_named_by_reader_and_writer(tmp_path):
+    write_store(tmp_path, rand(seed=8), ids_of(23), kind="visual", backbone=BACKBONE, shard_size=10)
+    meta = tmp_path / "shard-00001.json"
+    text = meta.read_text()
+    meta.write_text(text.replace('"ids"', '"idz"'))  # the same size: opening the store does not notice
+    store = FeatureStore(tmp_path)
+    with pytest.raises(FileError, match=rf"{meta}: corrupt shard metadata, missing \['ids'\]"):
+        store.ids
+    with pytest.raises(FileError, match=rf"{meta}: corrupt shard metadata, missing \['ids'\]"):
+        StoreWriter(tmp_path, kind="visual", backbone=BACKBONE, shard_size=10)
+    meta.write_text("{" + text[1:-1] + "x")
+    with pytest.raises(FileError, match=f"{meta}: corrupt shard metadata"):
+        FeatureStore(tmp_path).paths
+    with pytest.raises(FileError, match=f"{meta}: corrupt shard metadata"):
+        write_store(tmp_path, rand(seed=8), ids_of(23), kind="visual", backbone=BACKBONE, shard_size=10)
+    assert (tmp_path / "shard-00001.tokens.npy").is_file()  # refused, nothing removed
+
+
+def test_a_shard_of_another_shape_is_named(tmp_path):
+    folder = tmp_path / "s"
+    write_store(folder, rand(n=12, seed=1), ids_of(12), kind="visual", backbone=BACKBONE, shard_size=5)
+    np.save(tmp_path / "other.npy", np.zeros((5, 7, 9), dtype=np.float16))  # D=9, not 8
+    shard = folder / "shard-00000.tokens.npy"
+    (tmp_path / "other.npy").replace(shard)
+    manifest = folder / MANIFEST
+    m = json.loads(manifest.read_text())
+    m["shards"][0]["files"]["tokens"]["bytes"] = shard.stat().st_size  # sizes agree: only the shape differs
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(FileError, match=rf"{shard}: shape \(5, 7, 9\), the manifest says \(5, 7, 8\)"):
+        FeatureStore(folder).tokens([1])
+    with pytest.raises(FileError, match=rf"{shard}: shape \(5, 7, 9\)"):
+        FeatureStore(folder).shard(0)
+
+
+def test_a_resumed_writer_leaves_other_files_alone(tmp_path):
+    tok = rand(seed=9)
+    w = StoreWriter(tmp_path, kind="visual", backbone=BACKBONE, shard_size=5)
+    w.add(tok[:12], ids_of(12))
+    w.close(write_manifest=False)
+    (tmp_path / "shard-notes.txt").write_text("mine")  # not a shard's file: kept, not parsed
+    (tmp_path / "shard-00002.tokens.npy").write_bytes(b"half a shard")
+    write_store(tmp_path, tok, ids_of(23), kind="visual", backbone=BACKBONE, shard_size=5)
+    assert (tmp_path / "shard-notes.txt").read_text() == "mine" and FeatureStore(tmp_path).ids == ids_of(23)
