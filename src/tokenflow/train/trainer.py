@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.base import RetrievalSplit, collate_media
+from ..data.errors import MediaError
 from ..data.frame_cache import with_frame_cache
 from ..distributed import DistInfo, all_gather_objects, mean_over_processes
 from ..errors import Diverged
@@ -299,8 +300,9 @@ class Trainer:
             bad = [b for part in all_gather_objects(bad, self.info) for b in part]
         self._log_skipped(bad)
         if not idx:
-            raise RuntimeError(f"a whole batch of {self.train_split.name} was unreadable ({len(bad)} files); "
-                               "see log.jsonl")
+            _, path, reason = bad[0]
+            raise MediaError(path, f"{reason}; the whole batch of {self.train_split.name} was unreadable "
+                             f"({len(bad)} files, listed in log.jsonl)")
         dev = self.device
         ids, tmask = self.model.backbone.tokenize([self.train_split.texts[k] for k in idx])
         batch = Batch(pixels.to(dev, non_blocking=True), None if fmask is None else fmask.to(dev), ids.to(dev),
