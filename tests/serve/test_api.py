@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -83,8 +84,13 @@ def test_explanation_numbers_are_the_plan_of_the_ranked_pair(client, collection,
         txt = collection.model.encode_text_strings([query])
         ref = get_aligner(plan, **hp).plan(store.tokens([row]), txt)
     assert ex["source"] == "store" and ex["direction"] == "t2v" and ex["grid"] == [4, 4]
-    torch.testing.assert_close(torch.tensor(ex["d"]), ref.d.float())
-    torch.testing.assert_close(torch.tensor(ex["e"]), ref.e.float())
+    if plan == "tokenflow":  # its own token weights (eq 14), which Plan.d and Plan.e are
+        d, e, kind = ref.d, ref.e, "plan"
+    else:  # no token weights of its own: each patch's and word's share of the fine score
+        d, e, kind = (ref.c * ref.t2v).sum(1), (ref.c * ref.t2v).sum(0), "score-share"
+    assert ex["weights"] == kind and ex["weights_label"]
+    torch.testing.assert_close(torch.tensor(ex["d"]), d.float())
+    torch.testing.assert_close(torch.tensor(ex["e"]), e.float())
     assert ex["score"] == pytest.approx(float((ref.c * ref.t2v).sum()), abs=1e-6)
     assert ex["score"] == pytest.approx(top[1]["fine"], abs=1e-5)  # the score the search ranked by
     assert ex["global_score"] == pytest.approx(top[1]["global"], abs=1e-5)
@@ -274,6 +280,9 @@ def test_an_uploaded_image_searches_a_text_collection_and_is_explained(text_clie
     torch.testing.assert_close(torch.tensor(ex["d"]), ref.d.float())
     torch.testing.assert_close(torch.tensor(ex["e"]), ref.e.float())
     assert ex["score"] == pytest.approx(float((ref.c * ref.v2t).sum()), abs=1e-6)
+    # the caption's own words (the tiny tokenizer's words and punctuation), not #1, #2, ...
+    words = re.findall(r"\w+|[^\w\s]", item.lower())
+    assert ex["tokens"] == ["<bos>", *words, "<eos>"] and ex["caption"] == item and ex["tokens_note"] is None
     assert ex["score"] == pytest.approx(col["results"][0]["fine"], abs=1e-5)
 
 
@@ -284,10 +293,10 @@ def test_uploads_are_capped_and_decoded_safely(text_client):
     bomb = io.BytesIO()  # 2000 x 2000 = 4M pixels in a few kB: refused from its header
     Image.new("1", (2000, 2000)).save(bomb, format="PNG")
     assert len(bomb.getvalue()) < 200_000
-    cases = [(bomb.getvalue(), "q.png", 413, "more than the 1000000 allowed"),
-             (png_bytes(size=(60, 60), mode="RGB", fmt="TIFF"), "q.tif", 400, "not a readable image"),
-             (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, "q.png", 400, "not a readable image"),
-             (png_bytes()[:60], "q.png", 400, "not a readable image"),
+    cases = [(bomb.getvalue(), "q.png", 413, "2000 x 2000 = 4000000 pixels, at most 1000000 allowed"),
+             (png_bytes(size=(60, 60), mode="RGB", fmt="TIFF"), "q.tif", 400, "not an image PIL can read"),
+             (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, "q.png", 400, "not an image PIL can read"),
+             (png_bytes()[:60], "q.png", 400, "not an image PIL can read (upload 'q.png', image/png: "),
              (b"", "q.png", 400, "empty"),
              (b"x" * 210_000, "q.png", 413, "more than the 200000 allowed"),
              (b"x" * 300_000, "q.png", 413, "request body over")]

@@ -36,7 +36,14 @@ def test_numbers_are_the_plan_of_the_pair(synth, model_dir, aligner, direction):
         plan = plan_of.plan(vis, txt)
     flow = plan.t2v if direction == "t2v" else plan.v2t
     assert expl.aligner == (aligner or "tokenflow") and expl.grid == (4, 4)
-    for got, want in ((expl.d, plan.d), (expl.e, plan.e), (expl.c, plan.c), (expl.flow, flow)):
+    if aligner is None:  # tokenflow: its own token weights, d and e of eq 14
+        d, e, kind = plan.d, plan.e, "plan"
+    else:  # no token weights of their own: each token's share of the fine score
+        d, e, kind = (flow * plan.c).sum(1), (flow * plan.c).sum(0), "score-share"
+        assert float(expl.d.sum()) == pytest.approx(expl.score, abs=1e-5)
+        assert f"{aligner} weighs no token on its own" in expl.weights_label
+    assert expl.weights == kind
+    for got, want in ((expl.d, d), (expl.e, e), (expl.c, plan.c), (expl.flow, flow)):
         assert torch.allclose(got, want.float(), atol=1e-6)
     assert expl.score == pytest.approx(float((plan.c * flow).sum()), abs=1e-6)
     assert expl.tokens[0] == "<bos>" and expl.tokens[-1] == "<eos>" and len(expl.tokens) == plan.c.shape[1]

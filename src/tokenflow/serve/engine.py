@@ -8,8 +8,10 @@ are checked against :class:`Limits` before any work; a bad one raises
 Explanations are ``Aligner.plan`` of the pair the search ranked: the stored tokens of the item
 (exactly what the re-ranking scored) and the encoded query, in the search's direction (``t2v`` for
 text queries over images or videos, ``v2t`` for an image query over texts). The numbers are those
-of ``tokenflow explain --json``: patch weights ``d`` over the patch grid, word weights ``e``, and
-the strongest word-patch contributions ``T_hat x c`` (``T_hat = 100 T``). A video stored with
+of ``tokenflow explain --json`` (:mod:`tokenflow.serve.explain`): patch weights ``d`` over the patch
+grid and word weights ``e`` (the plan's own token weights where it has them, else each token's
+share of the fine score; ``weights_label`` says which), and the strongest word-patch contributions
+``T_hat x c`` (``T_hat = 100 T``). A stored text's words are its text tokenized again. A video stored with
 every frame's patches is explained on its middle frame's patches; a video stored with one token
 per frame has no patch tokens in the store, so its middle frame is encoded again
 (:func:`tokenflow.viz.explain`, the same numbers as ``tokenflow explain``).
@@ -30,9 +32,10 @@ import torch
 from ..align import Aligner, get_aligner_class, list_aligners
 from ..index import Searcher
 from ..models.base import DualEncoder
-from ..errors import UserError
+from ..errors import InputError, UserError
 from ..models.scoring import GLOBAL_ONLY, TrainedPlan, build_plan, hparam_problems
 from ..tokens import Tokens
+from .explain import TOP_PAIRS, explanation, stored_words
 from .media import MediaRoot, RequestError, middle_frame_index
 
 __all__ = ["DEFAULT_PLANS", "GLOBAL", "Engine", "Limits"]
@@ -42,7 +45,6 @@ GLOBAL = "global"  # rank by the global similarity alone (no plan)
 #: learned weights.
 DEFAULT_PLANS = ("tokenflow", "max-avg", "scan", "sinkhorn", "uniform")
 TRAINED, FRESH = "trained", "fresh"  # a plan as the folder trained it (its learned weights), or built anew
-TOP_PAIRS = 6  # strongest word-patch pairs in an explanation
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class Engine:
         w_fine = (1.0 if trained is None else trained.w_fine) if w_fine is None else w_fine
         unknown = sorted(set(plans) - set(list_aligners()) - {GLOBAL})
         if unknown:
-            raise ValueError(f"unknown plans {unknown}; valid: {', '.join([GLOBAL, *list_aligners()])}")
+            raise InputError(f"unknown plans {unknown}; valid: {', '.join([GLOBAL, *list_aligners()])}")
         self.model = model.eval()
         self.base = Searcher(index_dirs, model=self.model, aligner=None, w_global=w_global, w_fine=w_fine,
                              device=device, check_backbone=check_backbone)
@@ -288,8 +290,12 @@ class Engine:
             stored = self.base.stores[s].tokens([r])
             if self.kind == "visual":
                 expl = self._explain_visual_item(aligner, stored, q, words, query.text, item)
-            else:
-                expl = self._explanation(aligner, q, stored, None, query_text=None, direction="v2t")
+            else:  # a stored text: its words from its text, which the store keeps
+                text = self.base.stores[s].paths[r]
+                words, note = stored_words(self.model, text, int(stored.mask[0].sum()))
+                expl = explanation(aligner, q, stored, tokens=words, caption=text or "",
+                                   grid=tuple(self.model.patch_grid), direction="v2t", device=self.device,
+                                   tokens_note=note)
                 expl["source"] = "store"
         return {"item": item, "plan": plan, "hparams": hparams or {}, **expl}
 
@@ -313,7 +319,8 @@ class Engine:
             frame = mid
         else:  # one token per frame: encode the middle frame's patches again, as tokenflow explain does
             return self._explain_from_media(aligner, text, item)
-        expl = self._explanation(aligner, vis, q, words, query_text=text, direction="t2v")
+        expl = explanation(aligner, vis, q, tokens=words, caption=text, grid=tuple(grid), direction="t2v",
+                           device=self.device)
         return {**expl, "source": "store", "frame": frame}
 
     def _explain_from_media(self, aligner: Aligner, text: str, item: str) -> dict:
@@ -322,22 +329,7 @@ class Engine:
 
         path = self.media_path(item)
         expl = explain(RetrievalModel(self.model, aligner), path, text, aligner=aligner, direction="t2v")
-        return {**expl.to_dict(TOP_PAIRS), "source": "media", "frame": None}
-
-    def _explanation(self, aligner: Aligner, vis: Tokens, txt: Tokens, words: list[str] | None, *,
-                     query_text: str | None, direction: str) -> dict:
-        from ..viz.explain import Explanation
-
-        plan = aligner.plan(vis.to(self.device), txt.to(self.device))
-        flow = plan.t2v if direction == "t2v" else plan.v2t
-        if words is None or len(words) != plan.e.numel():
-            words = [f"#{t + 1}" for t in range(plan.e.numel())]  # stored texts keep features, not words
-        expl = Explanation(caption=query_text or "", tokens=words, grid=tuple(self.model.patch_grid),
-                           aligner=getattr(aligner, "name", type(aligner).__name__), direction=direction, d=plan.d.float().cpu(),
-                           e=plan.e.float().cpu(), c=plan.c.float().cpu(), flow=flow.float().cpu(),
-                           score=float((plan.c * flow).sum()), global_score=float(vis.pooled[0] @ txt.pooled[0]),
-                           image=None)
-        return expl.to_dict(TOP_PAIRS)
+        return {**expl.to_dict(TOP_PAIRS), "tokens_note": None, "source": "media", "frame": None}
 
 
 def _quote(item_id: str) -> str:

@@ -11,13 +11,13 @@ moved the score: why the plan got the item right, or wrong.
 from __future__ import annotations
 
 import difflib
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._extras import require
 from ..align import Aligner
+from ..errors import InputError
 from ..models.retrieval import RetrievalModel
 from ..utils import atomic_path
 from .explain import Direction, Explanation, explain, load_model, render
@@ -81,7 +81,7 @@ def explain_contrast(model: RetrievalModel | str | Path, media: str | Path, capt
     """Explain ``media`` against its true ``caption`` and a false ``negative`` with the same plan
     (see :func:`~tokenflow.viz.explain.explain` for the arguments); fusion weights are the model's."""
     if not negative or not negative.strip():
-        raise ValueError("negative caption is empty: give the false caption to compare with")
+        raise InputError("negative caption is empty: give the false caption to compare with")
     model = load_model(model, aligner if isinstance(aligner, str) else None)
     sides = [explain(model, media, text, direction=direction, aligner=aligner, num_frames=num_frames)
              for text in (caption, negative)]
@@ -119,35 +119,3 @@ def render_contrast(contrast: Contrast, path: str | Path, *, top: int = 4, pairs
         fig.savefig(out, format="png")
     plt.close(fig)
     return path
-
-
-def contrast_command(args) -> int:
-    """``tokenflow explain --negative TEXT``: print the margins and the word pairs that moved the
-    score, draw both plans side by side, and (``--json``) save the numbers."""
-    import json
-
-    from ..errors import UserError
-    from ..utils import write_text_atomic
-
-    if args.model is None or args.media is None or args.caption is None:
-        raise UserError("tokenflow explain --negative needs --model, --media and --caption")
-    if getattr(args, "boxes", None) is not None:
-        print("tokenflow explain: note: --boxes (pointing accuracy) is for one caption; not used with --negative",
-              file=sys.stderr)
-    con = explain_contrast(args.model, args.media, args.caption, args.negative, direction=args.direction,
-                           aligner=args.aligner, num_frames=args.frames)
-    render_contrast(con, args.out, top=args.top)
-    v = con.verdict()
-    for name, e in (("true", con.true), ("false", con.false)):
-        print(f"{name:>5}: {e.caption!r}: fused {con.fused(e):.4f} = {con.w_global:g} x global {e.global_score:.4f}"
-              f" + {con.w_fine:g} x fine {e.score:.4f}")
-    print(f"{con.true.aligner} {con.true.direction}: the true caption {'wins' if v['correct'] else 'does not win'} "
-          f"by {v['fused']:+.4f} fused (fine {v['fine']:+.4f}, global {v['global']:+.4f}); a tie is a failure")
-    print("word pairs that moved the fine score (true -> false: share of the score):")
-    for p in con.moved()[: max(args.top, 3)]:
-        print(f"  {p['true'] or '(none)':>14} -> {p['false'] or '(none)':<14} {p['true_share']:.4f} -> "
-              f"{p['false_share']:.4f} ({p['change']:+.4f})")
-    print(f"figure: {args.out}")
-    if args.json:
-        write_text_atomic(args.json, json.dumps(con.to_dict(args.top), indent=2) + "\n")
-    return 0

@@ -7,6 +7,12 @@ real tokens: the patch weights ``d`` and word weights ``e`` (eq 14), the token s
 image under a heat map of ``d`` over its patch grid, the caption's tokens shaded by ``e``, and
 arrows from the strongest tokens to their patches, labelled ``T_hat x c``.
 
+``d`` and ``e`` are the plan's own token weights where it has them
+(:meth:`~tokenflow.align.Aligner.explain_weights`: TokenFlow's eq 14, WTI's learned weights,
+the learnable plan's position weights); a plan without them is shown by each token's share of
+its fine score, ``sum T x c`` over the other side's tokens. ``weights`` says which, and
+``weights_label`` says it in words.
+
 Videos are explained on their middle frame (frame 6 of 12, as in the paper): its patch tokens
 against the caption, with the video's global feature (mean over frames) for ``d`` and ``e``.
 """
@@ -24,15 +30,19 @@ from .._extras import require
 from ..align import Aligner, Tokens, aligner_for
 from ..data.base import VIDEO_EXTENSIONS, load_image
 from ..data.video import read_video_frames
+from ..errors import InputError
 from ..eval.pointing import pointing
 from ..models.retrieval import RetrievalModel
 from ..models.scoring import load_scoring
 from ..utils import atomic_path
 
-__all__ = ["Explanation", "explain", "explain_tokens", "render"]
+__all__ = ["PLAN_WEIGHTS", "SCORE_SHARE", "Explanation", "explain", "explain_tokens", "explanation_of", "markers",
+           "render", "shown_weights"]
 
 Direction = Literal["t2v", "v2t"]
 FLOW_SCALE = 100.0  # the paper shows T rescaled by 100
+#: What ``d`` and ``e`` of an explanation are: the plan's own token weights, or each token's share of the score.
+PLAN_WEIGHTS, SCORE_SHARE = "plan", "score-share"
 
 
 @dataclass
@@ -44,14 +54,16 @@ class Explanation:
     grid: tuple[int, int]
     aligner: str
     direction: str
-    d: Tensor  # [P] patch weights
-    e: Tensor  # [L] token weights
+    d: Tensor  # [P] patch weights (see ``weights``)
+    e: Tensor  # [L] token weights (see ``weights``)
     c: Tensor  # [P, L] token similarities
     flow: Tensor  # [P, L] T of the chosen direction
     score: float  # sum(c * flow): the fine-grained score of this direction
     global_score: float  # v_bar . t_bar
     image: object  # the PIL image shown (the square the model sees); None from stored features
     source_size: tuple[int, int] = (0, 0)  # (width, height) of the original image or frame
+    weights: str = PLAN_WEIGHTS  # PLAN_WEIGHTS or SCORE_SHARE: what d and e are
+    weights_label: str = ""  # the same in words, for a figure or a page
 
     def pointing(self, objects: list[dict]):
         """Pointing accuracy of this plan for the objects' boxes (original-image pixels; see
@@ -85,9 +97,61 @@ class Explanation:
         return out
 
     def to_dict(self, k: int = 5) -> dict:
+        """The numbers as JSON: the fields above but the image and ``c``/``flow``, the ``k`` strongest
+        pairs and their :func:`markers` (one per patch)."""
+        pairs = self.top_pairs(k)
         return {"caption": self.caption, "tokens": self.tokens, "grid": list(self.grid), "aligner": self.aligner,
                 "direction": self.direction, "score": self.score, "global_score": self.global_score,
-                "d": self.d.tolist(), "e": self.e.tolist(), "top_pairs": self.top_pairs(k)}
+                "weights": self.weights, "weights_label": self.weights_label,
+                "d": self.d.tolist(), "e": self.e.tolist(), "top_pairs": pairs, "markers": markers(pairs)}
+
+
+def markers(pairs: list[dict]) -> list[dict]:
+    """One marker per patch for the pairs of :meth:`Explanation.top_pairs`, so that pairs on the
+    same patch do not hide each other: ``{"patch", "row", "col", "pairs", "label"}``, ``pairs``
+    holding the 1-based ranks of that patch's pairs, ``label`` them joined (``"1,3"``); in the
+    order of each patch's best pair."""
+    out: dict[int, dict] = {}
+    for n, p in enumerate(pairs, 1):
+        m = out.setdefault(p["patch"], {"patch": p["patch"], "row": p["row"], "col": p["col"], "pairs": []})
+        m["pairs"].append(n)
+    for m in out.values():
+        m["label"] = ",".join(map(str, m["pairs"]))
+    return list(out.values())
+
+
+def shown_weights(aligner: Aligner, vis: Tokens, txt: Tokens, c: Tensor,
+                  flow: Tensor) -> tuple[Tensor, Tensor, str, str]:
+    """The patch and word weights an explanation draws for one pair (``c``, ``flow``: its plan over
+    real tokens), as float32 on the CPU, what they are (:data:`PLAN_WEIGHTS` or
+    :data:`SCORE_SHARE`) and a label: the plan's own
+    (:meth:`~tokenflow.align.Aligner.explain_weights`), else each token's share of the fine score
+    ``sum T x c`` over the other side (both sides add up to the score)."""
+    own = aligner.explain_weights(vis, txt)
+    if own is not None:
+        d, e, label = own
+        return d.detach().float().cpu(), e.detach().float().cpu(), PLAN_WEIGHTS, label
+    share = (flow * c).detach().float().cpu()
+    name = getattr(aligner, "name", "") or type(aligner).__name__
+    return share.sum(1), share.sum(0), SCORE_SHARE, (
+        f"{name} weighs no token on its own: each patch's and each word's share of the fine score "
+        "(T x c summed over the other side)")
+
+
+@torch.no_grad()
+def explanation_of(aligner: Aligner, vis: Tokens, txt: Tokens, *, direction: Direction, caption: str,
+                   tokens: list[str], grid: tuple[int, int], image: object = None,
+                   source_size: tuple[int, int] = (0, 0)) -> Explanation:
+    """The :class:`Explanation` of one pair of tokens (``vis``, ``txt``: one row each, on the
+    aligner's device) under ``aligner``: its plan, the flow of ``direction`` and :func:`shown_weights`."""
+    plan = aligner.plan(vis, txt)
+    flow = plan.t2v if direction == "t2v" else plan.v2t
+    d, e, kind, label = shown_weights(aligner, vis, txt, plan.c, flow)
+    return Explanation(
+        caption=caption, tokens=tokens, grid=grid, aligner=getattr(aligner, "name", "") or type(aligner).__name__,
+        direction=direction, d=d, e=e, c=plan.c.float().cpu(), flow=flow.float().cpu(),
+        score=float((plan.c * flow).sum()), global_score=float(vis.pooled[0] @ txt.pooled[0]), image=image,
+        source_size=source_size, weights=kind, weights_label=label)
 
 
 def _centre_square(image):
@@ -133,17 +197,17 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
     model's own (a name or an Aligner); the model's own plan by name keeps its learned weights.
     """
     if direction not in ("t2v", "v2t"):
-        raise ValueError(f"direction must be 't2v' or 'v2t', got {direction!r}")
+        raise InputError(f"direction must be 't2v' or 'v2t', got {direction!r}")
     if not caption or not caption.strip():
-        raise ValueError("caption is empty: give the text to explain")
+        raise InputError("caption is empty: give the text to explain")
     model = load_model(model, aligner if isinstance(aligner, str) else None)
     aligner = _plan_of(model, aligner)
     if aligner is None:
-        raise ValueError("this model has no fine-grained plan (global only): pass aligner=... to explain one")
+        raise InputError("this model has no fine-grained plan (global only): pass aligner=... to explain one")
     if not aligner.token_plan:
         what = ("scores sets of learned embeddings, not token pairs" if hasattr(aligner, "sets") else
                 "pools token similarities in a way that is not a weighted sum of them")
-        raise ValueError(f"{aligner.name} {what}: there is no patch-word plan to draw; pass aligner=... to "
+        raise InputError(f"{aligner.name} {what}: there is no patch-word plan to draw; pass aligner=... to "
                          "explain a token plan")
     backbone = model.backbone.eval()
     device = backbone.device
@@ -162,21 +226,16 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
         shown = image
     ids, mask = backbone.tokenize([caption])
     txt = backbone.encode_texts(ids.to(device), mask.to(device))
-    plan = aligner.to(device).eval().plan(vis, txt)
     real_ids = ids[0][mask[0].bool()].tolist()
-    flow = plan.t2v if direction == "t2v" else plan.v2t
     gh, gw = backbone.patch_grid
-    if plan.d.numel() != gh * gw:
-        raise ValueError(f"{plan.d.numel()} visual tokens do not form the {gh} x {gw} patch grid")
-    return Explanation(
-        caption=caption, tokens=backbone.decode_tokens(real_ids), grid=(gh, gw),
-        aligner=getattr(aligner, "name", type(aligner).__name__), direction=direction,
-        d=plan.d.float().cpu(), e=plan.e.float().cpu(), c=plan.c.float().cpu(), flow=flow.float().cpu(),
-        score=float((plan.c * flow).sum()), global_score=float(vis.pooled[0] @ txt.pooled[0]),
-        image=_centre_square(shown), source_size=tuple(shown.size))
+    if int(vis.mask[0].sum()) != gh * gw:
+        raise ValueError(f"{int(vis.mask[0].sum())} visual tokens do not form the {gh} x {gw} patch grid")
+    return explanation_of(aligner.to(device).eval(), vis, txt, direction=direction, caption=caption,
+                          tokens=backbone.decode_tokens(real_ids), grid=(gh, gw), image=_centre_square(shown),
+                          source_size=tuple(shown.size))
 
 
-def _token_labels(text: str | None, n: int) -> list[str]:
+def token_labels(text: str | None, n: int) -> list[str]:
     """Labels of a stored caption's ``n`` real tokens (a store keeps no tokenizer): its words (split
     at spaces, or words and punctuation) when they are as many, or as many plus ``<bos>`` and
     ``<eos>``; else ``#0, #1, ...``."""
@@ -190,6 +249,9 @@ def _token_labels(text: str | None, n: int) -> list[str]:
     return [f"#{t}" for t in range(n)]
 
 
+_token_labels = token_labels  # its earlier, private name
+
+
 @torch.no_grad()
 def explain_tokens(vis: Tokens, txt: Tokens, caption: str | None, aligner: Aligner, *,
                    direction: Direction = "t2v") -> Explanation:
@@ -198,24 +260,20 @@ def explain_tokens(vis: Tokens, txt: Tokens, caption: str | None, aligner: Align
     (:func:`tokenflow.index.offline.explain_stored`), the plan, weights and flows of its tokens.
 
     The visual tokens are drawn as a square grid when their count is a square number, else as one
-    row (video frames; a class token beside the patches). Word labels: :func:`_token_labels`.
+    row (video frames; a class token beside the patches). Word labels: :func:`token_labels`.
     """
     if direction not in ("t2v", "v2t"):
-        raise ValueError(f"direction must be 't2v' or 'v2t', got {direction!r}")
+        raise InputError(f"direction must be 't2v' or 'v2t', got {direction!r}")
     if vis.dim != txt.dim:
-        raise ValueError(f"visual tokens have D={vis.dim}, text tokens D={txt.dim}: features of different models")
+        raise InputError(f"visual tokens have D={vis.dim}, text tokens D={txt.dim}: features of different models")
     if not aligner.token_plan:
-        raise ValueError(f"{aligner.name}: no patch-word plan to draw (not a weighted sum of token similarities); "
+        raise InputError(f"{aligner.name}: no patch-word plan to draw (not a weighted sum of token similarities); "
                          "choose a token plan")
-    plan = aligner.eval().plan(vis, txt)
-    flow = plan.t2v if direction == "t2v" else plan.v2t
-    side = int(plan.d.numel() ** 0.5)
-    grid = (side, side) if side * side == plan.d.numel() else (1, plan.d.numel())
-    return Explanation(
-        caption=caption or "", tokens=_token_labels(caption, plan.e.numel()), grid=grid,
-        aligner=getattr(aligner, "name", type(aligner).__name__), direction=direction, d=plan.d.float(),
-        e=plan.e.float(), c=plan.c.float(), flow=flow.float(), score=float((plan.c * flow).sum()),
-        global_score=float(vis.pooled[0] @ txt.pooled[0]), image=None)
+    n = int(vis.mask[0].sum())
+    side = int(n**0.5)
+    grid = (side, side) if side * side == n else (1, n)
+    return explanation_of(aligner.eval(), vis, txt, direction=direction, caption=caption or "",
+                          tokens=token_labels(caption, int(txt.mask[0].sum())), grid=grid)
 
 
 def render(expl: Explanation, path: str | Path, *, top: int = 4, title: str | None = None,
@@ -241,16 +299,35 @@ def render(expl: Explanation, path: str | Path, *, top: int = 4, title: str | No
     ax.tick_params(labelbottom=False, labelleft=False, length=0)
     ax.grid(color="white", linewidth=0.4, alpha=0.6)
     cax = fig.add_axes((0.83, 0.30, 0.025, 0.62))
-    fig.colorbar(heat, cax=cax, label="patch weight d")
+    fig.colorbar(heat, cax=cax, label="patch weight" if expl.weights == PLAN_WEIGHTS else "patch's share of the score")
     head = f"{expl.aligner} ({expl.direction}): fine {expl.score:.3f}, global {expl.global_score:.3f}"
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=10)
 
     tax = fig.add_axes((0.02, 0.04, 0.96, 0.16))
+    xs = _draw_tokens(tax, expl, plt.get_cmap("Blues"))
+    pairs = expl.top_pairs(top, tokens=tokens)
+    for pair in pairs:
+        con = ConnectionPatch(xyA=(xs[pair["token"]], 0.75), coordsA=tax.transData,
+                              xyB=(pair["col"] + 0.5, pair["row"] + 0.5), coordsB=ax.transData, arrowstyle="->",
+                              color="crimson", linewidth=1.2)
+        fig.add_artist(con)
+    for m in markers(pairs):  # one label per patch, listing each of its pairs, so none hides another
+        text = "\n".join(f"{pairs[n - 1]['T_hat']:.2f}x{pairs[n - 1]['c']:.2f}" for n in m["pairs"])
+        ax.annotate(text, (m["col"] + 0.5, m["row"] + 0.5), fontsize=7, color="white", ha="center", va="center",
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "crimson", "alpha": 0.8, "edgecolor": "none"})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _draw_tokens(tax, expl: Explanation, cmap) -> list[float]:
+    """The caption's tokens in a row on ``tax``, shaded by ``e``, with the weights' legend; returns
+    each token's x (axes fraction) for the arrows."""
     tax.set_axis_off()
-    n = len(expl.tokens)
-    e = expl.e
+    n, e = len(expl.tokens), expl.e
     lo, hi = float(e.min()), float(e.max())
-    cmap = plt.get_cmap("Blues")
     widths = [max(2, len(t)) + 1 for t in expl.tokens]
     total = sum(widths)
     xs, acc = [], 0.0
@@ -262,17 +339,6 @@ def render(expl: Explanation, path: str | Path, *, top: int = 4, title: str | No
         tax.text(x, 0.5, tok, ha="center", va="center", fontsize=9 if n < 20 else 7, family="monospace",
                  color="white" if shade > 0.6 else "black",
                  bbox={"boxstyle": "round,pad=0.25", "facecolor": cmap(shade), "edgecolor": "none"})
-    tax.text(0.0, 0.05, "token weight e: darker = larger", fontsize=7, color="0.35", transform=tax.transAxes)
-    for pair in expl.top_pairs(top, tokens=tokens):
-        xy_patch = (pair["col"] + 0.5, pair["row"] + 0.5)
-        con = ConnectionPatch(xyA=(xs[pair["token"]], 0.75), coordsA=tax.transData, xyB=xy_patch,
-                              coordsB=ax.transData, arrowstyle="->", color="crimson", linewidth=1.2)
-        fig.add_artist(con)
-        ax.annotate(f"{pair['T_hat']:.2f}x{pair['c']:.2f}", xy_patch, fontsize=7, color="white", ha="center",
-                    va="center", bbox={"boxstyle": "round,pad=0.15", "facecolor": "crimson", "alpha": 0.8,
-                                       "edgecolor": "none"})
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    legend = expl.weights_label or "token weights"
+    tax.text(0.0, 0.05, f"{legend}; darker = larger", fontsize=7, color="0.35", transform=tax.transAxes, wrap=True)
+    return xs

@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, last: null, file: null, fileUrl: null };
+// seq counts searches, so that an explanation asked for before the latest search is dropped
+const state = { info: null, last: null, file: null, fileUrl: null, seq: 0 };
 
 function el(tag, attrs = {}, text = null) {
   const node = document.createElement(tag);
@@ -77,8 +78,22 @@ async function init() {
   status("ready");
 }
 
+// Hide the explanation panel and empty it: a new search leaves no explanation of an old result.
+function clearExplanation() {
+  $("explain").hidden = true;
+  const canvas = $("heat");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  delete canvas.dataset.drawn;
+  for (const id of ["ex-title", "ex-weights-label", "ex-scores", "ex-tokens-note"]) $(id).textContent = "";
+  $("words").replaceChildren();
+  $("pairs").querySelector("tbody").replaceChildren();
+}
+
 async function search() {
   const plans = [], hparams = {};
+  state.seq += 1;
+  state.last = null;
+  clearExplanation();
   try {
     for (const [sel, hp] of [["planA", "hpA"], ["planB", "hpB"]]) {
       const name = $(sel).value;
@@ -150,10 +165,12 @@ function card(r, i, plan, other) {
 async function explain(r, plan, li) {
   document.querySelectorAll(".result.selected").forEach((n) => n.classList.remove("selected"));
   li.classList.add("selected");
+  const seq = state.seq;
   try {
     status(`explaining ${r.id}...`);
     const body = { query: state.last.body.query, item: r.id, plan: plan.plan, hparams: plan.hparams };
     const ex = await api("api/explain", body);
+    if (seq !== state.seq) return;  // a search began meanwhile: this explanation is of an old result
     await drawExplanation(ex, r);
     status(`${plan.plan}: why ${r.id} matched`);
   } catch (e) {
@@ -201,18 +218,34 @@ async function drawExplanation(ex, r) {
   ctx.strokeStyle = "rgba(255,255,255,0.5)";
   for (let i = 1; i < gw; i++) { ctx.beginPath(); ctx.moveTo(i * cw, 0); ctx.lineTo(i * cw, W); ctx.stroke(); }
   for (let i = 1; i < gh; i++) { ctx.beginPath(); ctx.moveTo(0, i * ch); ctx.lineTo(W, i * ch); ctx.stroke(); }
-  ex.top_pairs.forEach((p, n) => {
-    const x = (p.col + 0.5) * cw, y = (p.row + 0.5) * ch;
-    ctx.fillStyle = "crimson";
-    ctx.beginPath(); ctx.arc(x, y, 10, 0, 2 * Math.PI); ctx.fill();
-    ctx.fillStyle = "#fff"; ctx.font = "bold 12px sans-serif"; ctx.textAlign = "center"; ctx.textBaseline = "middle";
-    ctx.fillText(String(n + 1), x, y);
-  });
+  drawMarkers(ctx, ex.markers, cw, ch);
   canvas.dataset.drawn = "1";
+  const own = ex.weights === "plan";
+  $("ex-weights").textContent = own ? "patch weight" : "patch's share of the fine score";
+  $("ex-word-weights").textContent = own ? "word weight" : "word's share of the fine score";
+  $("ex-weights-label").textContent = ex.weights_label || "";
+  $("ex-tokens-note").textContent = ex.tokens_note || "";
+  $("ex-tokens-note").hidden = !ex.tokens_note;
   drawWords(ex);
   drawPairs(ex);
   $("ex-scores").textContent = `fine score ${ex.score.toFixed(4)} (sum of T x c), global ${ex.global_score.toFixed(4)}` +
     (ex.source === "media" ? "; the middle frame encoded again (the store keeps one token per frame)" : "");
+}
+
+// One mark per patch (the server groups the pairs: ex.markers), labelled with the numbers of all
+// its pairs ("1,3"), as wide as its label, so that pairs on one patch do not hide each other.
+function drawMarkers(ctx, markers, cw, ch) {
+  ctx.font = "bold 12px sans-serif"; ctx.textAlign = "center"; ctx.textBaseline = "middle";
+  for (const m of markers) {
+    const x = (m.col + 0.5) * cw, y = (m.row + 0.5) * ch;
+    const w = Math.max(20, ctx.measureText(m.label).width + 10), h = 20;
+    ctx.fillStyle = "crimson";
+    ctx.beginPath();
+    if (ctx.roundRect) ctx.roundRect(x - w / 2, y - h / 2, w, h, h / 2); else ctx.rect(x - w / 2, y - h / 2, w, h);
+    ctx.fill();
+    ctx.fillStyle = "#fff";
+    ctx.fillText(m.label, x, y);
+  }
 }
 
 function drawWords(ex) {
@@ -222,7 +255,7 @@ function drawWords(ex) {
   const top = new Set(ex.top_pairs.map((p) => p.token));
   ex.tokens.forEach((w, t) => {
     const shade = 0.15 + 0.75 * (hi > lo ? (ex.e[t] - lo) / (hi - lo) : 0.5);
-    const span = el("span", { title: `e = ${ex.e[t].toFixed(4)}` }, w);
+    const span = el("span", { title: `${ex.weights === "plan" ? "weight" : "share of the score"} ${ex.e[t].toFixed(4)}` }, w);
     span.style.background = `rgba(37, 99, 235, ${shade})`;
     span.style.color = shade > 0.6 ? "#fff" : "#000";
     if (top.has(t)) span.classList.add("top");
