@@ -19,13 +19,17 @@ Safety defaults: the server listens on 127.0.0.1 and answers only requests addre
 loopback host name (no DNS rebinding); request bodies and uploads are capped, uploads are decoded
 by PIL under a pixel cap; query length, k, the number of plans and hyperparameter magnitudes are
 capped (:class:`~tokenflow.serve.engine.Limits`); responses carry a strict Content-Security-Policy.
+:func:`run` and :func:`serve_in_thread` serve with :func:`json_errors_protocol`, so that a request
+the HTTP parser refuses before the app sees it (two Host headers, say) gets a JSON 400 as well.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -49,7 +53,8 @@ from starlette.concurrency import run_in_threadpool  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
 
-__all__ = ["LOOPBACK_HOSTS", "create_app", "default_model", "default_model_folder", "run", "serve_in_thread"]
+__all__ = ["LOOPBACK_HOSTS", "create_app", "default_model", "default_model_folder", "json_errors_protocol", "run",
+           "serve_in_thread"]
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -196,10 +201,11 @@ async def _read(request: Request, engine: Engine) -> tuple[dict, Query]:
             if upload is None or isinstance(upload, str):
                 raise RequestError("multipart request without an 'image' file", 400)
             data = await upload.read(engine.limits.max_upload_bytes + 1)
+            named = {"filename": upload.filename, "content_type": upload.content_type}
         finally:
             await form.close()
-        image = await run_in_threadpool(decode_upload, data, engine.limits.max_upload_bytes,
-                                        engine.limits.max_image_pixels)
+        image = await run_in_threadpool(lambda: decode_upload(data, engine.limits.max_upload_bytes,
+                                                              engine.limits.max_image_pixels, **named))
     elif ctype.startswith("application/json"):
         raw = await request.body()
     else:
@@ -296,7 +302,8 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", timeout: float = 20.0
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           http=json_errors_protocol()))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tokenflow-serve", daemon=True)
     thread.start()
     try:
@@ -315,4 +322,32 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", timeout: float = 20.0
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve ``app`` with uvicorn until interrupted."""
     uvicorn = require("uvicorn", "serve", "tokenflow serve")
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5, http=json_errors_protocol())
+
+
+@functools.cache
+def json_errors_protocol() -> type:
+    """uvicorn's h11 protocol, answering a request that h11 refuses before the app sees it (a
+    second Host header, a malformed request line or header) with a JSON 400 ``{"error": ...}``
+    naming the problem, where uvicorn answers plain text "Invalid HTTP request received."."""
+    require("uvicorn", "serve", "tokenflow serve")
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JSONErrorsH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            problem = sys.exc_info()[1]  # called while handling h11's RemoteProtocolError
+            detail = str(problem) if isinstance(problem, h11.RemoteProtocolError) and str(problem) else msg
+            if "multiple Host" in detail:
+                message = "the request has more than one Host header: send exactly one"
+            else:
+                message = f"malformed HTTP request ({detail.rstrip('.')})"
+            body = json.dumps({"error": message}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"x-content-type-options", b"nosniff"), (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return JSONErrorsH11Protocol
