@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tokenflow import Tokens, get_aligner, list_aligners
-from tokenflow.align import aligner_for, is_token_plan
+from tokenflow.align import aligner_for, get_aligner_class, is_token_plan
 from tokenflow.losses.infonce import contrastive_loss
 
 from .conftest import PEER_PLANS, case_id, make_tokens, pad_tokens
@@ -227,15 +227,17 @@ def test_bad_hyperparameters_name_the_valid_values(gen):
         get_aligner("wti")
     with pytest.raises(ValueError, match="xclip: dim .* is required"):
         get_aligner("xclip")
-    with pytest.raises(ValueError, match="wti: layers must be one of 1, 2, 3, got 4"):
+    with pytest.raises(ValueError, match="layers=4 is not one of the choices for plan 'wti': expected one of 1, 2, 3"):
         get_aligner("wti", dim=4, layers=4)
+    with pytest.raises(ValueError, match="wti: layers must be one of 1, 2, 3, got 4"):
+        get_aligner_class("wti")(dim=4, layers=4)
     with pytest.raises(ValueError, match="xclip: temperature must be > 0, got 0"):
-        get_aligner("xclip", dim=4, temperature=0)
+        get_aligner_class("xclip")(dim=4, temperature=0)
     with pytest.raises(ValueError, match="xclip: max_text must be >= 1, got 0"):
-        get_aligner("xclip", dim=4, max_text=0)
-    with pytest.raises(ValueError, match=r"no hyperparameter\(s\) \['lam'\]; valid: \['dim', 'layers', 'chunk'\]"):
+        get_aligner_class("xclip")(dim=4, max_text=0)
+    with pytest.raises(ValueError, match=r"'lam' is not a hyperparameter of plan 'wti' \(valid: layers\)"):
         get_aligner("wti", dim=4, lam=1.0)
-    with pytest.raises(ValueError, match=r"valid: \['dim', 'max_visual', 'max_text', 'temperature', 'chunk'\]"):
+    with pytest.raises(ValueError, match=r"'tau' is not .* \(valid: max_text, max_visual, temperature\)"):
         get_aligner("xclip", dim=4, tau=0.1)
     vis, txt = make_tokens(2, 3, 6, gen=gen), make_tokens(2, 4, 6, gen=gen)
     for name in PEER_PLANS:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tokenflow import Tokens, get_aligner
+from tokenflow.align import get_aligner_class
 
 from .conftest import make_tokens
 from .naive import exact_ot, marginals
@@ -180,5 +181,7 @@ def test_omit_default_is_the_released_plain_version(gen):
 @pytest.mark.parametrize("hp, msg", [({"marginals": "global"}, "marginals"), ({"solver": "lp"}, "solver"),
                                      ({"mass": 0}, "mass"), ({"tau": 0}, "tau"), ({"eps": -1}, "eps")])
 def test_omit_rejects_bad_options(hp, msg):
-    with pytest.raises(ValueError, match=f"omit: {msg}"):
+    with pytest.raises(ValueError, match=f"{msg}=.* for plan 'omit'"):
         get_aligner("omit", **hp)
+    with pytest.raises(ValueError, match=f"omit: {msg}"):
+        get_aligner_class("omit")(**hp)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tokenflow import Tokens, get_aligner
-from tokenflow.align import transport
+from tokenflow.align import get_aligner_class, transport
 from tokenflow.align.transport import SCALING_RANGE, Transport, _exact, sinkhorn_plans
 
 from .conftest import make_tokens
@@ -143,7 +143,10 @@ def test_plan_fixed_gradient_is_autograd_through_c_with_the_plan_detached(gen):
     ("omit", {"marginals": "eq14"}, r"omit: marginals must be one of \('uniform', 'l2g'\)"),
 ])
 def test_bad_options_name_the_valid_ones(name, hp, msg):
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(ValueError, match=msg):  # the constructor's own check (get_aligner's: test_hparams.py)
+        get_aligner_class(name)(**hp)
+    key, value = next(iter(hp.items()))
+    with pytest.raises(ValueError, match=f"{key}={value!r} is .* for plan '{name}'"):
         get_aligner(name, **hp)
 
 

@@ -90,7 +90,8 @@ class HParam:
 
     def expected(self) -> str:
         """What a value must be, in words: ``a number > 0 (default 20.0)``."""
-        text = " ".join(filter(None, [_KIND[self.type], self.range_text()]))
+        kind = "" if self.choices is not None else _KIND[self.type]
+        text = " ".join(filter(None, [kind, self.range_text()]))
         if self.optional:
             text += " or null"
         return f"{text} (default {format_value(self.default)})"
@@ -136,10 +137,10 @@ def check_values(plan: str, specs: dict[str, HParam], hparams: dict, source: str
         spec = specs.get(key)
         if spec is None:
             valid = ", ".join(sorted(specs)) or "none"
-            problems.append(f"{key!r} is not a hyperparameter of {plan} (valid: {valid})")
+            problems.append(f"{key!r} is not a hyperparameter of plan {plan!r} (valid: {valid})")
             continue
         bad = spec.problem(value)
         if bad is not None:
-            problems.append(f"{key}={value!r} {bad}: expected {spec.expected()}")
+            problems.append(f"{key}={value!r} {bad} for plan {plan!r}: expected {spec.expected()}")
     if problems:
-        raise HParamError(f"{source}: plan {plan!r}: " + "; ".join(problems))
+        raise HParamError(f"{source}: " + "; ".join(problems))

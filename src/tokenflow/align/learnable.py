@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..tokens import Tokens
 from .base import Aligner
 from .block import BlockContext, work_dtype
+from .hparams import HParam
 from .registry import register_aligner
 
 
@@ -33,8 +34,15 @@ class Learnable(Aligner):
         max_text: most text tokens supported (default 77, CLIP's context length).
     """
 
+    hparam_specs = (
+        HParam("max_visual", int, 256, low=1, doc="most visual tokens (size of the weight matrix)"),
+        HParam("max_text", int, 77, low=1, doc="most text tokens (size of the weight matrix)"),
+    )
+
     def __init__(self, max_visual: int = 256, max_text: int = 77, chunk: int | None = None) -> None:
         super().__init__(chunk)
+        if max_visual < 1 or max_text < 1:
+            raise ValueError(f"learnable: max_visual and max_text must be >= 1, got {max_visual}, {max_text}")
         self.max_visual, self.max_text = max_visual, max_text
         self.weight = nn.Parameter(torch.zeros(max_visual, max_text))
 

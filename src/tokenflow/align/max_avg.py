@@ -15,6 +15,7 @@ from torch import Tensor
 from ..tokens import Tokens
 from .base import Aligner
 from .block import BlockContext, mask_bias, real_lengths, token_sim
+from .hparams import HParam
 from .registry import register_aligner
 
 
@@ -24,6 +25,7 @@ class MaxAvg(Aligner):
 
     #: Divide by the number of real tokens (Max-Avg) or not (Max-Sum).
     average: bool = True
+    hparam_specs: tuple[HParam, ...] = ()
 
     def plans(self, c: Tensor, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
         bv, bt = mask_bias(v, t, c.dtype)

@@ -17,6 +17,7 @@ from ._ops import LOG2E, softmax_dot
 from ..tokens import Tokens
 from .base import Aligner
 from .block import BlockContext, mask_bias, real_lengths, token_sim
+from .hparams import HParam
 from .registry import register_aligner
 
 
@@ -28,6 +29,9 @@ class Scan(Aligner):
         lam: inverse softmax temperature (default 9.0, the text-image value of SCAN's paper;
             the TokenFlow paper gives none).
     """
+
+    hparam_specs = (HParam("lam", float, 9.0, low=0.0, low_open=True,
+                           doc="inverse softmax temperature of the cross attention"),)
 
     def __init__(self, lam: float = 9.0, chunk: int | None = None) -> None:
         super().__init__(chunk)

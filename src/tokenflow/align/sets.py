@@ -40,6 +40,7 @@ from ..losses.set_losses import global_discriminative_loss, intra_set_divergence
 from ..tokens import Tokens
 from .base import Aligner, LossInputs
 from .block import work_dtype
+from .hparams import HParam
 from .results import Plan, Scores
 from .registry import register_aligner
 
@@ -87,6 +88,15 @@ class SetAligner(Aligner):
     #: Plans are over set elements, not over the items' tokens.
     token_plan: ClassVar[bool] = False
 
+    #: The hyperparameters every set method has (its own are added by each method).
+    common_specs = (
+        HParam("k", int, 4, low=1, doc="elements per set"),
+        HParam("heads", int, 4, low=1, doc="attention heads of the set heads (must divide the embedding size)"),
+        HParam("gd_weight", float, 0.5, low=0.0, doc="weight of the Global Discriminative Loss"),
+        HParam("isd_weight", float, 0.1, low=0.0, doc="weight of the Intra-Set Divergence Loss"),
+        HParam("isd_margin", float, 0.5, doc="similarity allowed between elements of a set before it is penalised"),
+    )
+
     def __init__(self, dim: int | None, k: int, heads: int, gd_weight: float, isd_weight: float, isd_margin: float,
                  chunk: int | None) -> None:
         super().__init__(chunk)
@@ -96,8 +106,9 @@ class SetAligner(Aligner):
             raise ValueError(f"{self.name}: k must be >= 1, got {k}")
         if heads < 1 or dim % heads:
             raise ValueError(f"{self.name}: heads must divide dim={dim}, got {heads}")
-        if gd_weight < 0 or isd_weight < 0:
-            raise ValueError(f"{self.name}: loss weights must be >= 0, got gd {gd_weight}, isd {isd_weight}")
+        for key, weight in (("gd_weight", gd_weight), ("isd_weight", isd_weight)):
+            if weight < 0:
+                raise ValueError(f"{self.name}: {key} must be >= 0, got {weight}")
         self.dim, self.k, self.heads = int(dim), int(k), int(heads)
         self.gd_weight, self.isd_weight, self.isd_margin = float(gd_weight), float(isd_weight), float(isd_margin)
         self.visual_head = SetHead(self.dim, self.k, self.heads)
@@ -178,6 +189,13 @@ class MaximalPairAssignment(SetAligner):
         isd_margin: similarity allowed between elements of a set before it is penalised (0.5).
     """
 
+    hparam_specs = (
+        *SetAligner.common_specs,
+        HParam("eps", float, 0.05, low=0.0, low_open=True, doc="entropic regularisation of the assignment"),
+        HParam("n_iter", int, 50, low=1, doc="Sinkhorn iterations"),
+        HParam("exact", bool, False, doc="Hungarian assignment instead of Sinkhorn (plan constant under autograd)"),
+    )
+
     def __init__(self, dim: int | None = None, k: int = 4, heads: int = 4, eps: float = 0.05, n_iter: int = 50,
                  exact: bool = False, gd_weight: float = 0.5, isd_weight: float = 0.1, isd_margin: float = 0.5,
                  chunk: int | None = None) -> None:
@@ -206,6 +224,11 @@ class DivE(SetAligner):
         dim, k, heads, gd_weight, isd_weight, isd_margin: as for ``mpa``.
         alpha: sharpness of the soft maximum (default 16; Chamfer as it grows).
     """
+
+    hparam_specs = (
+        *SetAligner.common_specs,
+        HParam("alpha", float, 16.0, low=0.0, low_open=True, doc="sharpness of the soft maximum"),
+    )
 
     def __init__(self, dim: int | None = None, k: int = 4, heads: int = 4, alpha: float = 16.0,
                  gd_weight: float = 0.5, isd_weight: float = 0.1, isd_margin: float = 0.5,

@@ -21,6 +21,7 @@ from ..tokens import Tokens
 from ._ops import LOG2E, softmax_dot
 from .base import Aligner
 from .block import BlockContext, global_weights, mask_bias, real_lengths, token_sim_and_e, visual_weights
+from .hparams import HParam
 from .registry import register_aligner
 
 
@@ -34,6 +35,9 @@ class TokenFlow(Aligner):
             re-implementation of TokenFlow. With L2-normalised CLIP features the exponent
             lam * e * c stays within [-lam, lam].
     """
+
+    hparam_specs = (HParam("lam", float, 20.0, low=0.0, low_open=True,
+                           doc="inverse softmax temperature of eq 15-16"),)
 
     def __init__(self, lam: float = 20.0, chunk: int | None = None) -> None:
         super().__init__(chunk)

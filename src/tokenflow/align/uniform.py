@@ -13,12 +13,15 @@ from torch import Tensor
 from ..tokens import Tokens
 from .base import Aligner
 from .block import BlockContext, real_lengths, work_dtype
+from .hparams import HParam
 from .registry import register_aligner
 
 
 @register_aligner("uniform")
 class Uniform(Aligner):
     """Mean of all token-pair similarities; both directions are equal."""
+
+    hparam_specs: tuple[HParam, ...] = ()
 
     def plans(self, c: Tensor, v: Tokens, t: Tokens) -> tuple[Tensor, Tensor]:
         l1, l2 = real_lengths(v, t, c.dtype)

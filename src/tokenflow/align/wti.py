@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from ..tokens import Tokens
 from .base import Aligner
 from .block import BlockContext, mask_bias, token_sim, work_dtype
+from .hparams import HParam
 from .registry import register_aligner
 
 __all__ = ["WeightedTokenInteraction", "token_weight_mlp"]
@@ -84,6 +85,9 @@ class WeightedTokenInteraction(Aligner):
         dim: embedding size D (set from the backbone by training; required).
         layers: depth of each token-weight MLP, 1, 2 or 3 (DRL's ``wti_arch``; default 2).
     """
+
+    hparam_specs = (HParam("layers", int, 2, choices=WEIGHT_LAYERS, doc="depth of each token-weight MLP "
+                           "(DRL's wti_arch)"),)
 
     def __init__(self, dim: int | None = None, layers: int = 2, chunk: int | None = None) -> None:
         super().__init__(chunk)

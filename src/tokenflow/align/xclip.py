@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from ..tokens import Tokens
 from .base import Aligner
 from .block import BlockContext, work_dtype
+from .hparams import HParam
 from .results import Plan
 from .registry import register_aligner
 
@@ -89,6 +90,12 @@ class XClip(Aligner):
 
     #: The score is not sum(c * T): there is no token plan to explain.
     token_plan: ClassVar[bool] = False
+
+    hparam_specs = (
+        HParam("max_visual", int, 256, low=1, doc="most visual tokens (frames or patches)"),
+        HParam("max_text", int, 77, low=1, doc="most text tokens"),
+        HParam("temperature", float, 0.01, low=0.0, low_open=True, doc="tau of every attention over similarities"),
+    )
 
     def __init__(self, dim: int | None = None, max_visual: int = 256, max_text: int = 77,
                  temperature: float = 0.01, chunk: int | None = None) -> None:

@@ -67,6 +67,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -74,6 +75,7 @@ from torch import Tensor
 from ...tokens import Tokens
 from ..base import Aligner
 from ..block import BlockContext, token_sim
+from ..hparams import HParam
 from ..registry import register_aligner
 from ..results import Plan, Scores
 from ._exact import exact_plans, exact_pool, exact_workers, pool_start_method, shutdown_pool
@@ -88,6 +90,13 @@ __all__ = [
 
 SOLVERS = ("sinkhorn", "exact", "hungarian")
 GRAD_MODES = ("unroll", "plan-fixed")
+
+# The presets' hyperparameters; each preset lists those it takes, with its own defaults.
+_EPS = HParam("eps", float, 0.05, low=0.0, low_open=True, doc="entropic regularisation")
+_N_ITER = HParam("n_iter", int, 100, low=1, doc="Sinkhorn iterations (the cap when tol is given)")
+_TOL = HParam("tol", float, None, low=0.0, low_open=True, doc="row-marginal tolerance for stopping early "
+              "(null: exactly n_iter)")
+_MASS = HParam("mass", float, 1.0, low=0.0, high=1.0, low_open=True, doc="transported mass (< 1: partial transport)")
 
 
 class Transport(Aligner):
@@ -200,6 +209,8 @@ class Transport(Aligner):
 class EMD(Transport):
     """Exact optimal transport with the eq 14 marginals; no hyperparameters (TokenFlow's EMD, eq 13-14)."""
 
+    hparam_specs: tuple[HParam, ...] = ()
+
     def __init__(self, chunk: int | None = None) -> None:
         super().__init__("eq14", 1.0, "exact", "plan-fixed", chunk=chunk)
 
@@ -218,6 +229,9 @@ class Sinkhorn(Transport):
         grad: ``"unroll"`` or ``"plan-fixed"``.
         tol: row-marginal tolerance for stopping early (default None: exactly ``n_iter``).
     """
+
+    hparam_specs = (_EPS, _N_ITER, _TOL, HParam("grad", str, "unroll", choices=GRAD_MODES,
+                                                doc="differentiate through the iterations, or hold the plan fixed"))
 
     def __init__(self, eps: float = 0.05, n_iter: int = 100, grad: str = "unroll", tol: float | None = None,
                  chunk: int | None = None) -> None:
@@ -240,6 +254,11 @@ class PartialOT(Transport):
     """
 
     PRESET_MARGINALS = {"global": "eq14", "uniform": "uniform"}
+    hparam_specs = (
+        replace(_MASS, default=0.9), _EPS, replace(_N_ITER, default=50), _TOL,
+        HParam("marginals", str, "global", choices=tuple(PRESET_MARGINALS), doc="token masses: eq 14's "
+               "local-to-global weights, or uniform"),
+    )
 
     def __init__(self, mass: float = 0.9, eps: float = 0.05, n_iter: int = 50, marginals: str = "global",
                  tol: float | None = None, chunk: int | None = None) -> None:
@@ -268,6 +287,14 @@ class OMIT(Transport):
 
     PRESET_MARGINALS = ("uniform", "l2g")
     PRESET_SOLVERS = ("sinkhorn", "exact")
+    hparam_specs = (
+        HParam("marginals", str, "uniform", choices=PRESET_MARGINALS, doc="token masses: uniform, or "
+               "local-to-global (softmax at temperature tau)"),
+        _MASS, HParam("solver", str, "sinkhorn", choices=PRESET_SOLVERS, doc="entropic, or the exact linear "
+                                                                                "program (plan constant)"),
+        replace(_EPS, doc="OMIT's lambda"), replace(_N_ITER, default=3, doc="Sinkhorn rounds, always all run"),
+        HParam("tau", float, 0.1, low=0.0, low_open=True, doc="temperature of the l2g marginals"),
+    )
 
     def __init__(self, marginals: str = "uniform", mass: float = 1.0, solver: str = "sinkhorn", eps: float = 0.05,
                  n_iter: int = 3, tau: float = 0.1, chunk: int | None = None) -> None:
@@ -294,6 +321,9 @@ class Assignment(Transport):
         exact: the Hungarian method instead of Sinkhorn.
         tol: row-marginal tolerance for stopping early (default None: exactly ``n_iter``).
     """
+
+    hparam_specs = (_EPS, replace(_N_ITER, default=50), _TOL,
+                    HParam("exact", bool, False, doc="the Hungarian method instead of Sinkhorn (plan constant)"))
 
     def __init__(self, eps: float = 0.05, n_iter: int = 50, exact: bool = False, tol: float | None = None,
                  chunk: int | None = None) -> None:
