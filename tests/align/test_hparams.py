@@ -43,6 +43,14 @@ def test_the_defaults_pass_and_build(name):
     assert aligner_for(name, defaults, dim=8).hparams() == aligner_for(name, {}, dim=8).hparams()
 
 
+@pytest.mark.parametrize("name", BUILTINS)
+def test_what_a_plan_reports_is_its_spec(name):
+    # A trained folder stores hparams() in tokenflow.json: it must build the same plan again.
+    saved = aligner_for(name, {}, dim=8).hparams()
+    assert set(saved) - {"dim"} == set(hparam_specs(name))
+    assert aligner_for(name, saved).hparams() == saved
+
+
 def _outside(spec: HParam) -> list[object]:
     """Values of the right type just beyond each bound or off the choices."""
     out = []

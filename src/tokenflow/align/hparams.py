@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..errors import HParamError
 
-__all__ = ["HParam", "TYPES", "check_values", "format_value"]
+__all__ = ["HParam", "TYPES", "check_values", "find_problems", "format_value"]
 
 #: The types a hyperparameter may have. ``object`` is only for the fallback spec of a plugin
 #: without one, read off its constructor: any value is taken, except a non-finite number.
@@ -126,12 +126,11 @@ def _has_type(value: object, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-def check_values(plan: str, specs: dict[str, HParam], hparams: dict, source: str) -> None:
-    """Raise :class:`~tokenflow.errors.HParamError` naming ``source``, ``plan``, each bad key and
-    what it expects, when ``hparams`` has a key not in ``specs`` or a value its spec rejects."""
+def find_problems(plan: str, specs: dict[str, HParam], hparams: dict) -> list[str]:
+    """One message per key of ``hparams`` that is not in ``specs`` (naming the valid ones) or whose
+    value its spec rejects (saying what was expected); empty when all is well."""
     if not isinstance(hparams, dict):
-        raise HParamError(f"{source}: plan {plan!r}: expected a mapping of hyperparameter names to values, "
-                          f"got {type(hparams).__name__}")
+        return [f"plan {plan!r}: expected a mapping of hyperparameter names to values, got {type(hparams).__name__}"]
     problems = []
     for key, value in hparams.items():
         spec = specs.get(key)
@@ -142,5 +141,12 @@ def check_values(plan: str, specs: dict[str, HParam], hparams: dict, source: str
         bad = spec.problem(value)
         if bad is not None:
             problems.append(f"{key}={value!r} {bad} for plan {plan!r}: expected {spec.expected()}")
+    return problems
+
+
+def check_values(plan: str, specs: dict[str, HParam], hparams: dict, source: str) -> None:
+    """Raise :class:`~tokenflow.errors.HParamError`, its message starting with ``source``, when
+    :func:`find_problems` finds any."""
+    problems = find_problems(plan, specs, hparams)
     if problems:
         raise HParamError(f"{source}: " + "; ".join(problems))

@@ -13,15 +13,14 @@ so that they score the same model, query and item with the same number. A bare b
 
 from __future__ import annotations
 
-import inspect
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import Tensor
 
-from ..align import Aligner, aligner_for, get_aligner_class
+from ..align import Aligner, aligner_for, check_hparams, hparam_specs
+from ..align.hparams import find_problems
 from ..errors import FileError, UserError
 from ..utils import read_safetensors
 from .base import DualEncoder
@@ -36,20 +35,11 @@ HEAD_FILE = "tokenflow.json"  # a trained folder's plan, hyperparameters and fus
 
 
 def hparam_problems(name: str, hparams: dict) -> list[str]:
-    """What is wrong with ``hparams`` for the plan ``name``: each hyperparameter whose
-    constructor default is a number must be a finite number of that kind (an int where the
-    default is an int); empty when all is well. Unknown names are left to ``get_aligner``."""
-    params = inspect.signature(get_aligner_class(name).__init__).parameters
-    problems = []
-    for key, value in hparams.items():
-        default = params[key].default if key in params else None
-        if isinstance(default, bool) or not isinstance(default, (int, float)):
-            continue
-        kinds = (int,) if isinstance(default, int) else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-            want = "an integer" if kinds == (int,) else "a finite number"
-            problems.append(f"{key}={value!r}: {name}'s {key} must be {want} (default {default!r})")
-    return problems
+    """What is wrong with ``hparams`` for the plan ``name``, by the plan's declared spec
+    (:func:`~tokenflow.align.hparam_specs`): one message per unknown key, wrong type, non-finite
+    number or value out of range; empty when all is well. :func:`~tokenflow.align.check_hparams`
+    raises instead."""
+    return find_problems(name, hparam_specs(name), hparams)
 
 
 def read_head_config(folder: str | Path) -> dict | None:
@@ -131,12 +121,6 @@ def _fits(plan: Aligner, state: dict[str, Tensor]) -> bool:
     return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
 
 
-def _check_hparams(name: str, hparams: dict) -> None:
-    problems = hparam_problems(name, hparams)
-    if problems:
-        raise UserError("--hp: " + "; ".join(problems))
-
-
 def build_plan(trained: TrainedPlan | None, name: str | None = None, hparams: dict | None = None, *,
                dim: int) -> tuple[Aligner | None, str, bool, dict[str, tuple[object, object]], list[str]]:
     """``(aligner, plan name, trained, overrides, notes)`` for a backbone of embedding size ``dim``.
@@ -152,7 +136,7 @@ def build_plan(trained: TrainedPlan | None, name: str | None = None, hparams: di
         overrides["aligner"] = (trained_name, name)
     if name == GLOBAL_ONLY:
         return None, name, trained_name == GLOBAL_ONLY, overrides, []
-    _check_hparams(name, hparams)
+    check_hparams(name, hparams, source="--hp")
     if name != trained_name:
         plan = aligner_for(name, hparams, dim=dim)
         notes = []
