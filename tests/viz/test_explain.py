@@ -135,3 +135,58 @@ def test_a_clip_folder_is_explained_with_its_own_tokens(synth, tmp_path):
     assert expl.grid == clip.patch_grid == (4, 4) and expl.d.shape == (16,)
     ids, mask = clip.tokenize(["a red circle"])
     assert len(expl.tokens) == int(mask.sum()) and not any(t.endswith("</w>") for t in expl.tokens)
+
+
+def test_pairs_on_one_patch_share_one_label_in_the_figure(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from tokenflow.viz.explain import Explanation, markers
+
+    flow = torch.zeros(4, 5)  # the three strongest pairs all end on patch 1, the fourth on patch 2
+    flow[1, 1], flow[1, 2], flow[1, 3], flow[2, 1] = 0.3, 0.2, 0.1, 0.05
+    expl = Explanation(caption="red blue cube", tokens=["<bos>", "red", "blue", "cube", "<eos>"], grid=(2, 2),
+                       aligner="x", direction="t2v", d=torch.arange(4.0), e=torch.arange(5.0), c=torch.ones(4, 5),
+                       flow=flow, score=0.65, global_score=0.5, image=None, weights="score-share",
+                       weights_label="x weighs no token on its own")
+    got = markers(expl.top_pairs(4))
+    assert [(m["patch"], m["pairs"], m["label"]) for m in got] == [(1, [1, 2, 3], "1,2,3"), (2, [4], "4")]
+    assert expl.to_dict(4)["markers"] == got
+    labels = []
+    real = matplotlib.axes.Axes.annotate
+
+    def spy(self, text, *args, **kwargs):
+        labels.append(text)
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", spy)
+    render(expl, tmp_path / "fig.png", top=4)
+    assert labels == ["30.00x1.00\n20.00x1.00\n10.00x1.00", "5.00x1.00"]  # one label per patch, none hidden
+
+
+def test_each_plan_shows_its_own_token_weights_or_says_it_has_none():
+    from tokenflow.tokens import Tokens
+    from tokenflow.viz.explain import shown_weights
+
+    torch.manual_seed(1)
+    vis = Tokens(torch.randn(1, 6, 8), torch.tensor([[True] * 5 + [False]]), torch.randn(1, 8))
+    txt = Tokens(torch.randn(1, 4, 8), torch.tensor([[True, True, True, False]]), torch.randn(1, 8))
+    learnable = get_aligner("learnable")
+    with torch.no_grad():
+        learnable.weight.normal_(std=1.0)
+    w = learnable.weight[:5, :3].exp()  # softmax(W) over the pair's 5 x 3 real positions
+    d, e, kind, label = shown_weights(learnable, vis, txt, *_plan_and_flow(learnable, vis, txt))
+    assert kind == "plan" and label.startswith("learnable's learned position weights")
+    torch.testing.assert_close(d, (w / w.sum()).sum(1).detach())
+    torch.testing.assert_close(e, (w / w.sum()).sum(0).detach())
+    scan = get_aligner("scan")
+    c, flow = _plan_and_flow(scan, vis, txt)
+    d, e, kind, label = shown_weights(scan, vis, txt, c, flow)
+    assert kind == "score-share" and label.startswith("scan weighs no token on its own")
+    torch.testing.assert_close(d, (c * flow).sum(1))
+    assert float(e.sum()) == pytest.approx(float((c * flow).sum()), abs=1e-5)
+
+
+def _plan_and_flow(aligner, vis, txt):
+    with torch.no_grad():
+        plan = aligner.plan(vis, txt)
+    return plan.c, plan.t2v
