@@ -86,7 +86,7 @@ def queries(targets: np.ndarray, concepts: torch.Tensor, seed: int):
 def build(folder: Path, n: int, length: int) -> dict:
     """Write the store (shards of CHUNK rows, fp16) and its auto index; times, disk, peak RAM."""
     from tokenflow.index import StoreWriter
-    from tokenflow.index.commands import auto_settings
+    from tokenflow.index.collections import auto_settings
     from tokenflow.index.shortlist import Indexer
 
     concepts, gen = _concepts(), torch.Generator().manual_seed(n + length)

@@ -272,13 +272,13 @@ def test_an_empty_split_is_refused_naming_it(imported):
 def test_explain_from_stores_with_aligner_none_names_it(direct, imported, tmp_path):
     import argparse
 
+    from tokenflow.cli.explain import _explain_stored
     from tokenflow.errors import UserError
-    from tokenflow.index.offline import explain_stored
 
     split, _, _ = direct
     args = argparse.Namespace(visual_store=imported[0], text_store=imported[1], item=split.item_ids[0],
                               text_id=caption_ids(split)[0], media=None, caption=None, boxes=None, aligner="none",
-                              hp=None, model=None, direction="t2v")
+                              model=None, direction="t2v")
     with pytest.raises(UserError, match="--aligner none: global only, there is no fine-grained plan") as e:
-        explain_stored(args)
+        _explain_stored(args)
     assert "--model" not in str(e.value)

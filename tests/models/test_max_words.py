@@ -84,7 +84,7 @@ def test_shipped_configs_set_max_words():
 
 
 def test_evaluate_cli_max_words(clip77, tmp_path):
-    from tokenflow.eval.command import with_max_words
+    from tokenflow.cli.common import with_max_words
     from tokenflow.errors import UserError
 
     clip = load_backbone(clip77)

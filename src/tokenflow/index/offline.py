@@ -1,5 +1,6 @@
 """Evaluate, search and explain with feature stores and no backbone: features written by
-``tokenflow encode`` or computed elsewhere and brought in by ``tokenflow import-features``.
+``tokenflow encode`` or computed elsewhere and brought in by ``tokenflow import-features``. The
+commands' options are read in :mod:`tokenflow.cli`; this module holds what they do with them.
 
 How store ids map to a dataset split (what ``tokenflow encode`` writes, so that its stores work
 here too):
@@ -24,7 +25,6 @@ text store written with ``texts``). Entries missing from a store are refused, wi
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -37,8 +37,8 @@ from ..tokens import Tokens
 from .importer import store_source
 from .store import FeatureStore
 
-__all__ = ["caption_ids", "compositional_stores", "evaluate_stores", "hard_negative_tokens", "open_stores",
-           "plan_for_stores", "split_tokens", "store_tokens"]
+__all__ = ["caption_ids", "evaluate_stores", "hard_negative_tokens", "open_stores", "plan_for_stores",
+           "source_mismatch", "split_tokens", "store_tokens"]
 
 
 def caption_ids(split) -> list[str]:
@@ -121,8 +121,8 @@ def plan_for_stores(aligner: str | None, hparams: dict, dim: int,
     """``(aligner, plan name, head, notes)`` for stored features of size ``dim``: the plan of a
     trained ``model`` folder (its learned weights and fusion weights in ``head``) with the usual
     overrides, else ``aligner`` (default ``tokenflow``; ``"none"``: global only) with ``hparams``."""
-    from ..align import aligner_for
-    from ..models.retrieval import hparam_problems, load_for_scoring
+    from ..align import aligner_for, check_hparams
+    from ..models.retrieval import load_for_scoring
 
     if model is not None:
         backbone, plan, name, head, notes = load_for_scoring(model, aligner, hparams)
@@ -132,9 +132,7 @@ def plan_for_stores(aligner: str | None, hparams: dict, dim: int,
     name = aligner or "tokenflow"
     if name == "none":
         return None, name, {}, []
-    problems = hparam_problems(name, hparams)
-    if problems:
-        raise UserError("--hp: " + "; ".join(problems))
+    check_hparams(name, hparams, source="--hp")
     plan = aligner_for(name, hparams, dim=dim)
     notes = [f"{name} has learned weights and no --model folder gives them: they are freshly initialised"] \
         if any(True for _ in plan.parameters()) else []
@@ -158,39 +156,6 @@ def evaluate_stores(visual: str | Path, text: str | Path, split, aligner, **opti
     options.setdefault("video_tokens", info.get("video_tokens", "frames"))
     return evaluate(described, split, aligner, encoded=Encoded(split, vis, txt, [], time.perf_counter() - t0),
                     **options)
-
-
-def evaluate_command(args) -> int:
-    """``tokenflow evaluate --visual-store V --text-store T --dataset ... --root ... --split ...``."""
-    from ..eval.command import evaluation_split, fusion_weights, publish_report
-    from ..eval.evaluate import format_table, protocol_folds
-
-    if args.visual_store is None or args.text_store is None:
-        raise UserError("tokenflow evaluate from stores needs both --visual-store and --text-store")
-    bad = [f"--{k.replace('_', '-')}" for k in ("frame_cache", "max_words") if getattr(args, k) is not None]
-    if bad or args.test_norm == "qbnorm":
-        raise UserError(f"{(bad or ['--test-norm qbnorm'])[0]}: not available with stored features (no backbone "
-                        "encodes anything)")
-    split = evaluation_split(args)
-    dim = open_stores(args.visual_store, "visual", "--visual-store")[0].dim
-    aligner, name, head, notes = plan_for_stores(args.aligner, dict(args.hp or []), dim, args.model)
-    for note in notes:
-        print(f"tokenflow evaluate: note: {note}", file=sys.stderr)
-    vstore, tstore = (open_stores(f, k, w)[0] for f, k, w in ((args.visual_store, "visual", "--visual-store"),
-                                                              (args.text_store, "text", "--text-store")))
-    mismatch = source_mismatch(vstore, tstore)
-    if mismatch:
-        print(f"tokenflow evaluate: warning: {mismatch}", file=sys.stderr)
-    w_global, w_fine = fusion_weights(args, head)
-    folds = args.folds if args.folds is not None else protocol_folds(args.dataset, args.split, len(split))
-    norm = {} if args.test_norm is None else {"test_norm": args.test_norm,
-                                              "test_norm_temperature": args.test_norm_temperature}
-    report = evaluate_stores(args.visual_store, args.text_store, split, aligner, w_global=w_global, w_fine=w_fine,
-                             chunk=args.chunk, folds=folds, rerank_top=args.rerank_top, device=args.device, **norm)
-    report["dataset"] = {"name": args.dataset, "root": str(args.root), "split": args.split}
-    headline = (f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} "
-                f"texts from stores, aligner {name}")
-    return publish_report(report, args, headline, format_table(report))
 
 
 def _media_ids(media: Sequence[Path], stores: Sequence[FeatureStore], root: Path) -> list[str]:
@@ -252,107 +217,3 @@ def hard_negative_tokens(items: Sequence, visual: Sequence[FeatureStore], text: 
     vis = store_tokens(visual, _media_ids(media, visual, Path(root)), "--visual-store")
     txt = store_tokens(text, _caption_ids(texts, text), "--text-store")
     return EncodedItems(media, texts, vis, txt, time.perf_counter() - t0)
-
-
-def compositional_stores(args, items: Sequence, root: Path) -> tuple:
-    """``tokenflow evaluate-compositional --visual-store V --text-store T``: ``(encoded items,
-    aligner, plan name, head, backbone description)`` for
-    :func:`~tokenflow.eval.compositional.evaluate_compositional` (``encoded=``)."""
-    from ..data.base import VIDEO_EXTENSIONS
-
-    if args.visual_store is None or args.text_store is None:
-        raise UserError("tokenflow evaluate-compositional from stores needs both --visual-store and --text-store")
-    if args.max_words is not None:
-        raise UserError("--max-words: not available with stored features (no backbone encodes anything)")
-    vstores, tstores = open_stores(args.visual_store, "visual", "--visual-store"), open_stores(
-        args.text_store, "text", "--text-store")
-    kinds = {"video" if it.media.suffix.lower() in VIDEO_EXTENSIONS else "image" for it in items}
-    held = (vstores[0].tokens_info or {}).get("modality")
-    if held in ("image", "video") and kinds != {held}:
-        raise UserError(f"--visual-store {vstores[0].folder}: features of {held}s, but the items hold "
-                        f"{' and '.join(sorted(kinds))}s")
-    if vstores[0].dim != tstores[0].dim:
-        raise UserError(f"--visual-store {vstores[0].folder} has D={vstores[0].dim}, --text-store "
-                        f"{tstores[0].folder} D={tstores[0].dim}: features of different models")
-    aligner, name, head, notes = plan_for_stores(args.aligner, dict(args.hp or []), vstores[0].dim, args.model)
-    for note in notes:
-        print(f"tokenflow evaluate-compositional: note: {note}", file=sys.stderr)
-    mismatch = source_mismatch(vstores[0], tstores[0])
-    if mismatch:
-        print(f"tokenflow evaluate-compositional: warning: {mismatch}", file=sys.stderr)
-    encoded = hard_negative_tokens(items, vstores, tstores, root)
-    described = {"stores": {"visual": [str(s.folder) for s in vstores], "text": [str(s.folder) for s in tstores]},
-                 "visual": store_source(vstores[0]), "text": store_source(tstores[0])}
-    return encoded, aligner, name, head, described
-
-
-def add_store_options(p, *, explain: bool = False) -> None:
-    """``--visual-store`` and ``--text-store`` (and explain's ``--item``, ``--text-id``)."""
-    g = p.add_argument_group("stored features instead of a backbone (tokenflow encode or import-features)")
-    g.add_argument("--visual-store", type=Path, default=None, help="store of the visual items' features")
-    g.add_argument("--text-store", type=Path, default=None, help="store of the captions' features")
-    if explain:
-        g.add_argument("--item", default=None, help="the visual item's id in --visual-store")
-        g.add_argument("--text-id", default=None, help="the caption's id in --text-store")
-
-
-def explain_stored(args):
-    """``tokenflow explain --visual-store V --text-store T --item ID --text-id ID``: the
-    :class:`~tokenflow.viz.explain.Explanation` of stored features (no image)."""
-    from ..viz.explain import explain_tokens
-
-    need = [f"--{k.replace('_', '-')}" for k in ("visual_store", "text_store", "item", "text_id")
-            if getattr(args, k) is None]
-    if need:
-        raise UserError(f"tokenflow explain from stores needs {', '.join(need)}")
-    given = [f"--{k}" for k in ("media", "caption", "boxes") if getattr(args, k, None) is not None]
-    if given:
-        raise UserError(f"{given[0]}: not used with stored features (the item and caption are --item and --text-id; "
-                        "pointing needs the image)")
-    aligner, name, _, notes = plan_for_stores(args.aligner, dict(getattr(args, "hp", None) or []),
-                                              open_stores(args.visual_store, "visual", "--visual-store")[0].dim,
-                                              args.model)
-    for note in notes:
-        print(f"tokenflow explain: note: {note}", file=sys.stderr)
-    if aligner is None:
-        if args.model is None or args.aligner == "none":
-            raise UserError("--aligner none: global only, there is no fine-grained plan to explain; pass --aligner "
-                            "NAME (a plan)")
-        raise UserError(f"--model {args.model}: has no fine-grained plan (global only); pass --aligner")
-    tstores = open_stores(args.text_store, "text", "--text-store")
-    vis = store_tokens(open_stores(args.visual_store, "visual", "--visual-store"), [args.item], "--item: the store")
-    txt = store_tokens(tstores, [args.text_id], "--text-id: the store")
-    caption = next(s.texts[s.ids.index(args.text_id)] for s in tstores if args.text_id in s.ids)
-    try:
-        return explain_tokens(vis, txt, caption, aligner, direction=args.direction)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
-def query_store_search(args, dirs: Sequence[Path]):
-    """``tokenflow search --index V --query-store T``: ``(searcher, plan name, labels, queries)``,
-    the queries being the stored features of T's rows (``--query-id``: those rows only)."""
-    from ..eval.command import fusion_weights
-    from .searcher import Searcher
-
-    given = [f"--{k}" for k in ("text", "queries", "image", "video") if getattr(args, k)]
-    if given:
-        raise UserError(f"{given[0]}: give either queries to encode or --query-store, not both")
-    from .shortlist import _read_settings
-
-    index_store = FeatureStore(dirs[0] / _read_settings(dirs[0])[0]["store"])
-    kind = "text" if index_store.kind == "visual" else "visual"
-    stores = open_stores(args.query_store, kind, "--query-store")
-    mismatch = source_mismatch(index_store, stores[0])
-    if mismatch and not args.no_check_backbone:
-        raise UserError(f"--query-store: {mismatch}; pass --no-check-backbone to search anyway")
-    ids = list(args.query_id) if args.query_id else [i for s in stores for i in s.ids]
-    queries = store_tokens(stores, ids, "--query-store")
-    texts = {i: t for s in stores if s.kind == "text" for i, t in zip(s.ids, s.texts, strict=True)}
-    labels = [f"{i}: {texts[i]}" if texts.get(i) else i for i in ids]
-    aligner, name, head, notes = plan_for_stores(args.aligner, dict(args.hp or []), index_store.dim, args.model)
-    for note in notes:
-        print(f"tokenflow search: note: {note}", file=sys.stderr)
-    w_global, w_fine = fusion_weights(args, head)
-    searcher = Searcher(list(dirs), aligner=aligner, w_global=w_global, w_fine=w_fine, device=args.device)
-    return searcher, name, labels, queries

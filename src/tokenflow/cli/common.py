@@ -1,21 +1,24 @@
-"""Steps shared by the evaluation commands (``tokenflow evaluate`` with a backbone or from stores,
-``tokenflow evaluate-compositional``): the split and its checks, ``--max-words``, the fusion weights, the report's
-output. They sit in this layer so that the CLI, :mod:`tokenflow.index.offline` and
-:mod:`tokenflow.eval.compositional_cli` use one copy."""
+"""Steps that several commands take the same way: the evaluated split and its checks,
+``--max-words``, the fusion weights, the notes of the scoring path, reading a file of lines, and
+printing and writing a report."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from pathlib import Path
 
-__all__ = ["evaluation_split", "fusion_weights", "publish_report", "scoring_notes", "with_max_words"]
+from ..errors import UserError
+
+__all__ = ["evaluation_split", "fusion_weights", "print_notes", "publish_report", "read_lines", "scoring_notes",
+           "with_max_words"]
 
 
-def evaluation_split(args):
+def evaluation_split(args: argparse.Namespace):
     """The split of ``--dataset --root --split [--media]`` with ``--positives`` added, once
     ``--out``'s folder is writable and ``--rerank-top`` is at least 1 (``UserError`` otherwise)."""
     from ..data import load_split
-    from ..errors import UserError
     from ..utils import check_writable
 
     split = load_split(args.dataset, args.root, args.split, media=args.media)
@@ -32,9 +35,7 @@ def evaluation_split(args):
 
 def with_max_words(backbone, max_words: int | None):
     """``--max-words``: the caption length, up to the backbone's positional limit (``UserError``
-    naming the limit beyond it); ``backbone`` itself."""
-    from ..errors import UserError
-
+    naming the limit beyond it); returns ``backbone`` itself."""
     if max_words is not None:
         try:
             backbone.set_max_text_len(max_words)
@@ -43,7 +44,7 @@ def with_max_words(backbone, max_words: int | None):
     return backbone
 
 
-def fusion_weights(args, head: dict) -> tuple[float, float]:
+def fusion_weights(args: argparse.Namespace, head: dict) -> tuple[float, float]:
     """``(w_global, w_fine)``: ``--w-global`` / ``--w-fine`` where given, else the model's ``head``'s,
     else 1."""
     w_global = head.get("w_global", 1.0) if args.w_global is None else args.w_global
@@ -51,15 +52,34 @@ def fusion_weights(args, head: dict) -> tuple[float, float]:
     return w_global, w_fine
 
 
+def print_notes(command: str, notes: list[str], kind: str = "note") -> None:
+    """Each of ``notes`` on stderr as ``tokenflow COMMAND: KIND: ...``."""
+    for note in notes:
+        print(f"tokenflow {command}: {kind}: {note}", file=sys.stderr)
+
+
 def scoring_notes(scoring, command: str) -> None:
     """Print to stderr what a :class:`~tokenflow.models.scoring.Scoring` overrode of the trained
     folder, and its notes, as ``tokenflow COMMAND: note: ...`` lines."""
     overridden = scoring.describe_overrides()
-    for note in [*([overridden] if overridden else []), *scoring.notes]:
-        print(f"tokenflow {command}: note: {note}", file=sys.stderr)
+    print_notes(command, [*([overridden] if overridden else []), *scoring.notes])
 
 
-def publish_report(report: dict, args, headline: str, table: str) -> int:
+def read_lines(path: Path, what: str) -> list[str]:
+    """The non-empty lines of the UTF-8 file ``path`` (``what``: what they are, for messages)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: {what} must be UTF-8 text, one per line ({e})") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise UserError(f"{path}: no {what} (the file is empty)")
+    return lines
+
+
+def publish_report(report: dict, args: argparse.Namespace, headline: str, table: str) -> int:
     """Record the command line in ``report``, print ``headline`` and ``table``, and write the report
     as JSON to ``--out`` when given; 0, the command's exit status."""
     from ..utils import write_text_atomic

@@ -1,5 +1,5 @@
-"""``tokenflow encode``, ``tokenflow index`` and ``tokenflow search``: the command line of search
-at scale. Building and searching are separate steps, as in ColBERT:
+"""``tokenflow encode``, ``import-features``, ``index`` and ``search``: search at scale. Building
+and searching are separate steps, as in ColBERT::
 
     tokenflow encode --model FOLDER --dataset flickr30k --root DIR --split test --out STORE
     tokenflow index STORE [--kind auto|flat|ivf|hnsw]
@@ -18,52 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
 from ..errors import UserError
-from .parts import store_parts
+from .common import read_lines
+from .options import add_device, add_frames, add_fusion_weights, add_hp, add_on_error, add_video_tokens
 
-__all__ = ["AUTO_FLAT_MAX", "add_parsers", "index_dirs", "media_split", "store_parts"]
+__all__ = ["MAX_QUERY_CHARS", "add_parsers", "format_results"]
 
-#: ``--kind auto``: an exact flat index up to this many items; above it IVF with 8-bit vectors,
-#: so that the index stays near 0.5 GB at a million items of D = 512.
-AUTO_FLAT_MAX = 262_144
 #: Longest text query accepted (characters); larger k and shortlists are capped at the collection.
 MAX_QUERY_CHARS = 2000
-
-
-def index_dirs(path: Path) -> list[Path]:
-    """The index folders that ``--index PATH`` names: an index folder itself, a store with its
-    ``index/``, or a store in parts (every part's ``index/``)."""
-    from .shortlist import INDEX_SETTINGS
-
-    path = Path(path)
-    if (path / INDEX_SETTINGS).is_file():
-        return [path]
-    dirs = [p / "index" for p in store_parts(path)]
-    missing = [d for d in dirs if not (d / INDEX_SETTINGS).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{missing[0]}: no index here ({INDEX_SETTINGS} not found); build it with "
-                                f"tokenflow index {path}")
-    return dirs
-
-
-def media_split(files: list[Path], modality: str, name: str):
-    """A :class:`~tokenflow.data.base.RetrievalSplit` of media files without captions; item ids are
-    the paths relative to their common folder, without the extension."""
-    from ..data.base import RetrievalSplit
-
-    if not files:
-        raise UserError(f"{name}: no {modality} files")
-    root = Path(os.path.commonpath([str(p.parent) for p in files]))
-    ids = [str(p.relative_to(root).with_suffix("")) for p in files]
-    if len(set(ids)) != len(ids):  # a.jpg and a.png: keep the extension
-        ids = [str(p.relative_to(root)) for p in files]
-    return RetrievalSplit(name, modality, ids, list(files), [], [])
 
 
 def _folder_files(folder: Path, modality: str) -> list[Path]:
@@ -74,27 +41,12 @@ def _folder_files(folder: Path, modality: str) -> list[Path]:
     return media_files(folder, modality, recursive=True)
 
 
-def _read_lines(path: Path, what: str) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} not found")
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: {what} must be UTF-8 text, one per line ({e})") from None
-    lines = [line for line in lines if line]
-    if not lines:
-        raise UserError(f"{path}: no {what} (the file is empty)")
-    return lines
-
-
-def _rank_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _encode_source(args):
+def _encode_source(args: argparse.Namespace):
     """``(split or texts, text ids or None, description)`` from the encode arguments."""
+    from ..index.collections import media_split
+
     if args.texts is not None:
-        texts = _read_lines(args.texts, "captions")
+        texts = read_lines(args.texts, "captions")
         return texts, [str(i + 1) for i in range(len(texts))], f"{args.texts} ({len(texts)} texts)"
     if args.images is not None or args.videos is not None:
         folder, modality = (args.images, "image") if args.images is not None else (args.videos, "video")
@@ -108,25 +60,29 @@ def _encode_source(args):
     return split, None, split.name
 
 
-def _encode(args) -> int:
+def _rank_part(args: argparse.Namespace, source, ids):
+    """``(source, ids, out, device)`` of this process: under torchrun its contiguous part, written
+    as a complete store of its own (``OUT/part-RRR``) on its LOCAL_RANK GPU."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return source, ids, args.out, args.device
+    n = len(source)
+    a, b = rank * n // world, (rank + 1) * n // world
+    source = source.subset(list(range(a, b))) if ids is None else source[a:b]
+    ids = None if ids is None else ids[a:b]
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if args.device == "cuda" else args.device
+    return source, ids, args.out / f"part-{rank:03d}", device
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from ..index.encode import backbone_fingerprint, encode_store
     from ..models.scoring import load_scoring
-    from .encode import backbone_fingerprint, encode_store
 
     if args.texts is None and args.images is None and args.videos is None and args.dataset is None:
         raise UserError("tokenflow encode needs what to encode: --dataset/--root, --images DIR, --videos DIR "
                         "or --texts FILE")
     source, ids, what = _encode_source(args)
-    rank, world = _rank_world()
-    out = args.out
-    if world > 1:  # torchrun: this rank's contiguous part, a complete store of its own
-        n = len(source)
-        a, b = rank * n // world, (rank + 1) * n // world
-        source = source.subset(list(range(a, b))) if ids is None else source[a:b]
-        ids = None if ids is None else ids[a:b]
-        out = out / f"part-{rank:03d}"
-    device = args.device
-    if device == "cuda" and world > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    source, ids, out, device = _rank_part(args, source, ids)
     backbone = load_scoring(args.model).backbone.to(device).eval()  # the backbone the scoring path scores with
     if args.max_words is not None:
         backbone.set_max_text_len(args.max_words)
@@ -144,20 +100,27 @@ def _encode(args) -> int:
     return 0
 
 
-def auto_settings(n: int) -> dict:
-    """``--kind auto`` for a collection of ``n`` items: flat up to :data:`AUTO_FLAT_MAX`; above it
-    IVF with about sqrt(n) lists trained on 64 points per list, 8-bit vectors, and 1/32 of the
-    lists probed (at least 16)."""
-    if n <= AUTO_FLAT_MAX:
-        return {"kind": "flat"}
-    nlist = int(math.sqrt(n))
-    return {"kind": "ivf", "encoding": "sq8", "nlist": nlist, "nprobe": max(16, nlist // 32),
-            "train_size": 64 * nlist}
+def _import(args: argparse.Namespace) -> int:
+    from ..index.importer import import_features
+
+    t0 = time.perf_counter()
+    store = import_features(args.files, args.out, kind=args.kind, model=args.model_name, note=args.note,
+                            modality=args.modality, dtype=args.dtype, shard_size=args.shard_size,
+                            normalize=args.normalize)
+    size = sum(f["bytes"] for s in store.manifest["shards"] for f in s["files"].values())
+    files = f"{len(args.files)} file{'s' if len(args.files) > 1 else ''}"
+    norm = "L2-normalised" if args.normalize else "as given"
+    print(f"{files}: {len(store)} {store.kind} rows of {store.manifest['source']['model']} imported into {args.out} "
+          f"(L={store.max_tokens}, D={store.dim}, {store.dtype}, {norm}, {size / 2**20:.1f} MiB, "
+          f"{time.perf_counter() - t0:.1f} s)")
+    return 0
 
 
-def _index(args) -> int:
-    from .shortlist import Indexer
-    from .store import FeatureStore
+def _index(args: argparse.Namespace) -> int:
+    from ..index.collections import auto_settings
+    from ..index.parts import store_parts
+    from ..index.shortlist import Indexer
+    from ..index.store import FeatureStore
 
     for part in store_parts(args.store):
         n = len(FeatureStore(part))
@@ -173,10 +136,12 @@ def _index(args) -> int:
     return 0
 
 
-def _queries(args, searcher):
+def _queries(args: argparse.Namespace, searcher):
     """(labels, queries) from ``--text``, ``--queries``, ``--image`` or ``--video``."""
+    from ..index.collections import media_split
+
     if args.text or args.queries:
-        texts = list(args.text or []) + (_read_lines(args.queries, "queries") if args.queries else [])
+        texts = list(args.text or []) + (read_lines(args.queries, "queries") if args.queries else [])
         for t in texts:
             if not t.strip():
                 raise UserError("--text: an empty query; give some words")
@@ -195,63 +160,90 @@ def _queries(args, searcher):
     return [str(f) for f in files], tokens
 
 
-def _search_model(args, dirs: list[Path]):
+def _search_scoring(args: argparse.Namespace, dirs: list[Path]):
     """The :class:`~tokenflow.models.scoring.Scoring` of ``--model``, else of the folder that
     encoded the store when it is still there (with neither, an error), after ``--aligner``,
     ``--hp``, ``--w-global`` and ``--w-fine``; its backbone on ``--device``."""
-    from ..eval.command import scoring_notes
+    from ..index.collections import store_of
+    from ..index.store import FeatureStore
     from ..models.scoring import load_scoring
-    from .store import FeatureStore
+    from .common import scoring_notes
+    from .options import hparams
 
     model = args.model
     if model is None:
-        named = FeatureStore(_store_of(dirs[0])).backbone.get("name")
-        if named and Path(named).is_dir():
-            model = Path(named)
-        else:
+        named = FeatureStore(store_of(dirs[0])).backbone.get("name")
+        if not (named and Path(named).is_dir()):
             raise UserError(f"--model: needed to encode the queries; the store's backbone {named!r} is not a local "
                             "folder")
-    scoring = load_scoring(model, args.aligner, dict(args.hp or []), w_global=args.w_global, w_fine=args.w_fine)
+        model = Path(named)
+    scoring = load_scoring(model, args.aligner, hparams(args), w_global=args.w_global, w_fine=args.w_fine)
     scoring_notes(scoring, "search")
     scoring.backbone.to(args.device).eval()
     return scoring
 
 
-def _store_of(index_dir: Path) -> Path:
-    from .shortlist import _read_settings
+def _query_store_search(args: argparse.Namespace, dirs: list[Path]):
+    """``search --query-store T``: ``(searcher, plan name, labels, queries)``, the queries being the
+    stored features of T's rows (``--query-id``: those rows only)."""
+    from ..index.collections import store_of
+    from ..index.offline import open_stores, plan_for_stores, source_mismatch, store_tokens
+    from ..index.searcher import Searcher
+    from ..index.store import FeatureStore
+    from .common import fusion_weights, print_notes
+    from .options import hparams
 
-    return index_dir / _read_settings(index_dir)[0]["store"]
+    given = [f"--{k}" for k in ("text", "queries", "image", "video") if getattr(args, k)]
+    if given:
+        raise UserError(f"{given[0]}: give either queries to encode or --query-store, not both")
+    index_store = FeatureStore(store_of(dirs[0]))
+    stores = open_stores(args.query_store, "text" if index_store.kind == "visual" else "visual", "--query-store")
+    mismatch = source_mismatch(index_store, stores[0])
+    if mismatch and not args.no_check_backbone:
+        raise UserError(f"--query-store: {mismatch}; pass --no-check-backbone to search anyway")
+    ids = list(args.query_id) if args.query_id else [i for s in stores for i in s.ids]
+    queries = store_tokens(stores, ids, "--query-store")
+    texts = {i: t for s in stores if s.kind == "text" for i, t in zip(s.ids, s.texts, strict=True)}
+    labels = [f"{i}: {texts[i]}" if texts.get(i) else i for i in ids]
+    aligner, name, head, notes = plan_for_stores(args.aligner, hparams(args), index_store.dim, args.model)
+    print_notes("search", notes)
+    w_global, w_fine = fusion_weights(args, head)
+    searcher = Searcher(list(dirs), aligner=aligner, w_global=w_global, w_fine=w_fine, device=args.device)
+    return searcher, name, labels, queries
 
 
-def _search(args) -> int:
+def _searcher(args: argparse.Namespace, dirs: list[Path]):
+    """``(searcher, plan name, labels, queries)`` of the search arguments."""
+    from ..index.searcher import Searcher
+
+    if args.query_store is not None:  # stored query features (encode or import-features): no backbone
+        return _query_store_search(args, dirs)
+    scoring = _search_scoring(args, dirs)
+    searcher = Searcher.from_scoring(dirs, scoring, device=args.device, check_backbone=not args.no_check_backbone)
+    return (searcher, scoring.name, *_queries(args, searcher))
+
+
+def _search(args: argparse.Namespace) -> int:
+    from ..index.collections import index_dirs
     from ..utils import check_writable, write_text_atomic
-    from .searcher import Searcher
 
     if args.k < 1 or args.shortlist < 1:
         raise UserError(f"--k and --shortlist must be at least 1, got {args.k} and {args.shortlist}")
     if args.json:
         check_writable(args.json.parent, "--json folder")
     dirs = index_dirs(args.index)
-    if args.query_store is not None:  # stored query features (encode or import-features): no backbone
-        from .offline import query_store_search
-
-        searcher, name, labels, queries = query_store_search(args, dirs)
-        aligner, w_global, w_fine = searcher.aligner, searcher.w_global, searcher.w_fine
-    else:
-        scoring = _search_model(args, dirs)
-        searcher = Searcher.from_scoring(dirs, scoring, device=args.device,
-                                         check_backbone=not args.no_check_backbone)
-        aligner, name, w_global, w_fine = scoring.aligner, scoring.name, scoring.w_global, scoring.w_fine
-        labels, queries = _queries(args, searcher)
+    searcher, name, labels, queries = _searcher(args, dirs)
     t0 = time.perf_counter()
     results = searcher.search(queries, k=args.k, shortlist=args.shortlist)
     seconds = time.perf_counter() - t0
     paths = [s.paths for s in searcher.stores]
+    aligner = searcher.aligner
     report = {"index": [str(d) for d in dirs], "items": len(searcher), "aligner": name,
-              "hparams": None if aligner is None else aligner.hparams(), "w_global": w_global, "w_fine": w_fine,
-              "k": args.k, "shortlist": args.shortlist, "seconds": round(seconds, 4), "queries": []}
+              "hparams": None if aligner is None else aligner.hparams(), "w_global": searcher.w_global,
+              "w_fine": searcher.w_fine, "k": args.k, "shortlist": args.shortlist, "seconds": round(seconds, 4),
+              "queries": []}
+    source = "text" if searcher.kind == "text" else "path"
     for label, res in zip(labels, results, strict=True):
-        source = "text" if searcher.kind == "text" else "path"
         rows = [{"rank": r + 1, "id": res.ids[r], source: paths[res.stores[r]][res.rows[r]],
                  "score": float(res.scores[r]), "global": float(res.global_scores[r]),
                  "fine": None if res.fine_scores is None else float(res.fine_scores[r])} for r in range(len(res.ids))]
@@ -278,13 +270,12 @@ def format_results(report: dict) -> str:
 
 
 # -- parsers ------------------------------------------------------------------------------------
-def add_parsers(sub, hparam) -> None:
-    """Register ``encode``, ``import-features``, ``index`` and ``search`` (``hparam``: the CLI's
-    NAME=VALUE parser)."""
+def add_parsers(sub) -> None:
+    """Register ``encode``, ``import-features``, ``index`` and ``search``."""
     _add_encode(sub)
     _add_import(sub)
     _add_index(sub)
-    _add_search(sub, hparam)
+    _add_search(sub)
 
 
 def _add_encode(sub) -> None:
@@ -307,40 +298,14 @@ def _add_encode(sub) -> None:
                    help="token features on disk (int8: per-token scale; default fp16)")
     p.add_argument("--shard-size", type=int, default=4096, help="items per shard (the unit of resuming)")
     p.add_argument("--batch-size", type=int, default=64, help="items encoded at once")
-    p.add_argument("--frames", type=int, default=12, help="frames sampled per video")
-    p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames",
-                   help="a video's tokens: one per frame (default), or every patch of every frame")
+    add_frames(p)
+    add_video_tokens(p)
     p.add_argument("--max-words", type=int, default=None, help="tokens per caption (text stores)")
-    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                   help="unreadable media: stop, or skip and list them in the manifest")
+    add_on_error(p, skip="skip and list them in the manifest")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
-    p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank its LOCAL_RANK GPU)")
+    add_device(p, help="cpu, cuda (under torchrun: each rank its LOCAL_RANK GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_encode)
-
-
-def compositional_stores(args, items, root):
-    """``evaluate-compositional`` from stores: :func:`tokenflow.index.offline.compositional_stores`
-    (imported when used, so the CLI starts without numpy's store code)."""
-    from .offline import compositional_stores as run
-
-    return run(args, items, root)
-
-
-def _import(args) -> int:
-    from .importer import import_features
-
-    t0 = time.perf_counter()
-    store = import_features(args.files, args.out, kind=args.kind, model=args.model_name, note=args.note,
-                            modality=args.modality, dtype=args.dtype, shard_size=args.shard_size,
-                            normalize=args.normalize)
-    size = sum(f["bytes"] for s in store.manifest["shards"] for f in s["files"].values())
-    files = f"{len(args.files)} file{'s' if len(args.files) > 1 else ''}"
-    norm = "L2-normalised" if args.normalize else "as given"
-    print(f"{files}: {len(store)} {store.kind} rows of {store.manifest['source']['model']} imported into {args.out} "
-          f"(L={store.max_tokens}, D={store.dim}, {store.dtype}, {norm}, {size / 2**20:.1f} MiB, "
-          f"{time.perf_counter() - t0:.1f} s)")
-    return 0
 
 
 def _add_import(sub) -> None:
@@ -364,6 +329,8 @@ def _add_import(sub) -> None:
 
 
 def _add_index(sub) -> None:
+    from ..index.collections import AUTO_FLAT_MAX
+
     p = sub.add_parser("index", help="build the FAISS index over a store's global features")
     p.add_argument("store", type=Path, help="store folder written by tokenflow encode (or its parts' folder)")
     p.add_argument("--kind", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
@@ -376,7 +343,7 @@ def _add_index(sub) -> None:
     p.set_defaults(func=_index)
 
 
-def _add_search(sub, hparam) -> None:
+def _add_search(sub) -> None:
     from ..align import list_aligners
 
     p = sub.add_parser("search", help="two-stage search: FAISS shortlist, then re-ranking with any plan")
@@ -395,14 +362,12 @@ def _add_search(sub, hparam) -> None:
     p.add_argument("--shortlist", type=int, default=100, help="global candidates re-ranked per query")
     p.add_argument("--aligner", default=None, choices=[*list_aligners(), "none"],
                    help="re-ranking plan (default: a trained model's, else tokenflow; none: global only)")
-    p.add_argument("--hp", type=hparam, action="append", metavar="NAME=VALUE", help="plan hyperparameter")
-    p.add_argument("--w-global", type=float, default=None, help="weight of the global similarity")
-    p.add_argument("--w-fine", type=float, default=None, help="weight of the fine-grained score")
-    p.add_argument("--frames", type=int, default=12, help="frames sampled per video query")
-    p.add_argument("--video-tokens", choices=("frames", "patches"), default="frames",
-                   help="a video's tokens: one per frame (default), or every patch of every frame")
+    add_hp(p)
+    add_fusion_weights(p)
+    add_frames(p, help="frames sampled per video query")
+    add_video_tokens(p)
     p.add_argument("--no-check-backbone", action="store_true",
                    help="search even when the model's weights differ from the store's backbone")
-    p.add_argument("--device", default="cpu", help="where queries are encoded and re-ranked")
+    add_device(p, help="where queries are encoded and re-ranked")
     p.add_argument("--json", type=Path, default=None, help="full results as JSON (written atomically)")
     p.set_defaults(func=_search)

@@ -13,7 +13,7 @@ import torch
 from tokenflow import get_aligner
 from tokenflow.cli import main
 from tokenflow.index import FeatureStore
-from tokenflow.index.commands import auto_settings, index_dirs
+from tokenflow.index.collections import index_dirs
 
 pytest.importorskip("faiss")
 
@@ -154,12 +154,6 @@ def test_a_text_store_answers_image_queries(tmp_path, synth, model_dir):
     results = json.loads(out.read_text())["queries"][0]["results"]
     assert len(results) == 4 and all(r["text"] == split.texts[int(r["id"]) - 1] for r in results)
     assert FeatureStore(store).texts == split.texts[:20]
-
-
-def test_auto_index_kind_by_size():
-    assert auto_settings(1000) == {"kind": "flat"}
-    big = auto_settings(1_000_000)
-    assert big == {"kind": "ivf", "encoding": "sq8", "nlist": 1000, "nprobe": 31, "train_size": 64_000}
 
 
 def test_evaluate_reports_the_two_stage_metrics_apart(synth, model_dir, tmp_path, capsys):
