@@ -11,7 +11,11 @@ Endpoints (every error is JSON ``{"error": message}`` with a 4xx status):
   with ``score = w_global * global + w_fine * fine`` (and each plan's ``plan_source``). Over a text collection the query is an
   image: ``multipart/form-data`` with the JSON in field ``request`` and the file in ``image``.
 * ``POST /api/explain``: ``{"query", "item", "plan", "hparams"}`` (or the same multipart) ->
-  ``d`` over the patch grid, ``e`` per word, the strongest pairs ``T_hat x c``, the scores.
+  ``d`` over the patch grid and ``e`` per word (``weights``: ``"plan"``, the plan's own token
+  weights, or ``"score-share"``, each token's share of the fine score; ``weights_label`` says it
+  in words), the words (``tokens``; ``tokens_note`` when they are numbered instead), the strongest
+  pairs ``T_hat x c`` and their ``markers`` (one per patch), the scores
+  (:mod:`tokenflow.serve.explain`).
 * ``GET /media/{item}``: a PNG thumbnail of an item (a video's middle frame), looked up by the
   item's id in the index: the client never names a path.
 
@@ -101,7 +105,7 @@ def create_app(index_dir: str | Path | Sequence[str | Path], model: DualEncoder 
     learned weights, then :data:`DEFAULT_PLANS`, built fresh). ``w_global``, ``w_fine``: None, the
     trained folder's. ``allowed_hosts``: Host headers answered (None: any, e.g. behind a proxy that
     checks them)."""
-    from ..index.collections import index_dirs
+    from ..index.commands import index_dirs
     from ..models.scoring import TrainedPlan, load_scoring
 
     dirs = [d for p in ([index_dir] if isinstance(index_dir, (str, Path)) else index_dir) for d in index_dirs(Path(p))]
