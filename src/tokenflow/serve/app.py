@@ -105,7 +105,7 @@ def create_app(index_dir: str | Path | Sequence[str | Path], model: DualEncoder 
     learned weights, then :data:`DEFAULT_PLANS`, built fresh). ``w_global``, ``w_fine``: None, the
     trained folder's. ``allowed_hosts``: Host headers answered (None: any, e.g. behind a proxy that
     checks them)."""
-    from ..index.commands import index_dirs
+    from ..index.collections import index_dirs
     from ..models.scoring import TrainedPlan, load_scoring
 
     dirs = [d for p in ([index_dir] if isinstance(index_dir, (str, Path)) else index_dir) for d in index_dirs(Path(p))]
