@@ -41,6 +41,16 @@ def test_good_config_and_overrides(tmp_path):
     ({"model": {"aligner": "tokenflw"}}, ["model.aligner", "unknown aligner 'tokenflw'"]),
     ({"distill": {"ema": 1.5}}, ["distill.ema"]),
     ({"run": {}}, ["run.out", "required key is missing"]),
+    # Plan hyperparameters are checked against the plan's declared spec when the file is read.
+    ({"model": {"hparams": {"lamb": 2}}}, ["  model.hparams: 'lamb' is not a hyperparameter of plan 'tokenflow' "
+                                           "(valid: lam)"]),
+    ({"model": {"hparams": {"lam": "fast"}}}, ["  model.hparams: lam='fast' has the wrong type for plan "
+                                               "'tokenflow': expected a number > 0 (default 20.0)"]),
+    ({"model": {"hparams": {"lam": float("nan")}}}, ["model.hparams: lam=nan is not finite"]),
+    ({"model": {"aligner": "wti", "hparams": {"layers": 2.0}}}, ["model.hparams: layers=2.0 has the wrong type",
+                                                                  "expected one of 1, 2, 3"]),
+    ({"model": {"aligner": "partial-ot", "hparams": {"mass": 0}}}, ["model.hparams: mass=0 is out of range"]),
+    ({"model": {"aligner": "mpa", "hparams": {"dim": 512}}}, ["'dim' is not a hyperparameter of plan 'mpa'"]),
 ])
 def test_bad_values_name_the_key(tmp_path, change, words):
     data = _good(tmp_path)
@@ -52,6 +62,15 @@ def test_bad_values_name_the_key(tmp_path, change, words):
     assert str(path) in str(e.value)
     for w in words:
         assert w in str(e.value)
+
+
+def test_plan_hyperparameters_are_checked_after_overrides(tmp_path):
+    path = _write(tmp_path, {**_good(tmp_path), "model": {"backbone": "tiny", "hparams": {"lam": 2.0}}})
+    with pytest.raises(ConfigError, match="model.hparams: 'lam' is not a hyperparameter of plan 'sinkhorn'"):
+        load_config(path, ["model.aligner=sinkhorn"])  # lam belongs to the file's plan, not the new one
+    cfg = load_config(path, ["model.aligner=sinkhorn", "model.hparams={n_iter: 20, tol: null}"])
+    assert cfg.model.hparams == {"n_iter": 20, "tol": None}
+    assert load_config(path, ["model.aligner=null"]).model.aligner is None  # global only: nothing to check
 
 
 def test_missing_files_and_bad_overrides(tmp_path):

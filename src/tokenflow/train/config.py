@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from ..errors import UserError
 from ..models.tiny import TinyConfig
@@ -88,15 +89,16 @@ class ModelConfig(_Strict):
             raise ValueError(f"unknown aligner {v!r}; choose one of {', '.join(list_aligners())} or null")
         return v
 
-    @model_validator(mode="after")
-    def _finite_hparams(self) -> ModelConfig:
-        from ..models.retrieval import hparam_problems
+    @field_validator("hparams")
+    @classmethod
+    def _declared_hparams(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # aligner is validated first (it is declared first); absent here when it was invalid.
+        from ..align import check_hparams
 
-        if self.aligner is not None:
-            problems = hparam_problems(self.aligner, self.hparams)
-            if problems:
-                raise ValueError("model.hparams: " + "; ".join(problems))
-        return self
+        aligner = info.data.get("aligner")
+        if aligner is not None:
+            check_hparams(aligner, v, source="model.hparams")
+        return v
 
 
 class DistillConfig(_Strict):
@@ -244,7 +246,7 @@ def _format_errors(e: ValidationError, source: str) -> str:
     lines = []
     for err in e.errors():
         key = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = err["msg"].removeprefix("Value error, ").removeprefix(f"{key}: ")  # the key is said once
         if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown key"
         elif err["type"] == "missing":
