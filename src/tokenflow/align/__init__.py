@@ -1,7 +1,9 @@
-"""Token-level alignment: ``Tokens`` in, a plan, scores out (DESIGN.md sections 1-3).
+"""Token-level alignment: ``Tokens`` in, a plan, scores out.
 
 Plans are registered by name; each plan's module is imported the first time one of its names is
-asked for (:mod:`tokenflow.align.registry`).
+asked for (:mod:`tokenflow.align.registry`). Each plan declares its hyperparameters once
+(:mod:`tokenflow.align.hparams`); :func:`check_hparams`, :func:`hparam_specs` and
+:func:`hparam_table` read those declarations.
 """
 
 from ..tokens import Tokens

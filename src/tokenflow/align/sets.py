@@ -1,4 +1,5 @@
-"""Set-based retrieval: every item is a set of K embeddings (seed 003; DivE as the baseline).
+"""Set-based retrieval: every item is a set of K embeddings (Maximal Pair Assignment Similarity,
+the paper cited as [MPA] in :mod:`tokenflow.align.transport`; DivE as the baseline).
 
 A :class:`SetHead` per modality turns an item's tokens into K unit embeddings: K learned
 queries attend over the item's real (LayerNorm-ed) tokens with one multi-head cross-attention;
@@ -175,7 +176,7 @@ class SetAligner(Aligner):
 
 @register_aligner("mpa")
 class MaximalPairAssignment(SetAligner):
-    """Maximal Pair Assignment Similarity between K-element sets (seed 003).
+    """Maximal Pair Assignment Similarity between K-element sets ([MPA], see the module docstring).
 
     Args:
         dim: embedding size D (set from the backbone by training).
@@ -218,7 +219,7 @@ class MaximalPairAssignment(SetAligner):
 
 @register_aligner("dive")
 class DivE(SetAligner):
-    """DivE's smooth-Chamfer similarity between K-element sets (the baseline of seed 003).
+    """DivE's smooth-Chamfer similarity between K-element sets (the set methods' baseline here).
 
     Args:
         dim, k, heads, gd_weight, isd_weight, isd_margin: as for ``mpa``.

@@ -1,4 +1,5 @@
-"""Cauchy-Schwarz divergence between two samples of embeddings (seed 004, CS-Aligner).
+"""Cauchy-Schwarz divergence between two samples of embeddings (CS-Aligner: "Distributional
+Vision-Language Alignment by Cauchy-Schwarz Divergence").
 
 With a Gaussian kernel ``k(a, b) = exp(-|a - b|^2 / (2 sigma^2))`` and the kernel density
 estimates of the two samples ``x`` (m points) and ``y`` (n points), the standard estimator is

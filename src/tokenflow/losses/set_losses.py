@@ -1,4 +1,5 @@
-"""Losses of set-based retrieval (seed 003, "Maximal Matching Matters").
+"""Losses of set-based retrieval: the Global Discriminative Loss and the Intra-Set Divergence Loss
+of Maximal Pair Assignment retrieval (the paper cited as [MPA] in :mod:`tokenflow.align.transport`).
 
 Each item is a set of K unit embeddings. The paper names two extra losses without public code;
 the formulas here are ours, written to do what the paper says each loss is for:

@@ -111,9 +111,10 @@ class DistillConfig(_Strict):
 
 
 class CSConfig(_Strict):
-    """CS-Aligner (seed 004): the Cauchy-Schwarz divergence between the two modalities'
-    embedding distributions, added to the contrastive loss. It needs no pairs, so unpaired
-    images/videos and captions can enter it (they enter nothing else)."""
+    """CS-Aligner ("Distributional Vision-Language Alignment by Cauchy-Schwarz Divergence"): the
+    Cauchy-Schwarz divergence between the two modalities' embedding distributions, added to the
+    contrastive loss. It needs no pairs, so unpaired images/videos and captions can enter it (they
+    enter nothing else)."""
 
     weight: float = Field(0.0, ge=0, description="weight of D_CS between the global features of the batch's visual "
                                                  "items and texts (plus unpaired extras); 0: off")
