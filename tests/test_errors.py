@@ -137,3 +137,35 @@ def test_every_item_unreadable_with_skip_is_a_clear_message(tmp_path, synth, mod
     assert _evaluate(root, model_dir, "--on-error", "skip") == 2
     err = capsys.readouterr().err
     assert "none of its 4 images could be read (all skipped); first: " in err and "Traceback" not in err
+
+
+def _bad_input(case: str, root: Path):
+    """Call the library with one kind of bad input a user can give."""
+    from tokenflow.data.video import uniform_frame_indices
+    from tokenflow.index.shortlist import IndexSettings
+    from tokenflow.train.ablate import check_methods
+
+    root.mkdir(exist_ok=True)
+    if case == "split name":
+        return load_split("flickr30k", root, "nope")
+    if case == "annotation file":
+        (root / "dataset_flickr30k.json").write_text('{"images": [{"split": "test"}]}')
+        return load_split("flickr30k", root, "test")
+    if case == "index settings":
+        return IndexSettings(kind="flat", encoding="sq8")
+    if case == "method":
+        return check_methods(["filip"])
+    return uniform_frame_indices(10, 0)
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("split name", "split must be one of"), ("annotation file", "missing field 'filename'"),
+    ("index settings", "encoding 'sq8' needs kind ivf or hnsw"), ("method", "unknown method"),
+    ("frames", "frames per video must be at least 1")])
+def test_bad_input_to_the_library_is_an_input_error(tmp_path, case, message):
+    """What a user gives (a split name, an annotation file, index settings, a method, a frame count)
+    fails as an InputError: one message at the command line, and still a ValueError to code."""
+    from tokenflow.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        _bad_input(case, tmp_path / "data")

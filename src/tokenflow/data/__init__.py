@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InputError
 from .activitynet import load_activitynet
 from .base import MediaDataset, MediaError, RetrievalSplit, collate_media, find_media, load_image
 from .hard_negatives import HardNegative, read_hard_negatives, write_hard_negatives
@@ -61,4 +62,4 @@ def load_split(dataset: str, root: str | Path, split: str = "test", media: str |
         return load_msvd(root, split, media)
     if dataset == "activitynet":
         return load_activitynet(root, split, media)
-    raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    raise InputError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InputError
 from .base import RetrievalSplit, find_media, read_json
 
 __all__ = ["load_activitynet"]
@@ -27,19 +28,19 @@ def load_activitynet(root: str | Path, split: str = "val_1", video_dir: str | Pa
     """Read an ActivityNet split as (video, paragraph) pairs."""
     root = Path(root)
     if split not in _FILES:
-        raise ValueError(f"ActivityNet split must be one of {sorted(_FILES)}, got {split!r}")
+        raise InputError(f"ActivityNet split must be one of {sorted(_FILES)}, got {split!r}")
     video_dir = Path(video_dir) if video_dir else root / "videos"
     path = root / _FILES[split]
     data = read_json(path, "ActivityNet captions")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict video_id -> {{duration, timestamps, sentences}}")
+        raise InputError(f"{path}: expected a dict video_id -> {{duration, timestamps, sentences}}")
     ids, texts = [], []
     for k, (vid, ann) in enumerate(data.items()):
         if split == "val" and k % 10 != 9 or split == "train-90" and k % 10 == 9:
             continue
         sents = ann.get("sentences") if isinstance(ann, dict) else None
         if not isinstance(sents, list) or not sents or not all(isinstance(s, str) for s in sents):
-            raise ValueError(f"{path}: {vid!r}.sentences must be a non-empty list of strings")
+            raise InputError(f"{path}: {vid!r}.sentences must be a non-empty list of strings")
         ids.append(vid)
         texts.append(" ".join(s.strip() for s in sents))
     return RetrievalSplit(f"activitynet/{split}", "video", ids, find_media(video_dir, ids), texts,

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .._extras import require
+from ..errors import InputError
 from .errors import MediaError
 from .video import read_video_frames
 
@@ -123,7 +124,7 @@ def read_json(path: Path, what: str):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise InputError(f"{path}: not valid JSON ({e})") from None
 
 
 def load_image(path: str | Path):

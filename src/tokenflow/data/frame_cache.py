@@ -27,7 +27,7 @@ import torch
 
 from .._extras import require
 from .._version import __version__
-from ..errors import UserError
+from ..errors import InputError, UserError
 from ..utils import atomic_path, write_text_atomic
 from .errors import MediaError
 from .video import read_video_frames
@@ -72,7 +72,7 @@ class FrameCache:
         """Open ``root`` for writing: write its manifest, or check the one there (a cache made with
         other settings is refused)."""
         if frames < 1 or size < 0:
-            raise ValueError(f"need frames >= 1 and size >= 0, got {frames}, {size}")
+            raise InputError(f"need frames >= 1 and size >= 0, got {frames}, {size}")
         root = Path(root)
         if (root / MANIFEST).is_file():
             cache = cls.open(root, frames=frames, size=size)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InputError
 from .base import RetrievalSplit, read_json
 
 __all__ = ["KARPATHY_SPLITS", "coco_1k_folds", "load_karpathy"]
@@ -32,26 +33,26 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "t
     """
     json_path, image_root = Path(json_path), Path(image_root)
     if split not in KARPATHY_SPLITS:
-        raise ValueError(f"split must be one of {sorted(KARPATHY_SPLITS)}, got {split!r}")
+        raise InputError(f"split must be one of {sorted(KARPATHY_SPLITS)}, got {split!r}")
     data = read_json(json_path, "Karpathy split file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{json_path}: expected an object with an 'images' list (Karpathy format)")
+        raise InputError(f"{json_path}: expected an object with an 'images' list (Karpathy format)")
     wanted = KARPATHY_SPLITS[split]
     ids, paths, texts, text_item = [], [], [], []
     for k, img in enumerate(data["images"]):
         where = f"{json_path}: images[{k}]"
         if not isinstance(img, dict):
-            raise ValueError(f"{where}: expected an object, got {type(img).__name__}")
+            raise InputError(f"{where}: expected an object, got {type(img).__name__}")
         for key in ("filename", "split", "sentences"):
             if key not in img:
-                raise ValueError(f"{where}: missing field '{key}'")
+                raise InputError(f"{where}: missing field '{key}'")
         if img["split"] not in ("train", "restval", "val", "test"):
-            raise ValueError(f"{where}.split: expected train/restval/val/test, got {img['split']!r}")
+            raise InputError(f"{where}.split: expected train/restval/val/test, got {img['split']!r}")
         if img["split"] not in wanted:
             continue
         sents = img["sentences"]
         if not isinstance(sents, list) or not sents:
-            raise ValueError(f"{where}.sentences: expected a non-empty list of captions")
+            raise InputError(f"{where}.sentences: expected a non-empty list of captions")
         if captions_per_image is not None:
             sents = sents[:captions_per_image]
         item = len(ids)
@@ -60,14 +61,14 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "t
             if raw is None and isinstance(s, dict) and isinstance(s.get("tokens"), list):
                 raw = " ".join(s["tokens"])
             if not isinstance(raw, str) or not raw.strip():
-                raise ValueError(f"{where}.sentences[{j}]: expected a 'raw' caption string")
+                raise InputError(f"{where}.sentences[{j}]: expected a 'raw' caption string")
             texts.append(raw.strip())
             text_item.append(item)
         rel = Path(img.get("filepath", "") or "") / img["filename"]
         ids.append(str(img.get("cocoid", img.get("imgid", img["filename"]))))
         paths.append(image_root / rel)
     if not ids:
-        raise ValueError(f"{json_path}: no images in split {split!r}")
+        raise InputError(f"{json_path}: no images in split {split!r}")
     dataset = data.get("dataset", json_path.stem.replace("dataset_", ""))
     return RetrievalSplit(name or f"{dataset}/{split}", "image", ids, paths, texts, text_item,
                           protocol={"captions_per_image": captions_per_image})
@@ -78,7 +79,7 @@ def fold_indices(split: RetrievalSplit, fold_size: int = 1000) -> list[tuple[lis
     items, the texts of those items), in split order."""
     n = len(split)
     if fold_size < 1 or n % fold_size:
-        raise ValueError(f"{split.name}: {n} items do not split into folds of {fold_size}")
+        raise InputError(f"{split.name}: {n} items do not split into folds of {fold_size}")
     folds = []
     for a in range(0, n, fold_size):
         items = list(range(a, a + fold_size))

@@ -23,6 +23,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+from ..errors import InputError
 from .base import RetrievalSplit, find_media, read_json
 
 __all__ = ["load_msrvtt", "read_csv_column"]
@@ -35,26 +36,26 @@ def read_csv_column(path: Path, columns: tuple[str, ...]) -> list[dict]:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+            raise InputError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
         return [{c: row[c] for c in columns} for row in reader]
 
 
 def _read_data_json(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     data = read_json(path, "MSR-VTT file")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object with 'videos' and 'sentences' lists")
+        raise InputError(f"{path}: expected an object with 'videos' and 'sentences' lists")
     for key in ("videos", "sentences"):
         if not isinstance(data.get(key), list):
-            raise ValueError(f"{path}: expected a '{key}' list")
+            raise InputError(f"{path}: expected a '{key}' list")
     captions: dict[str, list[str]] = defaultdict(list)
     for k, s in enumerate(data["sentences"]):
         if not isinstance(s, dict) or not isinstance(s.get("video_id"), str) or not isinstance(s.get("caption"), str):
-            raise ValueError(f"{path}: sentences[{k}] needs string fields 'video_id' and 'caption'")
+            raise InputError(f"{path}: sentences[{k}] needs string fields 'video_id' and 'caption'")
         captions[s["video_id"]].append(s["caption"].strip())
     splits = {}
     for k, v in enumerate(data["videos"]):
         if not isinstance(v, dict) or "video_id" not in v:
-            raise ValueError(f"{path}: videos[{k}] needs a 'video_id' field")
+            raise InputError(f"{path}: videos[{k}] needs a 'video_id' field")
         splits[v["video_id"]] = v.get("split", "")
     return captions, splits
 
@@ -66,13 +67,13 @@ def load_msrvtt(root: str | Path, split: str = "test", video_dir: str | Path | N
     if split == "test":
         rows = read_csv_column(root / "MSRVTT_JSFUSION_test.csv", ("video_id", "sentence"))
         if not rows:
-            raise ValueError(f"{root / 'MSRVTT_JSFUSION_test.csv'}: no rows")
+            raise InputError(f"{root / 'MSRVTT_JSFUSION_test.csv'}: no rows")
         ids = [r["video_id"] for r in rows]
         texts = [r["sentence"].strip() for r in rows]
         return RetrievalSplit("msrvtt/1k-A-test", "video", ids, find_media(video_dir, ids), texts,
                               list(range(len(ids))), protocol={"captions_per_video": 1})
     if split not in ("val", "train", "train-9k", "train-7k"):
-        raise ValueError(f"MSR-VTT split must be test, val, train, train-9k or train-7k, got {split!r}")
+        raise InputError(f"MSR-VTT split must be test, val, train, train-9k or train-7k, got {split!r}")
     csv_name = "MSRVTT_train.7k.csv" if split == "train-7k" else "MSRVTT_train.9k.csv"
     train_ids = [r["video_id"] for r in read_csv_column(root / csv_name, ("video_id",))]
     captions, official = _read_data_json(root / "MSRVTT_data.json")
@@ -83,11 +84,11 @@ def load_msrvtt(root: str | Path, split: str = "test", video_dir: str | Path | N
     else:
         ids = train_ids
     if not ids:
-        raise ValueError(f"{root}: MSR-VTT split {split!r} is empty (val = train.9k videos marked 'validate' "
+        raise InputError(f"{root}: MSR-VTT split {split!r} is empty (val = train.9k videos marked 'validate' "
                          "in MSRVTT_data.json)")
     no_caption = [v for v in ids if not captions.get(v)]
     if no_caption:
-        raise ValueError(f"{root / 'MSRVTT_data.json'}: no captions for videos {no_caption[:5]}")
+        raise InputError(f"{root / 'MSRVTT_data.json'}: no captions for videos {no_caption[:5]}")
     texts, text_item = [], []
     for i, v in enumerate(ids):
         texts += captions[v]

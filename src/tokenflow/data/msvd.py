@@ -25,6 +25,7 @@ import json
 import pickle
 from pathlib import Path
 
+from ..errors import InputError
 from ..utils import write_text_atomic
 from .base import RetrievalSplit, find_media, read_json
 
@@ -49,13 +50,13 @@ def convert_pickled_captions(pkl_path: str | Path, json_path: str | Path | None 
     except FileNotFoundError:
         raise FileNotFoundError(f"caption pickle {pkl_path} not found") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise ValueError(f"{pkl_path}: cannot read as plain caption data ({e})") from None
+        raise InputError(f"{pkl_path}: cannot read as plain caption data ({e})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{pkl_path}: expected a dict video_id -> captions, got {type(data).__name__}")
+        raise InputError(f"{pkl_path}: expected a dict video_id -> captions, got {type(data).__name__}")
     out = {}
     for vid, caps in data.items():
         if not isinstance(vid, str) or not isinstance(caps, list):
-            raise ValueError(f"{pkl_path}: entry {vid!r} must map a string id to a list of captions")
+            raise InputError(f"{pkl_path}: entry {vid!r} must map a string id to a list of captions")
         texts = []
         for c in caps:
             if isinstance(c, list) and all(isinstance(w, str) for w in c):
@@ -63,7 +64,7 @@ def convert_pickled_captions(pkl_path: str | Path, json_path: str | Path | None 
             elif isinstance(c, str):
                 texts.append(c)
             else:
-                raise ValueError(f"{pkl_path}: captions of {vid!r} must be token lists or strings")
+                raise InputError(f"{pkl_path}: captions of {vid!r} must be token lists or strings")
         out[vid] = texts
     write_text_atomic(json_path, json.dumps(out))
     return json_path
@@ -79,7 +80,7 @@ def load_msvd(root: str | Path, split: str = "test", video_dir: str | Path | Non
     """Read an MSVD split (train, val, test) with all captions of each video."""
     root = Path(root)
     if split not in ("train", "val", "test"):
-        raise ValueError(f"MSVD split must be train, val or test, got {split!r}")
+        raise InputError(f"MSVD split must be train, val or test, got {split!r}")
     video_dir = Path(video_dir) if video_dir else root / "YouTubeClips"
     cap_json = root / "raw-captions.json"
     pkl = root / "raw-captions.pkl"
@@ -94,11 +95,11 @@ def load_msvd(root: str | Path, split: str = "test", video_dir: str | Path | Non
             f"(video_id -> [caption, ...]). Rename it once: mv {xpool} {cap_json}")
     captions = read_json(cap_json, "MSVD captions")
     if not isinstance(captions, dict):
-        raise ValueError(f"{cap_json}: expected a dict video_id -> list of captions")
+        raise InputError(f"{cap_json}: expected a dict video_id -> list of captions")
     ids = _read_ids(root / f"{split}_list.txt")
     missing = [v for v in ids if not captions.get(v)]
     if missing:
-        raise ValueError(f"{cap_json}: no captions for videos {missing[:5]} listed in {split}_list.txt")
+        raise InputError(f"{cap_json}: no captions for videos {missing[:5]} listed in {split}_list.txt")
     texts, text_item = [], []
     for i, v in enumerate(ids):
         caps = [c.strip() for c in captions[v]]

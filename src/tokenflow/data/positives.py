@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from ..errors import InputError
 from .base import RetrievalSplit, read_json
 
 __all__ = ["add_positives", "read_positives"]
@@ -30,18 +31,18 @@ def read_positives(path: str | Path) -> list[dict]:
     path = Path(path)
     data = read_json(path, "positives file")
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("positives"), list):
-        raise ValueError(f"{path}: expected an object with \"format\": \"{FORMAT}\" and a 'positives' list")
+        raise InputError(f"{path}: expected an object with \"format\": \"{FORMAT}\" and a 'positives' list")
     for j, e in enumerate(data["positives"]):
         where = f"{path}: positives[{j}]"
         if not isinstance(e, dict):
-            raise ValueError(f"{where}: expected an object")
+            raise InputError(f"{where}: expected an object")
         for key, kind in (("item", str), ("text", str), ("also", list)):
             if not isinstance(e.get(key), kind):
-                raise ValueError(f"{where}.{key}: expected a {kind.__name__}, got {e.get(key)!r}")
+                raise InputError(f"{where}.{key}: expected a {kind.__name__}, got {e.get(key)!r}")
         if not all(isinstance(a, str) for a in e["also"]):
-            raise ValueError(f"{where}.also: expected a list of item id strings")
+            raise InputError(f"{where}.also: expected a list of item id strings")
         if "split" in e and not isinstance(e["split"], str):
-            raise ValueError(f"{where}.split: expected a split name, got {e['split']!r}")
+            raise InputError(f"{where}.split: expected a split name, got {e['split']!r}")
     return data["positives"]
 
 

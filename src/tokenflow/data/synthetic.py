@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._extras import require
+from ..errors import InputError
 from ..utils import atomic_path, write_text_atomic
 from .hard_negatives import write_hard_negatives
 
@@ -162,7 +163,7 @@ def _render_video(path: Path, first: Obj, second: Obj, d1: str, d2: str, size: i
 def _split_sizes(total: tuple[int, int, int], what: str) -> None:
     for n in total:
         if n < 0 or n % 2:
-            raise ValueError(f"{what} split sizes must be even (scenes come in twin pairs) and >= 0, got {total}")
+            raise InputError(f"{what} split sizes must be even (scenes come in twin pairs) and >= 0, got {total}")
 
 
 def make_images(out: Path, sizes: tuple[int, int, int] = (1000, 100, 100), image_size: int = 64, seed: int = 0,
@@ -170,7 +171,7 @@ def make_images(out: Path, sizes: tuple[int, int, int] = (1000, 100, 100), image
     """Write the image benchmark; returns the path of ``dataset_flickr30k.json``."""
     _split_sizes(sizes, "image")
     if fmt not in ("jpg", "png"):
-        raise ValueError(f"image format must be jpg or png, got {fmt!r}")
+        raise InputError(f"image format must be jpg or png, got {fmt!r}")
     rng = random.Random(seed)
     img_dir = out / "flickr30k-images"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -267,7 +268,7 @@ def make_unpaired(out: Path, n: int, kind: str = "images", size: int = 64, n_fra
     one caption per line. Images and captions come from independent random scenes, drawn from
     their own seed so the paired benchmark is the same with or without them."""
     if n < 0:
-        raise ValueError(f"unpaired count must be >= 0, got {n}")
+        raise InputError(f"unpaired count must be >= 0, got {n}")
     rng = random.Random(seed + 7919)
     folder = out / "unpaired" / kind
     folder.mkdir(parents=True, exist_ok=True)

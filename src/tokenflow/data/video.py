@@ -48,6 +48,7 @@ from typing import Literal
 import numpy as np
 
 from .._extras import require
+from ..errors import InputError
 from ..utils import usable_cores
 from .errors import MediaError
 
@@ -60,8 +61,10 @@ METHODS = ("auto", "seek", "decode")
 def uniform_frame_indices(n_frames: int, num: int) -> list[int]:
     """Indices of ``num`` frames spread uniformly over ``n_frames``: the middle frame of each of
     ``num`` equal segments. A clip shorter than ``num`` gives all its frames (padded later)."""
-    if n_frames <= 0 or num <= 0:
-        raise ValueError(f"need n_frames > 0 and num > 0, got {n_frames}, {num}")
+    if num <= 0:  # --frames 0
+        raise InputError(f"frames per video must be at least 1, got {num}")
+    if n_frames <= 0:
+        raise ValueError(f"need n_frames > 0, got {n_frames}")
     if n_frames <= num:
         return list(range(n_frames))
     return [int((k + 0.5) * n_frames / num) for k in range(num)]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from .budget import SCENES, VIDEO_FRAMES, budget, label
 
 __all__ = ["digest", "make_task_data", "prepare", "run_one", "stage_config"]
@@ -34,7 +35,7 @@ def make_task_data(task: str, folder: Path, p: dict, seed: int, videos: bool, pr
     pre = p["pretrain"] if pretrain else (0, 0)
     if task == "scenes":
         if videos:
-            raise ValueError("scenes has no video form yet; run --videos with --tasks bindings")
+            raise InputError("scenes has no video form yet; run --videos with --tasks bindings")
         make_scenes(folder, p["sizes"], pretrain=pre, image_size=32, seed=seed, **SCENES)
         return {"dataset": "flickr30k", "root": folder, "pretrain": folder / "pretrain",
                 "positives": folder / "positives.json", "pretrain_positives": folder / "pretrain" / "positives.json",

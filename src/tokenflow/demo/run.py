@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..errors import FileError, InputError
 from ..utils import LOCK_FILE, check_writable, folder_lock, machine, remove_temporaries, write_text_atomic
 from .budget import METHODS, PROTOCOLS, QUICK_METHODS, SCENES, TASKS, budget
 from .tables import results_markdown, summarise
@@ -101,12 +102,12 @@ def _check(tasks: Sequence[str], protocols: Sequence[str], seeds: int, videos: b
     tasks, protocols = list(dict.fromkeys(tasks)), list(dict.fromkeys(protocols))
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
-        raise ValueError(f"unknown task(s) {bad or tasks}; choose from {', '.join(TASKS)}")
+        raise InputError(f"unknown task(s) {bad or tasks}; choose from {', '.join(TASKS)}")
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
-        raise ValueError(f"unknown protocol(s) {bad or protocols}; choose from {', '.join(PROTOCOLS)}")
+        raise InputError(f"unknown protocol(s) {bad or protocols}; choose from {', '.join(PROTOCOLS)}")
     if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+        raise InputError(f"--seeds must be at least 1, got {seeds}")
     if videos and "scenes" in tasks:
         tasks = [t for t in tasks if t != "scenes"] or ["bindings"]
         log("tokenflow demo: --videos runs the bindings task only (scenes has no video form yet)")
@@ -149,7 +150,7 @@ def _run_all(jobs_list: list[tuple], protocols: list[str], out: Path, quick: boo
     cached = {(r["pretrained_from"], r["pretrained_sha256"]) for r in rows if "pretrained_from" in r}
     for folder, sha in sorted(cached):  # each pretrained cache is as it was written
         if digest(Path(folder)) != sha:
-            raise RuntimeError(f"{folder} changed during the fine-tunes; the pretrained cache must stay as written")
+            raise FileError(f"{folder} changed during the fine-tunes; the pretrained cache must stay as written")
     return rows
 
 

@@ -15,6 +15,7 @@ import itertools
 import json
 from pathlib import Path
 
+from ..errors import InputError
 from ..utils import machine, write_text_atomic
 
 __all__ = ["GRIDS", "TUNED_FILE", "TUNING_SEED", "apply_tuned", "read_tuned", "search_grid", "tune"]
@@ -88,7 +89,7 @@ def read_tuned(path: Path = TUNED_FILE) -> dict:
         return {}
     data = json.loads(path.read_text())
     if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: expected \"format\": \"{FORMAT}\", got {data.get('format')!r}")
+        raise InputError(f"{path}: expected \"format\": \"{FORMAT}\", got {data.get('format')!r}")
     return data
 
 

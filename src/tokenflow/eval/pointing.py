@@ -25,6 +25,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..data.base import read_json
+from ..errors import InputError
 
 __all__ = ["WEIGHTS", "Pointing", "boxes_for", "object_words", "pointing", "read_boxes"]
 
@@ -131,19 +132,19 @@ def read_boxes(path: str | Path) -> dict:
     path = Path(path)
     data = read_json(path, "boxes file")
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("items"), dict):
-        raise ValueError(f"{path}: expected an object with \"format\": \"{FORMAT}\" and an 'items' mapping")
+        raise InputError(f"{path}: expected an object with \"format\": \"{FORMAT}\" and an 'items' mapping")
     size = data.get("image_size")
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
-        raise ValueError(f"{path}: image_size: expected [width, height] in pixels, got {size!r}")
+        raise InputError(f"{path}: image_size: expected [width, height] in pixels, got {size!r}")
     for key, objs in data["items"].items():
         if not isinstance(objs, list):
-            raise ValueError(f"{path}: items[{key!r}]: expected a list of objects")
+            raise InputError(f"{path}: items[{key!r}]: expected a list of objects")
         for j, o in enumerate(objs):
             ok = (isinstance(o, dict) and isinstance(o.get("words"), list) and o["words"]
                   and all(isinstance(w, str) for w in o["words"]) and isinstance(o.get("box"), list)
                   and len(o["box"]) == 4 and all(isinstance(v, (int, float)) for v in o["box"]))
             if not ok:
-                raise ValueError(f"{path}: items[{key!r}][{j}]: expected {{\"words\": [str, ...], "
+                raise InputError(f"{path}: items[{key!r}][{j}]: expected {{\"words\": [str, ...], "
                                  f"\"box\": [x0, y0, x1, y1]}}, got {o!r}")
     data["_folder"] = str(path.parent)
     data["_path"] = str(path)
@@ -164,4 +165,4 @@ def boxes_for(boxes: dict, media: str | Path) -> list[dict]:
     by_name = [k for k in items if Path(k).name == media.name]
     if len(by_name) == 1:
         return items[by_name[0]]
-    raise ValueError(f"{boxes['_path']}: no boxes for {media} (looked for the key {key!r})")
+    raise InputError(f"{boxes['_path']}: no boxes for {media} (looked for the key {key!r})")

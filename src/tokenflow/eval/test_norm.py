@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .metrics import retrieval_metrics
 
 __all__ = ["DEFAULT_TEMPERATURE", "TEST_NORMS", "apply_test_norm", "dual_softmax", "inverted_softmax",
@@ -49,7 +50,7 @@ def _check(sim: Tensor, temperature: float) -> None:
     if sim.dim() != 2:
         raise ValueError(f"sim must be [queries, items], got shape {tuple(sim.shape)}")
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise InputError(f"temperature must be > 0, got {temperature}")
 
 
 def dual_softmax(sim: Tensor, temperature: float = DEFAULT_TEMPERATURE["dsl"]) -> Tensor:
@@ -82,7 +83,7 @@ def querybank_norm(sim: Tensor, bank: Tensor, temperature: float = DEFAULT_TEMPE
     if bank.dim() != 2 or bank.shape[1] != sim.shape[1] or bank.shape[0] == 0:
         raise ValueError(f"bank must be [bank queries >= 1, {sim.shape[1]} items], got {tuple(bank.shape)}")
     if not 1 <= k <= sim.shape[1]:
-        raise ValueError(f"k must be in 1..{sim.shape[1]}, got {k}")
+        raise InputError(f"k must be in 1..{sim.shape[1]}, got {k}")
     hubs = torch.zeros(sim.shape[1], dtype=torch.bool)
     hubs[bank.topk(k, dim=1).indices.flatten().cpu()] = True
     normalise = hubs[sim.argmax(dim=1).cpu()].to(sim.device)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .._extras import require
 from .._version import __version__
-from ..errors import FileError
+from ..errors import FileError, InputError
 from ..utils import atomic_path, folder_lock, remove_temporaries, write_text_atomic
 from .store import MANIFEST, FeatureStore, sha256_file
 
@@ -66,14 +66,14 @@ class IndexSettings:
 
     def __post_init__(self) -> None:
         if self.kind not in ("flat", "ivf", "hnsw"):
-            raise ValueError(f"index kind must be 'flat', 'ivf' or 'hnsw', got {self.kind!r}")
+            raise InputError(f"index kind must be 'flat', 'ivf' or 'hnsw', got {self.kind!r}")
         if self.encoding not in _FACTORY_CODE:
-            raise ValueError(f"index encoding must be 'flat', 'fp16' or 'sq8', got {self.encoding!r}")
+            raise InputError(f"index encoding must be 'flat', 'fp16' or 'sq8', got {self.encoding!r}")
         if self.kind == "flat" and self.encoding != "flat":
-            raise ValueError(f"a flat index stores fp32 vectors; encoding {self.encoding!r} needs kind ivf or hnsw")
+            raise InputError(f"a flat index stores fp32 vectors; encoding {self.encoding!r} needs kind ivf or hnsw")
         for name in ("nlist", "nprobe", "m", "ef_construction", "ef_search", "train_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 class Indexer:

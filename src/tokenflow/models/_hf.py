@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import FileError
+from ..errors import FileError, InputError
 
 __all__ = ["check_folder", "checked_text_len", "load_weights"]
 
@@ -37,6 +37,6 @@ def checked_text_len(n: int, limit: int, family: str) -> int:
     """``n`` when it is a whole number from 3 to ``limit`` (the text tower's positions), else
     ``ValueError`` naming the limit."""
     if not isinstance(n, int) or not 3 <= n <= limit:
-        raise ValueError(f"max_words {n}: this {family} text encoder has {limit} positions "
+        raise InputError(f"max_words {n}: this {family} text encoder has {limit} positions "
                          f"(text_config.max_position_embeddings), so captions take 3 to {limit} tokens")
     return n

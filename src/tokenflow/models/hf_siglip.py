@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._extras import require
-from ..errors import FileError
+from ..errors import FileError, InputError
 from ..utils import write_text_atomic
 from ._hf import check_folder, checked_text_len, load_weights
 from .base import DualEncoder
@@ -70,7 +70,7 @@ class HFSiglip(DualEncoder):
         cfg = model.config
         self.model_type = str(cfg.model_type)
         if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"HFSiglip takes a SigLIP or SigLIP 2 model, got model_type {self.model_type!r}")
+            raise InputError(f"HFSiglip takes a SigLIP or SigLIP 2 model, got model_type {self.model_type!r}")
         vc, tc = cfg.vision_config, cfg.text_config
         if not vc.vision_use_head:
             raise FileError(f"{source or 'model'}: vision_config.vision_use_head is false: this vision tower has "

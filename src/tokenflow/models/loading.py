@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import InputError
 from .base import DualEncoder
 from .hf_clip import HFCLIP
 from .hf_siglip import HFSiglip
@@ -26,12 +27,12 @@ def load_backbone(folder: str | Path) -> DualEncoder:
     try:
         model_type = json.loads(cfg_path.read_text()).get("model_type")
     except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+        raise InputError(f"{cfg_path}: not valid JSON ({e})") from None
     if model_type == "tokenflow-tiny":
         return TinyCLIP.from_pretrained(folder)
     if model_type == "clip":
         return HFCLIP.from_pretrained(folder)
     if model_type in ("siglip", "siglip2"):
         return HFSiglip.from_pretrained(folder)
-    raise ValueError(f"{cfg_path}: model_type {model_type!r} is not supported (expected 'clip', 'siglip', "
+    raise InputError(f"{cfg_path}: model_type {model_type!r} is not supported (expected 'clip', 'siglip', "
                      "'siglip2' or 'tokenflow-tiny')")

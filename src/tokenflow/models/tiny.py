@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._extras import require
+from ..errors import InputError
 from ..utils import atomic_path, read_safetensors
 from .base import DualEncoder, eos_positions
 from .transforms import clip_preprocess
@@ -35,7 +36,7 @@ class WordTokenizer:
 
     def __init__(self, words: Sequence[str], max_len: int = 32):
         if max_len < 3:
-            raise ValueError(f"max_len must leave room for <bos>, a word and <eos>; got {max_len}")
+            raise InputError(f"max_len must leave room for <bos>, a word and <eos>; got {max_len}")
         self.vocab = list(self.SPECIALS) + [w for w in words if w not in self.SPECIALS]
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.max_len = max_len
@@ -74,7 +75,7 @@ class WordTokenizer:
         d = json.loads(path.read_text())
         vocab = d["vocab"]
         if tuple(vocab[:4]) != cls.SPECIALS:
-            raise ValueError(f"{path}: vocab must start with {cls.SPECIALS}, got {vocab[:4]}")
+            raise InputError(f"{path}: vocab must start with {cls.SPECIALS}, got {vocab[:4]}")
         return cls(vocab[4:], d["max_len"])
 
 
@@ -93,9 +94,9 @@ class TinyConfig:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+            raise InputError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.width % self.heads:
-            raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+            raise InputError(f"width {self.width} must be a multiple of heads {self.heads}")
 
 
 def _encoder(cfg: TinyConfig) -> nn.TransformerEncoder:
@@ -111,7 +112,7 @@ class TinyCLIP(DualEncoder):
     def __init__(self, cfg: TinyConfig, tokenizer: WordTokenizer):
         super().__init__()
         if len(tokenizer) > cfg.vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} words but vocab_size is {cfg.vocab_size}")
+            raise InputError(f"tokenizer has {len(tokenizer)} words but vocab_size is {cfg.vocab_size}")
         self.cfg, self.tok = cfg, tokenizer
         self.embed_dim, self.image_size, self.max_text_len = cfg.embed_dim, cfg.image_size, cfg.max_text_len
         self.tok.max_len = cfg.max_text_len
@@ -133,7 +134,7 @@ class TinyCLIP(DualEncoder):
         table has ``cfg.max_text_len`` rows, which bounds ``n``; beyond it ``ValueError``."""
         limit = self.tpos.shape[0]
         if not isinstance(n, int) or not 3 <= n <= limit:
-            raise ValueError(f"max_words {n}: this tiny text encoder has {limit} positional embeddings "
+            raise InputError(f"max_words {n}: this tiny text encoder has {limit} positional embeddings "
                              f"(model.tiny.max_text_len / data.max_words when it was built), so captions take 3 to "
                              f"{limit} tokens")
         self.max_text_len = self.tok.max_len = n
@@ -192,7 +193,7 @@ class TinyCLIP(DualEncoder):
         try:
             cfg = TinyConfig(**cfg_d)
         except TypeError as e:
-            raise ValueError(f"{folder / 'config.json'}: {e}") from None
+            raise InputError(f"{folder / 'config.json'}: {e}") from None
         model = cls(cfg, WordTokenizer.load(folder / "vocab.json"))
         model.load_state_dict(read_safetensors(folder / "model.safetensors", "a tiny model's weights"))
         return model.eval()

@@ -20,6 +20,7 @@ import yaml
 
 from .. import __version__
 from ..align import list_aligners
+from ..errors import InputError
 from ..utils import check_writable, folder_lock, machine, write_text_atomic
 from .config import load_config
 from .trainer import train
@@ -54,7 +55,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise ValueError(f"method {spec!r}: expected NAME:key=value,... (got {item!r})")
+            raise InputError(f"method {spec!r}: expected NAME:key=value,... (got {item!r})")
         hp[key.strip()] = yaml.safe_load(value)
     return name.strip(), hp
 
@@ -64,11 +65,11 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     known = {"global", *RECIPES, *list_aligners()}
     bad = [m for m in methods if parse_method(m)[0] not in known]
     if bad:
-        raise ValueError(f"unknown method(s) {bad}; choose from global, {', '.join(RECIPES)}, "
+        raise InputError(f"unknown method(s) {bad}; choose from global, {', '.join(RECIPES)}, "
                          f"{', '.join(list_aligners())} (a plan may take NAME:key=value,..., and any method a "
                          f"loss suffix {' or '.join('+' + k for k in LOSSES)})")
     if not methods:
-        raise ValueError("no methods given")
+        raise InputError("no methods given")
     return list(dict.fromkeys(methods))
 
 
@@ -128,7 +129,7 @@ def run_methods(base: dict, methods: Sequence[str], runs: Path, *, log=print,
         data["run"]["out"] = str(runs / folder_name(method))
         cfg = load_config(None, data=data)
         if not cfg.data.test_split:
-            raise ValueError("the config has no data.test_split to compare the methods on")
+            raise InputError("the config has no data.test_split to compare the methods on")
         t0 = time.perf_counter()
         summary = train(cfg)
         seconds = time.perf_counter() - t0

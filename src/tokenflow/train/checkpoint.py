@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .._extras import require
 from .._version import __version__
-from ..errors import FileError
+from ..errors import FileError, InputError
 from ..losses import FeatureQueue
 from ..utils import atomic_path
 from .runfolder import kill_point
@@ -162,7 +162,7 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         for name, q in zip(("vis", "txt"), queues, strict=True):
             st = part(f"queue.{name}.")
             if not st:
-                raise ValueError(f"{path}: no {name} queue in the checkpoint (was distillation off in that run?)")
+                raise InputError(f"{path}: no {name} queue in the checkpoint (was distillation off in that run?)")
             q.load_state_dict(st, device)
     if restore_rng:
         set_rng_state(part(""), meta)
@@ -191,5 +191,5 @@ def read_checkpoint_info(path: str | Path) -> dict:
 def _load_strict(module: nn.Module, state: dict[str, Tensor], path: Path, what: str) -> None:
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: {what} weights do not match this configuration (missing {missing[:5]}, "
+        raise InputError(f"{path}: {what} weights do not match this configuration (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..data.base import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaDataset, RetrievalSplit, collate_media,
                          media_files)
+from ..errors import InputError
 
 __all__ = ["PairDataset", "StepBatchSampler", "epoch_order"]
 
@@ -42,7 +43,7 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def __init__(self, order: list[int], global_batch: int, rank: int = 0, world: int = 1, start: int = 0):
         if global_batch % world:
-            raise ValueError(f"batch size {global_batch} does not split evenly over {world} processes")
+            raise InputError(f"batch size {global_batch} does not split evenly over {world} processes")
         self.order, self.batch, self.rank, self.world, self.start = order, global_batch, rank, world, start
         self.local = global_batch // world
 
@@ -106,12 +107,12 @@ class UnpairedPool:
             files = [str(p) for p in media_files(media, modality)]
             if not files:
                 exts = VIDEO_EXTENSIONS if modality == "video" else IMAGE_EXTENSIONS
-                raise ValueError(f"cs.unpaired_media: {media} holds no {modality} files ({', '.join(exts)})")
+                raise InputError(f"cs.unpaired_media: {media} holds no {modality} files ({', '.join(exts)})")
             self.media = MediaDataset(_Files(files, modality), preprocess, num_frames=num_frames, on_error=on_error)
         if texts is not None:
             self.texts = [line.strip() for line in Path(texts).read_text(encoding="utf-8").splitlines() if line.strip()]
             if not self.texts:
-                raise ValueError(f"cs.unpaired_texts: {texts} holds no caption (one per line expected)")
+                raise InputError(f"cs.unpaired_texts: {texts} holds no caption (one per line expected)")
 
     def draw(self, n: int, seed: int, step: int, rank: int = 0):
         """``(pixels, frame_mask, texts, bad)`` for one step; pixels/texts are None when absent."""
