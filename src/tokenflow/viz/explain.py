@@ -257,7 +257,7 @@ def explain_tokens(vis: Tokens, txt: Tokens, caption: str | None, aligner: Align
                    direction: Direction = "t2v") -> Explanation:
     """Explain the match of one visual item's and one caption's tokens (``vis``, ``txt``: one row
     each) with no backbone and no image (``image`` is None): features from a store
-    (:func:`tokenflow.index.offline.explain_stored`), the plan, weights and flows of its tokens.
+    (``tokenflow explain --visual-store V --text-store T``), the plan, weights and flows of its tokens.
 
     The visual tokens are drawn as a square grid when their count is a square number, else as one
     row (video frames; a class token beside the patches). Word labels: :func:`token_labels`.
