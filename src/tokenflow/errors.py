@@ -12,8 +12,9 @@ __all__ = ["Diverged", "FileError", "HParamError", "InputError", "UserError"]
 
 class UserError(Exception):
     """An error the user can fix (a bad config, a missing or unreadable file, a busy folder);
-    the message says what and where. :class:`~tokenflow.train.ConfigError`,
-    :class:`~tokenflow.data.MediaError` and :class:`~tokenflow._extras.MissingExtra` are ones."""
+    the message says what and where. :class:`InputError`, :class:`FileError`, :class:`HParamError`,
+    :class:`~tokenflow.train.ConfigError`, :class:`~tokenflow.data.MediaError` and
+    :class:`~tokenflow._extras.MissingExtra` are ones."""
 
 
 class FileError(UserError, ValueError):
