@@ -31,7 +31,7 @@ __all__ = ["LOSSES", "RECIPES", "check_methods", "folder_name", "format_markdown
 
 #: Methods that are not a plan name: a plan (or none) plus settings of the training config.
 RECIPES: dict[str, dict] = {
-    # CS-Aligner (seed 004): CLIP's global InfoNCE plus the Cauchy-Schwarz divergence term.
+    # CS-Aligner (docs/methods.md): CLIP's global InfoNCE plus the Cauchy-Schwarz divergence term.
     # Weight 0.1: a better validation rsum than 0.3 on the quick synthetic demo; 1.0 stalls InfoNCE.
     "cs-aligner": {"aligner": None, "cs": {"weight": 0.1}},
 }
