@@ -142,6 +142,16 @@ def test_get_aligner_raises_hparam_errors_that_old_callers_still_catch():
         get_aligner("tokenflow", dim=6)
 
 
+@pytest.mark.parametrize("name", ["mpa", "dive"])
+def test_heads_that_do_not_divide_dim_is_a_user_error_naming_the_divisors(name):
+    with pytest.raises(HParamError) as err:
+        aligner_for(name, {"heads": 3}, dim=16)
+    assert str(err.value) == (f"plan '{name}': heads=3 does not divide the embedding size dim=16; "
+                              "heads must be one of 1, 2, 4, 8, 16")
+    assert isinstance(err.value, UserError) and isinstance(err.value, ValueError)
+    assert aligner_for(name, {"heads": 8}, dim=16).hparams()["heads"] == 8
+
+
 def test_the_table_lists_every_builtin_hyperparameter():
     table = hparam_table()
     lines = table.splitlines()

@@ -185,7 +185,7 @@ def test_mpa_plan_tends_to_a_permutation(gen, monkeypatch):
 def test_set_aligners_need_their_dimension():
     with pytest.raises(ValueError, match="mpa: dim .* is required"):
         get_aligner("mpa")
-    with pytest.raises(ValueError, match="heads must divide dim=10"):
+    with pytest.raises(ValueError, match="heads=4 does not divide the embedding size dim=10; .* one of 1, 2, 5, 10"):
         get_aligner("dive", dim=10, heads=4)
     a = get_aligner("mpa", dim=8, heads=2)
     vis = make_tokens(2, 3, 6, gen=torch.Generator().manual_seed(0), dtype=torch.float32)

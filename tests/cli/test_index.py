@@ -121,6 +121,8 @@ def test_bad_input_is_named(built, tmp_path, capsys, model_dir):
         (["search", "--index", str(built), "--text", "a", "--k", "0"], "at least 1"),
         (["search", "--index", str(built)], "needs queries"),
         (["search", "--index", str(built), "--text", "a", "--aligner", "tokenflow", "--hp", "lam=fast"], "lam"),
+        (["search", "--index", str(built), "--text", "a", "--aligner", "mpa", "--hp", "heads=3"],
+         "plan 'mpa': heads=3 does not divide the embedding size dim=16"),
         (["encode", "--model", str(model_dir), "--out", str(tmp_path / "s")], "needs what to encode"),
         (["encode", "--model", str(model_dir), "--texts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "s")],
          "none.txt not found"),

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .transport import Assignment
+from ..errors import HParamError
 from ..losses.set_losses import global_discriminative_loss, intra_set_divergence
 from ..tokens import Tokens
 from .base import Aligner, LossInputs
@@ -106,7 +107,9 @@ class SetAligner(Aligner):
         if k < 1:
             raise ValueError(f"{self.name}: k must be >= 1, got {k}")
         if heads < 1 or dim % heads:
-            raise ValueError(f"{self.name}: heads must divide dim={dim}, got {heads}")
+            fits = ", ".join(str(h) for h in range(1, dim + 1) if dim % h == 0)
+            raise HParamError(f"plan {self.name!r}: heads={heads} does not divide the embedding size dim={dim}; "
+                              f"heads must be one of {fits}")
         for key, weight in (("gd_weight", gd_weight), ("isd_weight", isd_weight)):
             if weight < 0:
                 raise ValueError(f"{self.name}: {key} must be >= 0, got {weight}")
