@@ -8,6 +8,7 @@ import torch
 
 from tokenflow import Tokens, get_aligner, list_aligners
 from tokenflow.align import aligner_for, get_aligner_class, is_token_plan
+from tokenflow.errors import InputError
 from tokenflow.losses.infonce import contrastive_loss
 
 from .conftest import PEER_PLANS, case_id, make_tokens, pad_tokens
@@ -243,5 +244,5 @@ def test_bad_hyperparameters_name_the_valid_values(gen):
     for name in PEER_PLANS:
         with pytest.raises(ValueError, match=f"{name}: built for D=4, got features of size 6"):
             aligner_for(name, dim=4).double().pairwise(vis, txt)
-    with pytest.raises(ValueError, match="at most 2 visual and 77 text tokens, got 3 and 4"):
+    with pytest.raises(InputError, match="at most 2 visual and 77 text tokens, got 3 and 4"):  # the user's to fix
         get_aligner("xclip", dim=6, max_visual=2).double().pairwise(vis, txt)

@@ -5,6 +5,7 @@ import torch
 
 from tokenflow import Tokens, get_aligner, list_aligners
 from tokenflow.align import aligner_for, get_aligner_class
+from tokenflow.errors import InputError
 
 from .conftest import make_tokens
 
@@ -99,6 +100,6 @@ def test_unknown_names_list_the_choices():
         get_aligner("uniform", chunk=0)
 
 
-def test_learnable_rejects_too_many_tokens():
-    with pytest.raises(ValueError, match="at most 4 visual and 77 text tokens, got 5"):
+def test_learnable_rejects_too_many_tokens_as_a_user_error():
+    with pytest.raises(InputError, match="at most 4 visual and 77 text tokens, got 5 .*raise max_visual"):
         get_aligner("learnable", max_visual=4).pairwise(Tokens(*good(2, 5, 3)), Tokens(*good(2, 5, 3)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..tokens import Tokens
 from .base import Aligner
 from .block import BlockContext, work_dtype
@@ -51,7 +52,7 @@ class Learnable(Aligner):
 
     def _exp_weight(self, l1: int, l2: int, dtype: torch.dtype) -> Tensor:
         if l1 > self.max_visual or l2 > self.max_text:
-            raise ValueError(
+            raise InputError(
                 f"learnable plan supports at most {self.max_visual} visual and {self.max_text} text tokens, "
                 f"got {l1} and {l2}; raise max_visual / max_text"
             )

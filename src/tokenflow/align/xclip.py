@@ -48,6 +48,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..tokens import Tokens
 from .base import Aligner
 from .block import BlockContext, work_dtype
@@ -124,7 +125,7 @@ class XClip(Aligner):
             raise ValueError(f"xclip: built for D={self.dim}, got features of size {v.dim}")
         l1, l2 = v.feats.shape[1], t.feats.shape[1]
         if l1 > self.max_visual or l2 > self.max_text:
-            raise ValueError(f"xclip supports at most {self.max_visual} visual and {self.max_text} text tokens, "
+            raise InputError(f"xclip supports at most {self.max_visual} visual and {self.max_text} text tokens, "
                              f"got {l1} and {l2}; raise max_visual / max_text")
 
     def _mixer(self, name: str, length: int) -> Tensor:
