@@ -11,6 +11,9 @@ from tokenflow import Tokens
 
 JUNK = 1e3  # padding is filled with large junk values: any leak into a score shows
 
+#: The plans the ``direct`` fixture (tests/conftest.py) evaluates the tiny model with.
+STORE_PLANS = ("max-avg", "tokenflow", "scan")
+
 
 def make_tokens(n, length, dim, *, gen, dtype=torch.float64, min_real=1, normalise=True, junk=JUNK):
     """Random tokens with real positions scattered anywhere and junk in the padding."""
@@ -47,3 +50,20 @@ def save_tiny_model(folder: Path, texts: Sequence[str], *, seed: int, w_global: 
     tiny = TinyCLIP(config or TinyConfig(), WordTokenizer.build(texts))
     RetrievalModel(tiny, get_aligner("tokenflow"), w_global=w_global, w_fine=w_fine).save_pretrained(folder)
     return folder
+
+
+def export_features(tokens: Tokens, ids: Sequence[str], extra: dict, path: Path, fmt: str) -> Path:
+    """What a user's own extraction code writes: float32 arrays and string ids (and ``extra``
+    arrays such as ``texts`` or ``paths``), as ``.npz`` (``fmt="npz"``) or ``.safetensors``."""
+    import json
+
+    import numpy as np
+
+    a = {"feats": tokens.feats.numpy(), "mask": tokens.mask.numpy(), "pooled": tokens.pooled.numpy()}
+    if fmt == "npz":
+        np.savez(path, **a, ids=np.array(ids), **{k: np.array(v) for k, v in extra.items()})
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(a, str(path), metadata={"ids": json.dumps(ids), **{k: json.dumps(v) for k, v in extra.items()}})
+    return path

@@ -42,3 +42,17 @@ def test_explain_with_the_trained_plan_has_nothing_to_note(trained, synth, tmp_p
     assert _explain(trained, synth, tmp_path) == 0
     out, err = capsys.readouterr()
     assert "note:" not in err and "tokenflow t2v" in out
+
+
+def test_explain_from_stores_with_a_global_only_model_says_there_is_no_plan(model_dir, direct, imported, tmp_path,
+                                                                          capsys):
+    from tokenflow.index.offline import caption_ids
+    from tokenflow.models import RetrievalModel, load_backbone
+
+    folder = RetrievalModel(load_backbone(model_dir), None).save_pretrained(tmp_path / "global-only")
+    split, _, _ = direct
+    assert main(["explain", "--visual-store", str(imported[0]), "--text-store", str(imported[1]), "--item",
+                 split.item_ids[0], "--text-id", caption_ids(split)[0], "--model", str(folder),
+                 "--out", str(tmp_path / "e.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"tokenflow explain: --model {folder}: has no fine-grained plan (global only); pass --aligner\n"

@@ -6,7 +6,6 @@ the model's own features give."""
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,52 +13,9 @@ from tokenflow import get_aligner
 from tokenflow.cli import main
 from tokenflow.index.offline import caption_ids
 
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
+from tests.helpers import STORE_PLANS, export_features
 
-PLANS = ["max-avg", "tokenflow", "scan"]
-
-
-@pytest.fixture(scope="module")
-def direct(model_dir, synth):
-    """The split, the model's own features, and the model evaluated directly with each plan."""
-    from tokenflow.data import load_split
-    from tokenflow.eval.evaluate import encode_split, evaluate
-    from tokenflow.models import load_backbone
-
-    split = load_split("flickr30k", synth / "images", "test")
-    model = load_backbone(model_dir)
-    enc = encode_split(model, split, batch_size=4)
-    reports = {name: evaluate(model, split, get_aligner(name), encoded=enc) for name in PLANS}
-    return split, enc, reports
-
-
-def _export(tokens, ids, extra, path, fmt):
-    """What a user's own extraction code writes: float32 arrays, string ids."""
-    a = {"feats": tokens.feats.numpy(), "mask": tokens.mask.numpy(), "pooled": tokens.pooled.numpy()}
-    if fmt == "npz":
-        np.savez(path, **a, ids=np.array(ids), **{k: np.array(v) for k, v in extra.items()})
-    else:
-        safetensors_numpy.save_file(a, str(path), metadata={"ids": json.dumps(ids),
-                                                            **{k: json.dumps(v) for k, v in extra.items()}})
-    return path
-
-
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory, direct):
-    """The direct features exported half to .npz, half to .safetensors, then imported (fp32)."""
-    split, enc, _ = direct
-    tmp = tmp_path_factory.mktemp("imported")
-    vids, tids = split.item_ids, caption_ids(split)
-    h, t = len(vids) // 2, len(tids) // 2
-    vfiles = [_export(enc.vis[:h], vids[:h], {}, tmp / "vis0.npz", "npz"),
-              _export(enc.vis[h:], vids[h:], {"paths": [str(p) for p in split.item_paths[h:]]},
-                      tmp / "vis1.safetensors", "st")]
-    tfiles = [_export(enc.txt[:t], tids[:t], {"texts": split.texts[:t]}, tmp / "txt0.safetensors", "st"),
-              _export(enc.txt[t:], tids[t:], {"texts": split.texts[t:]}, tmp / "txt1.npz", "npz")]
-    for files, kind, out in ((vfiles, "visual", "V"), (tfiles, "text", "T")):
-        assert main(["import-features", *map(str, files), "--out", str(tmp / out), "--kind", kind, "--model-name",
-                     "tiny (exported)", "--dtype", "fp32", "--shard-size", "8"]) == 0
-    return tmp / "V", tmp / "T"
+pytest.importorskip("safetensors.numpy")
 
 
 def _evaluate(synth, vstore, tstore, tmp_path, *extra):
@@ -76,7 +32,7 @@ def _same_metrics(got, want):
             assert got[d][k] == pytest.approx(want[d][k], abs=1e-6), (d, k)
 
 
-@pytest.mark.parametrize("plan", PLANS)
+@pytest.mark.parametrize("plan", STORE_PLANS)
 def test_round_trip_import_gives_the_direct_metrics(synth, direct, imported, tmp_path, plan):
     report = _evaluate(synth, *imported, tmp_path, "--aligner", plan)
     _same_metrics(report["metrics"], direct[2][plan]["metrics"])
@@ -120,9 +76,9 @@ def test_evaluate_from_stores_options_and_global_only(synth, direct, imported, t
 
 def test_evaluate_refuses_missing_ids_with_a_count(synth, direct, tmp_path, capsys):
     split, enc, _ = direct
-    vfile = _export(enc.vis[:4], split.item_ids[:4], {}, tmp_path / "v.npz", "npz")
+    vfile = export_features(enc.vis[:4], split.item_ids[:4], {}, tmp_path / "v.npz", "npz")
     tids = [f"cap{k}" for k in range(len(split.texts))]  # not the ITEM#K convention
-    tfile = _export(enc.txt, tids, {}, tmp_path / "t.npz", "npz")
+    tfile = export_features(enc.txt, tids, {}, tmp_path / "t.npz", "npz")
     for f, kind, out in ((vfile, "visual", "V"), (tfile, "text", "T")):
         assert main(["import-features", str(f), "--out", str(tmp_path / out), "--kind", kind, "--model-name",
                      "m"]) == 0
@@ -145,7 +101,7 @@ def test_evaluate_refuses_missing_ids_with_a_count(synth, direct, tmp_path, caps
 
 def test_text_ids_follow_the_item_hash_index_convention(direct, imported, tmp_path, synth, capsys):
     split, enc, _ = direct
-    tfile = _export(enc.txt, [f"cap{k}" for k in range(len(split.texts))], {}, tmp_path / "t.npz", "npz")
+    tfile = export_features(enc.txt, [f"cap{k}" for k in range(len(split.texts))], {}, tmp_path / "t.npz", "npz")
     assert main(["import-features", str(tfile), "--out", str(tmp_path / "T"), "--kind", "text", "--model-name",
                  "m"]) == 0
     capsys.readouterr()
@@ -220,12 +176,12 @@ def test_explain_from_stores_shows_flows_and_weights(direct, imported, tmp_path,
 
 
 def test_token_labels_without_a_tokenizer():
-    from tokenflow.viz.explain import _token_labels
+    from tokenflow.viz.explain import token_labels
 
-    assert _token_labels("a red cube", 3) == ["a", "red", "cube"]
-    assert _token_labels("a red cube", 5) == ["<bos>", "a", "red", "cube", "<eos>"]
-    assert _token_labels("a cube, left.", 7) == ["<bos>", "a", "cube", ",", "left", ".", "<eos>"]
-    assert _token_labels("a red cube", 4) == ["#0", "#1", "#2", "#3"] and _token_labels(None, 2) == ["#0", "#1"]
+    assert token_labels("a red cube", 3) == ["a", "red", "cube"]
+    assert token_labels("a red cube", 5) == ["<bos>", "a", "red", "cube", "<eos>"]
+    assert token_labels("a cube, left.", 7) == ["<bos>", "a", "cube", ",", "left", ".", "<eos>"]
+    assert token_labels("a red cube", 4) == ["#0", "#1", "#2", "#3"] and token_labels(None, 2) == ["#0", "#1"]
 
 
 def test_model_folder_gives_the_plan_and_other_models_features_are_flagged(synth, model_dir, direct, imported,
@@ -233,7 +189,7 @@ def test_model_folder_gives_the_plan_and_other_models_features_are_flagged(synth
     report = _evaluate(synth, *imported, tmp_path, "--model", str(model_dir), "--aligner", "max-avg")
     _same_metrics(report["metrics"], direct[2]["max-avg"]["metrics"])
     split, enc, _ = direct
-    other = _export(enc.txt, caption_ids(split), {}, tmp_path / "t.npz", "npz")
+    other = export_features(enc.txt, caption_ids(split), {}, tmp_path / "t.npz", "npz")
     assert main(["import-features", str(other), "--out", str(tmp_path / "T"), "--kind", "text", "--model-name",
                  "another model"]) == 0
     capsys.readouterr()
@@ -267,18 +223,3 @@ def test_an_empty_split_is_refused_naming_it(imported):
     mute = RetrievalSplit("flickr30k/val", "image", ["a"], [imported[0] / "a.png"], [], [])
     with pytest.raises(UserError, match="flickr30k/val: the split holds no captions"):
         split_tokens(mute, vis, txt)
-
-
-def test_explain_from_stores_with_aligner_none_names_it(direct, imported, tmp_path):
-    import argparse
-
-    from tokenflow.cli.explain import _explain_stored
-    from tokenflow.errors import UserError
-
-    split, _, _ = direct
-    args = argparse.Namespace(visual_store=imported[0], text_store=imported[1], item=split.item_ids[0],
-                              text_id=caption_ids(split)[0], media=None, caption=None, boxes=None, aligner="none",
-                              model=None, direction="t2v")
-    with pytest.raises(UserError, match="--aligner none: global only, there is no fine-grained plan") as e:
-        _explain_stored(args)
-    assert "--model" not in str(e.value)
