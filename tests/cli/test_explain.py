@@ -56,3 +56,22 @@ def test_explain_from_stores_with_a_global_only_model_says_there_is_no_plan(mode
                  "--out", str(tmp_path / "e.png")]) == 2
     err = capsys.readouterr().err
     assert err == f"tokenflow explain: --model {folder}: has no fine-grained plan (global only); pass --aligner\n"
+
+
+def test_a_bug_in_explaining_stored_features_is_not_made_a_user_error(direct, imported, tmp_path, capsys,
+                                                                     monkeypatch):
+    import importlib
+
+    from tokenflow.index.offline import caption_ids
+
+    viz = importlib.import_module("tokenflow.viz.explain")  # the module (tokenflow.viz.explain is also a function)
+
+    def broken(*args, **kwargs):
+        raise ValueError("shapes [3, 4] and [5, 4] differ")
+
+    monkeypatch.setattr(viz, "explain_tokens", broken)
+    split, _, _ = direct
+    assert main(["explain", "--visual-store", str(imported[0]), "--text-store", str(imported[1]), "--item",
+                 split.item_ids[0], "--text-id", caption_ids(split)[0], "--out", str(tmp_path / "e.png")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ValueError: shapes [3, 4] and [5, 4] differ" in err and "internal error" in err

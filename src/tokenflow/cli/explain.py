@@ -58,19 +58,13 @@ def _explain_stored(args: argparse.Namespace):
     vstores = open_stores(args.visual_store, "visual", "--visual-store")
     aligner, name, _, notes = plan_for_stores(args.aligner, {}, vstores[0].dim, args.model)
     print_notes("explain", notes)
-    if aligner is None:
-        if args.model is None or args.aligner == "none":
-            raise UserError("--aligner none: global only, there is no fine-grained plan to explain; pass --aligner "
-                            "NAME (a plan)")
+    if aligner is None:  # --aligner offers no "none": only a global-only trained --model gets here
         raise UserError(f"--model {args.model}: has no fine-grained plan (global only); pass --aligner")
     tstores = open_stores(args.text_store, "text", "--text-store")
     vis = store_tokens(vstores, [args.item], "--item: the store")
     txt = store_tokens(tstores, [args.text_id], "--text-id: the store")
     caption = next(s.texts[s.ids.index(args.text_id)] for s in tstores if args.text_id in s.ids)
-    try:
-        return explain_tokens(vis, txt, caption, aligner, direction=args.direction)
-    except ValueError as e:  # the stored features do not fit the plan's drawing (D, grid)
-        raise UserError(str(e)) from None
+    return explain_tokens(vis, txt, caption, aligner, direction=args.direction)  # InputError for what users cause
 
 
 def _contrast(args: argparse.Namespace) -> int:
