@@ -1,6 +1,7 @@
 """Requests that got something other than the server's JSON 4xx (issue 27): a duplicate Host header
 (refused by the HTTP parser before the app), a huge PNG (PIL's decompression-bomb message), a text
-file uploaded as an image (a message leaking an object's repr)."""
+file uploaded as an image (a message leaking an object's repr). Plan hyperparameters that do not fit
+together are a 400; a bug while building a plan is not."""
 
 from __future__ import annotations
 
@@ -92,3 +93,32 @@ def test_run_serves_with_the_json_errors_protocol(monkeypatch):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
     run(object(), port=8765)
     assert seen["http"] is json_errors_protocol() and seen["port"] == 8765
+
+
+@pytest.fixture(scope="module")
+def mpa_engine(collection):
+    """An engine offering the mpa plan (learned set heads, heads must divide D=32)."""
+    from tokenflow.serve.engine import Engine
+
+    return Engine(collection.index, collection.model, plans=["mpa"])
+
+
+def test_heads_that_do_not_divide_the_embedding_size_is_a_400(mpa_engine):
+    from tokenflow.serve.media import RequestError
+
+    with pytest.raises(RequestError) as err:
+        mpa_engine.plan("mpa", {"heads": 3})
+    assert err.value.status == 400
+    assert str(err.value).startswith("plan 'mpa': heads=3 does not divide the embedding size dim=32; heads must be ")
+
+
+def test_a_bug_building_a_plan_is_not_answered_as_a_bad_request(mpa_engine, monkeypatch):
+    import tokenflow.serve.engine as engine
+
+    def broken(*args, **kwargs):
+        raise ValueError("shapes [3, 4] and [5, 4] differ")
+
+    monkeypatch.setattr(engine, "build_plan", broken)
+    with pytest.raises(ValueError, match="shapes") as err:
+        mpa_engine.plan("mpa", {"heads": 2})
+    assert not isinstance(err.value, engine.UserError)

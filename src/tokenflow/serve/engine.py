@@ -189,8 +189,8 @@ class Engine:
                 return built, TRAINED if trained else FRESH
         try:  # the one scoring path: the trained plan with its weights, any other built fresh
             built, _, trained, _, _ = build_plan(self.trained, name, hparams, dim=self.base.dim)
-        except (UserError, ValueError, TypeError) as e:
-            raise RequestError(f"plan {name}: {e}", 400) from None
+        except UserError as e:  # hyperparameters that do not fit together (heads vs D); a bug is no 400
+            raise RequestError(str(e), 400) from None
         built = built.to(self.device).eval()
         with self._lock:
             self._aligners[key] = (built, trained)
