@@ -114,6 +114,8 @@ def test_a_killed_encode_or_index_reruns_to_identical_output(tmp_path, synth, mo
 
 
 def test_bad_input_is_named(built, tmp_path, capsys, model_dir):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red circle\n")
     cases = [
         (["search", "--index", str(tmp_path), "--text", "a"], "no feature store here"),
         (["search", "--index", str(built), "--text", "  "], "empty query"),
@@ -127,6 +129,8 @@ def test_bad_input_is_named(built, tmp_path, capsys, model_dir):
         (["encode", "--model", str(model_dir), "--texts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "s")],
          "none.txt not found"),
         (["index", str(tmp_path / "missing")], "no feature store here"),
+        (["encode", "--model", str(model_dir), "--texts", str(texts), "--out", str(tmp_path / "s"), "--max-words",
+          "99"], "tokenflow encode: --max-words: max_words 99: this tiny text encoder has"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -92,3 +92,16 @@ def test_evaluate_cli_max_words(clip77, tmp_path):
     assert with_max_words(clip, None).max_text_len == 70
     with pytest.raises(UserError, match="--max-words: max_words 78"):
         with_max_words(clip, 78)
+
+
+def test_a_bare_value_error_of_a_backbone_is_not_made_a_max_words_error():
+    from tokenflow.cli.common import with_max_words
+    from tokenflow.errors import UserError
+
+    class Broken:
+        def set_max_text_len(self, n: int) -> None:
+            raise ValueError("shapes [3, 4] and [5, 4] differ")
+
+    with pytest.raises(ValueError, match="shapes") as err:
+        with_max_words(Broken(), 12)
+    assert not isinstance(err.value, UserError)

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import InputError, UserError
 
 __all__ = ["evaluation_split", "fusion_weights", "print_notes", "publish_report", "read_lines", "scoring_notes",
            "with_max_words"]
@@ -34,13 +34,14 @@ def evaluation_split(args: argparse.Namespace):
 
 
 def with_max_words(backbone, max_words: int | None):
-    """``--max-words``: the caption length, up to the backbone's positional limit (``UserError``
-    naming the limit beyond it); returns ``backbone`` itself."""
+    """``--max-words``: the caption length, up to the backbone's positional limit (the backbone's
+    :class:`~tokenflow.errors.InputError` naming the limit, as ``--max-words: ...``); returns
+    ``backbone`` itself."""
     if max_words is not None:
         try:
             backbone.set_max_text_len(max_words)
-        except ValueError as e:
-            raise UserError(f"--max-words: {e}") from None
+        except InputError as e:
+            raise InputError(f"--max-words: {e}") from None
     return backbone
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .common import read_lines
+from .common import read_lines, with_max_words
 from .options import add_device, add_frames, add_fusion_weights, add_hp, add_on_error, add_video_tokens
 
 __all__ = ["MAX_QUERY_CHARS", "add_parsers", "format_results"]
@@ -83,9 +83,8 @@ def _encode(args: argparse.Namespace) -> int:
                         "or --texts FILE")
     source, ids, what = _encode_source(args)
     source, ids, out, device = _rank_part(args, source, ids)
-    backbone = load_scoring(args.model).backbone.to(device).eval()  # the backbone the scoring path scores with
-    if args.max_words is not None:
-        backbone.set_max_text_len(args.max_words)
+    backbone = load_scoring(args.model).backbone  # the backbone the scoring path scores with
+    backbone = with_max_words(backbone, args.max_words).to(device).eval()
     t0 = time.perf_counter()
     store = encode_store(backbone, source, out, ids=ids, dtype=args.dtype, shard_size=args.shard_size,
                          batch_size=args.batch_size, num_frames=args.frames, video_tokens=args.video_tokens,

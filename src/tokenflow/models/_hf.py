@@ -35,7 +35,7 @@ def load_weights(model_cls, folder: Path, what: str):
 
 def checked_text_len(n: int, limit: int, family: str) -> int:
     """``n`` when it is a whole number from 3 to ``limit`` (the text tower's positions), else
-    ``ValueError`` naming the limit."""
+    an ``InputError`` naming the limit."""
     if not isinstance(n, int) or not 3 <= n <= limit:
         raise InputError(f"max_words {n}: this {family} text encoder has {limit} positions "
                          f"(text_config.max_position_embeddings), so captions take 3 to {limit} tokens")

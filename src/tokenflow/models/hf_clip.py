@@ -73,7 +73,7 @@ class HFCLIP(DualEncoder):
 
     def set_max_text_len(self, n: int) -> None:
         """Cut captions at ``n`` tokens (``<|startoftext|>`` and ``<|endoftext|>`` included), up to
-        :attr:`text_position_limit`; beyond it ``ValueError`` naming the limit."""
+        :attr:`text_position_limit`; beyond it an ``InputError`` naming the limit."""
         self.max_text_len = checked_text_len(n, self.text_position_limit, "CLIP")
 
     def image_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:

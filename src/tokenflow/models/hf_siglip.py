@@ -135,7 +135,7 @@ class HFSiglip(DualEncoder):
 
     def set_max_text_len(self, n: int) -> None:
         """Keep at most ``n`` tokens per caption (special tokens included), up to
-        :attr:`text_position_limit`; beyond it ``ValueError`` naming the limit."""
+        :attr:`text_position_limit`; beyond it an ``InputError`` naming the limit."""
         self.max_text_len = checked_text_len(n, self.text_position_limit, "SigLIP")
 
     # -- images -----------------------------------------------------------------------------------

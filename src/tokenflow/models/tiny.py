@@ -131,7 +131,7 @@ class TinyCLIP(DualEncoder):
 
     def set_max_text_len(self, n: int) -> None:
         """Cut captions at ``n`` tokens (``<bos>`` and ``<eos>`` included). The learned positional
-        table has ``cfg.max_text_len`` rows, which bounds ``n``; beyond it ``ValueError``."""
+        table has ``cfg.max_text_len`` rows, which bounds ``n``; beyond it an ``InputError``."""
         limit = self.tpos.shape[0]
         if not isinstance(n, int) or not 3 <= n <= limit:
             raise InputError(f"max_words {n}: this tiny text encoder has {limit} positional embeddings "
