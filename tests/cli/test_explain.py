@@ -75,3 +75,30 @@ def test_a_bug_in_explaining_stored_features_is_not_made_a_user_error(direct, im
                  split.item_ids[0], "--text-id", caption_ids(split)[0], "--out", str(tmp_path / "e.png")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "ValueError: shapes [3, 4] and [5, 4] differ" in err and "internal error" in err
+
+
+def test_explain_scores_with_the_model_the_viz_path_loads(model_dir, synth, tmp_path, monkeypatch):
+    """One folder, one model: the CLI's and viz's load_model keep the logit scale and bias too."""
+    import importlib
+
+    from tokenflow import get_aligner
+    from tokenflow.models import RetrievalModel, load_backbone
+
+    viz = importlib.import_module("tokenflow.viz.explain")
+    folder = RetrievalModel(load_backbone(model_dir), get_aligner("tokenflow"), w_global=0.5, w_fine=2.0,
+                            logit_scale=10.0, max_logit_scale=50.0, logit_bias=-3.0).save_pretrained(tmp_path / "m")
+    seen = []
+    original = viz.explain
+
+    def spy(model, *args, **kwargs):
+        seen.append(model)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(viz, "explain", spy)
+    assert _explain(folder, synth, tmp_path) == 0
+    via_viz = viz.load_model(folder)
+    (via_cli,) = seen
+    for model in (via_cli, via_viz):
+        assert float(model.scale().detach()) == pytest.approx(10.0) and model.max_logit_scale == 50.0
+        assert float(model.logit_bias.detach()) == pytest.approx(-3.0)
+        assert (model.w_global, model.w_fine) == (0.5, 2.0)

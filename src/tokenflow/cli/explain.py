@@ -18,17 +18,14 @@ __all__ = ["add_parsers"]
 
 def _model(args: argparse.Namespace):
     """The :class:`~tokenflow.models.retrieval.RetrievalModel` that ``--model`` is scored with
-    (through the one scoring path: its trained plan with its learned weights, or ``--aligner``);
-    what that overrode of the trained folder is printed as a note, as evaluate and search do."""
-    from ..models.retrieval import RetrievalModel
-    from ..models.scoring import load_scoring
+    (:func:`~tokenflow.viz.explain.scored_model`, the one scoring path: its trained plan with its
+    learned weights, or ``--aligner``); what that overrode of the trained folder is printed as a
+    note, as evaluate and search do."""
+    from ..viz.explain import scored_model
 
-    if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"model folder {args.model} not found (a folder saved by tokenflow train, or a "
-                                "backbone folder)")
-    scoring = load_scoring(args.model, args.aligner)
+    model, scoring = scored_model(args.model, args.aligner)
     scoring_notes(scoring, "explain")
-    return RetrievalModel(scoring.backbone, scoring.aligner, w_global=scoring.w_global, w_fine=scoring.w_fine)
+    return model
 
 
 def _explain_model(args: argparse.Namespace):

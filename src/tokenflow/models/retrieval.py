@@ -20,7 +20,7 @@ from ..align import Aligner, Tokens, get_aligner
 from ..utils import atomic_path, read_safetensors, write_text_atomic
 from .base import DualEncoder, VideoTokens
 from .loading import load_backbone
-from .scoring import HEAD_FILE, hparam_problems, load_scoring, read_head_config
+from .scoring import HEAD_FILE, Scoring, hparam_problems, load_scoring, read_head_config
 
 __all__ = ["RetrievalModel", "hparam_problems", "load_for_scoring", "read_head_config"]
 
@@ -86,6 +86,15 @@ class RetrievalModel(nn.Module):
                           str(tmp))
         write_text_atomic(folder / HEAD_FILE, json.dumps(self.head_config(), indent=2) + "\n")
         return folder
+
+    @classmethod
+    def from_scoring(cls, scoring: Scoring) -> RetrievalModel:
+        """What :func:`~tokenflow.models.scoring.load_scoring` gave, as a model: its backbone, plan and
+        fusion weights, and the trained folder's logit scale (and its cap) and logit bias."""
+        head = scoring.head
+        return cls(scoring.backbone, scoring.aligner, w_global=scoring.w_global, w_fine=scoring.w_fine,
+                   logit_scale=head.get("logit_scale"), max_logit_scale=head.get("max_logit_scale", 100.0),
+                   logit_bias=head.get("logit_bias"))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> RetrievalModel:

@@ -33,11 +33,11 @@ from ..data.video import read_video_frames
 from ..errors import InputError
 from ..eval.pointing import pointing
 from ..models.retrieval import RetrievalModel
-from ..models.scoring import load_scoring
+from ..models.scoring import Scoring, load_scoring
 from ..utils import atomic_path
 
-__all__ = ["PLAN_WEIGHTS", "SCORE_SHARE", "Explanation", "explain", "explain_tokens", "explanation_of", "markers",
-           "render", "shown_weights"]
+__all__ = ["PLAN_WEIGHTS", "SCORE_SHARE", "Explanation", "explain", "explain_tokens", "explanation_of", "load_model",
+           "markers", "render", "scored_model", "shown_weights", "token_labels"]
 
 Direction = Literal["t2v", "v2t"]
 FLOW_SCALE = 100.0  # the paper shows T rescaled by 100
@@ -161,20 +161,21 @@ def _centre_square(image):
     return image.crop((left, top, left + side, top + side))
 
 
-def load_model(model: RetrievalModel | str | Path, aligner: str | None = None) -> RetrievalModel:
-    """``model`` itself, or what the folder ``model`` is scored with as a :class:`RetrievalModel`
-    (:func:`tokenflow.models.scoring.load_scoring`: its trained plan with its learned weights, or
-    the plan ``aligner``; ``FileNotFoundError`` naming the folder when there is none)."""
-    if isinstance(model, RetrievalModel):
-        return model
-    if not Path(model).is_dir():
-        raise FileNotFoundError(f"model folder {model} not found (a folder saved by tokenflow train, or a "
+def scored_model(folder: str | Path, aligner: str | None = None) -> tuple[RetrievalModel, Scoring]:
+    """What the folder ``folder`` is scored with, as a :class:`RetrievalModel`
+    (:meth:`RetrievalModel.from_scoring` of :func:`tokenflow.models.scoring.load_scoring`: its
+    trained plan with its learned weights, or the plan ``aligner``), and that :class:`Scoring`
+    (its overrides and notes). ``FileNotFoundError`` naming the folder when there is none."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"model folder {folder} not found (a folder saved by tokenflow train, or a "
                                 "backbone folder)")
-    scoring = load_scoring(model, aligner)
-    head = scoring.head
-    return RetrievalModel(scoring.backbone, scoring.aligner, w_global=scoring.w_global, w_fine=scoring.w_fine,
-                          logit_scale=head.get("logit_scale"), max_logit_scale=head.get("max_logit_scale", 100.0),
-                          logit_bias=head.get("logit_bias"))
+    scoring = load_scoring(folder, aligner)
+    return RetrievalModel.from_scoring(scoring), scoring
+
+
+def load_model(model: RetrievalModel | str | Path, aligner: str | None = None) -> RetrievalModel:
+    """``model`` itself, or what the folder ``model`` is scored with (:func:`scored_model`)."""
+    return model if isinstance(model, RetrievalModel) else scored_model(model, aligner)[0]
 
 
 def _plan_of(model: RetrievalModel, aligner: Aligner | str | None) -> Aligner | None:
