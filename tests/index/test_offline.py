@@ -74,6 +74,16 @@ def test_evaluate_from_stores_options_and_global_only(synth, direct, imported, t
     assert "text->visual" in capsys.readouterr().out
 
 
+def test_a_learned_plan_without_a_model_folder_notes_it_as_the_scoring_path_does(synth, imported, tmp_path,
+                                                                                  capsys):
+    from tokenflow.models.scoring import build_plan
+
+    _evaluate(synth, *imported, tmp_path, "--aligner", "wti")
+    (note,) = build_plan(None, "wti", dim=16)[4]
+    assert f"tokenflow evaluate: note: {note}\n" in capsys.readouterr().err
+    assert note.startswith("wti has learned weights and no trained model folder gives them; they are freshly")
+
+
 def test_evaluate_refuses_missing_ids_with_a_count(synth, direct, tmp_path, capsys):
     split, enc, _ = direct
     vfile = export_features(enc.vis[:4], split.item_ids[:4], {}, tmp_path / "v.npz", "npz")

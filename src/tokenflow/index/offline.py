@@ -121,21 +121,15 @@ def plan_for_stores(aligner: str | None, hparams: dict, dim: int,
     """``(aligner, plan name, head, notes)`` for stored features of size ``dim``: the plan of a
     trained ``model`` folder (its learned weights and fusion weights in ``head``) with the usual
     overrides, else ``aligner`` (default ``tokenflow``; ``"none"``: global only) with ``hparams``."""
-    from ..align import aligner_for, check_hparams
     from ..models.retrieval import load_for_scoring
+    from ..models.scoring import build_plan
 
     if model is not None:
         backbone, plan, name, head, notes = load_for_scoring(model, aligner, hparams)
         if backbone.embed_dim != dim:
             raise UserError(f"--model {model}: D={backbone.embed_dim}, the stores D={dim}")
         return plan, name, head, notes
-    name = aligner or "tokenflow"
-    if name == "none":
-        return None, name, {}, []
-    check_hparams(name, hparams, source="--hp")
-    plan = aligner_for(name, hparams, dim=dim)
-    notes = [f"{name} has learned weights and no --model folder gives them: they are freshly initialised"] \
-        if any(True for _ in plan.parameters()) else []
+    plan, name, _, _, notes = build_plan(None, aligner, hparams, dim=dim)  # the scoring path of a bare backbone
     return plan, name, {}, notes
 
 

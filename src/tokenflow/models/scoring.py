@@ -141,7 +141,7 @@ def build_plan(trained: TrainedPlan | None, name: str | None = None, hparams: di
         plan = aligner_for(name, hparams, dim=dim)
         notes = []
         if any(True for _ in plan.parameters()):
-            where = "this backbone folder holds none" if trained is None else \
+            where = "no trained model folder gives them" if trained is None else \
                 f"{trained.folder} was trained with {trained_name}"
             notes.append(f"{name} has learned weights and {where}; they are freshly initialised. Use a folder "
                          f"trained with {name} to score with its weights.")
