@@ -122,6 +122,14 @@ def test_a_bad_value_says_what_was_expected(name, hp, problem, expected):
 
 
 def test_every_problem_is_reported_at_once():
+    check_hparams("sinkhorn", {"tol": None, "grad": "plan-fixed"})
+    with pytest.raises(HParamError) as err:  # one message per bad key, in the order given
+        check_hparams("sinkhorn", {"n_iter": 2.5, "lam": 1.0, "eps": math.inf}, source="x")
+    assert str(err.value) == "x: " + "; ".join([
+        "n_iter=2.5 has the wrong type for plan 'sinkhorn': expected an integer >= 1 (default 100)",
+        "'lam' is not a hyperparameter of plan 'sinkhorn' (valid: eps, grad, n_iter, tol)",
+        "eps=inf is not finite for plan 'sinkhorn': expected a number > 0 (default 0.05)",
+    ])
     with pytest.raises(HParamError, match=r"^x: n_iter=0 is out of range .*; 'foo' is not a hyperparameter"):
         check_hparams("sinkhorn", {"n_iter": 0, "foo": 1, "eps": 0.1}, source="x")
     with pytest.raises(HParamError, match="x: plan 'tokenflow': expected a mapping .* got list"):

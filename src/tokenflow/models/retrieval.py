@@ -20,9 +20,9 @@ from ..align import Aligner, Tokens, get_aligner
 from ..utils import atomic_path, read_safetensors, write_text_atomic
 from .base import DualEncoder, VideoTokens
 from .loading import load_backbone
-from .scoring import HEAD_FILE, Scoring, hparam_problems, load_scoring, read_head_config
+from .scoring import HEAD_FILE, Scoring, load_scoring, read_head_config
 
-__all__ = ["RetrievalModel", "hparam_problems", "load_for_scoring", "read_head_config"]
+__all__ = ["RetrievalModel", "load_for_scoring", "read_head_config"]
 
 CLIP_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
 

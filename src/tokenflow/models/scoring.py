@@ -19,27 +19,17 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..align import Aligner, aligner_for, check_hparams, hparam_specs
-from ..align.hparams import find_problems
+from ..align import Aligner, aligner_for, check_hparams
 from ..errors import FileError, UserError
 from ..utils import read_safetensors
 from .base import DualEncoder
 from .loading import load_backbone
 
-__all__ = ["GLOBAL_ONLY", "HEAD_FILE", "Scoring", "TrainedPlan", "build_plan", "hparam_problems", "load_scoring",
-           "read_head_config"]
+__all__ = ["GLOBAL_ONLY", "HEAD_FILE", "Scoring", "TrainedPlan", "build_plan", "load_scoring", "read_head_config"]
 
 GLOBAL_ONLY = "none"  # the plan name of scoring by the global similarity alone
 DEFAULT_PLAN = "tokenflow"  # the plan of a bare backbone folder
 HEAD_FILE = "tokenflow.json"  # a trained folder's plan, hyperparameters and fusion weights
-
-
-def hparam_problems(name: str, hparams: dict) -> list[str]:
-    """What is wrong with ``hparams`` for the plan ``name``, by the plan's declared spec
-    (:func:`~tokenflow.align.hparam_specs`): one message per unknown key, wrong type, non-finite
-    number or value out of range; empty when all is well. :func:`~tokenflow.align.check_hparams`
-    raises instead."""
-    return find_problems(name, hparam_specs(name), hparams)
 
 
 def read_head_config(folder: str | Path) -> dict | None:
