@@ -250,9 +250,6 @@ def token_labels(text: str | None, n: int) -> list[str]:
     return [f"#{t}" for t in range(n)]
 
 
-_token_labels = token_labels  # its earlier, private name
-
-
 @torch.no_grad()
 def explain_tokens(vis: Tokens, txt: Tokens, caption: str | None, aligner: Aligner, *,
                    direction: Direction = "t2v") -> Explanation:
