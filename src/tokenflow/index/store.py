@@ -32,7 +32,6 @@ from ._store_format import FORMAT_VERSION, MANIFEST, StoreDtype, StoreKind
 from ._store_format import sha256_file  # noqa: F401 (importable from here, as before the split)
 from ._store_reader import FeatureStore
 from ._store_writer import StoreWriter
-from ._store_writer import quantize_int8  # noqa: F401 (importable from here, as before the split)
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "FeatureStore", "StoreWriter", "StoreDtype", "StoreKind", "write_store"]
 
