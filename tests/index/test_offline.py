@@ -186,12 +186,14 @@ def test_explain_from_stores_shows_flows_and_weights(direct, imported, tmp_path,
 
 
 def test_token_labels_without_a_tokenizer():
-    from tokenflow.viz.explain import token_labels
+    from tokenflow.viz.explain import numbered_tokens, token_labels
 
     assert token_labels("a red cube", 3) == ["a", "red", "cube"]
     assert token_labels("a red cube", 5) == ["<bos>", "a", "red", "cube", "<eos>"]
     assert token_labels("a cube, left.", 7) == ["<bos>", "a", "cube", ",", "left", ".", "<eos>"]
-    assert token_labels("a red cube", 4) == ["#0", "#1", "#2", "#3"] and token_labels(None, 2) == ["#0", "#1"]
+    # numbered from 1, as the server numbers them (one function for both)
+    assert token_labels("a red cube", 4) == ["#1", "#2", "#3", "#4"] and token_labels(None, 2) == ["#1", "#2"]
+    assert numbered_tokens(3) == ["#1", "#2", "#3"]
 
 
 def test_model_folder_gives_the_plan_and_other_models_features_are_flagged(synth, model_dir, direct, imported,

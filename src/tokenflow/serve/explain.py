@@ -15,7 +15,7 @@ import torch
 from ..align import Aligner
 from ..models.base import DualEncoder
 from ..tokens import Tokens
-from ..viz.explain import explanation_of, token_labels
+from ..viz.explain import explanation_of, numbered_tokens, token_labels
 
 __all__ = ["TOP_PAIRS", "explanation", "stored_words"]
 
@@ -30,7 +30,7 @@ def explanation(aligner: Aligner, vis: Tokens, txt: Tokens, *, tokens: list[str]
     n = int(txt.mask[0].sum())
     if len(tokens) != n:
         tokens_note = f"{len(tokens)} words for {n} tokens: the tokens are numbered"
-        tokens = [f"#{t + 1}" for t in range(n)]
+        tokens = numbered_tokens(n)
     with torch.no_grad():
         expl = explanation_of(aligner, vis.to(device), txt.to(device), direction=direction, caption=caption,
                               tokens=tokens, grid=grid)
@@ -42,15 +42,15 @@ def stored_words(model: DualEncoder, text: str | None, n: int) -> tuple[list[str
 
     The text as ``model`` tokenizes it (the very tokens the store holds when ``model`` encoded
     it); else its words split as :func:`tokenflow.viz.explain.token_labels` does when they are as
-    many; else ``#1 ... #n``, with a note saying why."""
+    many; else :func:`~tokenflow.viz.explain.numbered_tokens`, with a note saying why."""
     if not text:
-        return [f"#{t + 1}" for t in range(n)], "the store keeps no text for this item: its tokens are numbered"
+        return numbered_tokens(n), "the store keeps no text for this item: its tokens are numbered"
     ids, mask = model.tokenize([text])
     words = model.decode_tokens(ids[0][mask[0].bool()].tolist())
     if len(words) == n:
         return words, None
     words = token_labels(text, n)
-    if words != [f"#{t}" for t in range(n)]:
+    if words != numbered_tokens(n):
         return words, "the served model tokenizes this text otherwise: words as split by spaces and punctuation"
-    return [f"#{t + 1}" for t in range(n)], (f"the stored text has {n} tokens, which the served model's tokens "
+    return numbered_tokens(n), (f"the stored text has {n} tokens, which the served model's tokens "
                                              "and the text's words do not match: its tokens are numbered")

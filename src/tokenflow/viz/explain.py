@@ -37,7 +37,7 @@ from ..models.scoring import Scoring, load_scoring
 from ..utils import atomic_path
 
 __all__ = ["PLAN_WEIGHTS", "SCORE_SHARE", "Explanation", "explain", "explain_tokens", "explanation_of", "load_model",
-           "markers", "render", "scored_model", "shown_weights", "token_labels"]
+           "markers", "numbered_tokens", "render", "scored_model", "shown_weights", "token_labels"]
 
 Direction = Literal["t2v", "v2t"]
 FLOW_SCALE = 100.0  # the paper shows T rescaled by 100
@@ -236,10 +236,15 @@ def explain(model: RetrievalModel | str | Path, media: str | Path, caption: str,
                           source_size=tuple(shown.size))
 
 
+def numbered_tokens(n: int) -> list[str]:
+    """``#1, #2, ..., #n``: the labels of ``n`` tokens whose words are not known."""
+    return [f"#{t + 1}" for t in range(n)]
+
+
 def token_labels(text: str | None, n: int) -> list[str]:
     """Labels of a stored caption's ``n`` real tokens (a store keeps no tokenizer): its words (split
     at spaces, or words and punctuation) when they are as many, or as many plus ``<bos>`` and
-    ``<eos>``; else ``#0, #1, ...``."""
+    ``<eos>``; else :func:`numbered_tokens`."""
     import re
 
     for words in ((text.split(), re.findall(r"\w+|[^\w\s]", text)) if text else ()):
@@ -247,7 +252,7 @@ def token_labels(text: str | None, n: int) -> list[str]:
             return words
         if len(words) + 2 == n:
             return ["<bos>", *words, "<eos>"]
-    return [f"#{t}" for t in range(n)]
+    return numbered_tokens(n)
 
 
 @torch.no_grad()
