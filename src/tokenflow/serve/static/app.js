@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 // seq counts searches, so that an explanation asked for before the latest search is dropped
-const state = { info: null, last: null, file: null, fileUrl: null, seq: 0 };
+const state = { info: null, file: null, fileUrl: null, seq: 0 };
 
 function el(tag, attrs = {}, text = null) {
   const node = document.createElement(tag);
@@ -92,8 +92,8 @@ function clearExplanation() {
 async function search() {
   const plans = [], hparams = {};
   state.seq += 1;
-  state.last = null;
   clearExplanation();
+  $("columns").replaceChildren();  // a failed search leaves no cards of an earlier one
   try {
     for (const [sel, hp] of [["planA", "hpA"], ["planB", "hpB"]]) {
       const name = $(sel).value;
@@ -104,15 +104,15 @@ async function search() {
     status("searching...");
     const t0 = performance.now();
     const data = await api("api/search", body);
-    state.last = { body, data };
-    render(data);
+    render(data, body.query);
     status(`${data.plans[0].results.length} results in ${Math.round(performance.now() - t0)} ms`);
   } catch (e) {
     status(e.message, true);
   }
 }
 
-function render(data) {
+// Each card keeps the query it is a result of: "why?" explains that query, whatever the box holds now.
+function render(data, query) {
   const cols = $("columns");
   cols.replaceChildren();
   data.plans.forEach((plan, c) => {
@@ -125,13 +125,13 @@ function render(data) {
         `up / down: rank here against ${data.plans[1 - c].plan}`));
     }
     const list = el("ol");
-    plan.results.forEach((r, i) => list.append(card(r, i, plan, other)));
+    plan.results.forEach((r, i) => list.append(card(r, i, plan, other, query)));
     col.append(list);
     cols.append(col);
   });
 }
 
-function card(r, i, plan, other) {
+function card(r, i, plan, other, query) {
   const li = el("li", { class: "result", "data-id": r.id, "data-rank": String(r.rank) });
   li.append(el("span", { class: "rank" }, String(r.rank)));
   if (r.media) li.append(el("img", { src: r.media, alt: r.id, loading: "lazy" }));
@@ -156,19 +156,19 @@ function card(r, i, plan, other) {
   li.append(meta);
   if (plan.plan !== "global") {
     const why = el("button", { class: "why", type: "button" }, "why?");
-    why.addEventListener("click", () => explain(r, plan, li));
+    why.addEventListener("click", () => explain(r, plan, li, query));
     li.append(why);
   }
   return li;
 }
 
-async function explain(r, plan, li) {
+async function explain(r, plan, li, query) {
   document.querySelectorAll(".result.selected").forEach((n) => n.classList.remove("selected"));
   li.classList.add("selected");
   const seq = state.seq;
   try {
     status(`explaining ${r.id}...`);
-    const body = { query: state.last.body.query, item: r.id, plan: plan.plan, hparams: plan.hparams };
+    const body = { query, item: r.id, plan: plan.plan, hparams: plan.hparams };
     const ex = await api("api/explain", body);
     if (seq !== state.seq) return;  // a search began meanwhile: this explanation is of an old result
     await drawExplanation(ex, r);
