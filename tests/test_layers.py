@@ -252,3 +252,13 @@ def test_no_function_is_longer_than_a_screen():
                 if lines > 60:
                     long.append(f"{module_name(path)}.{node.name}: {lines} lines")
     assert not long, "\n".join(long)
+
+
+#: The most lines a module of the package may have (counted as ``wc -l`` counts them).
+MAX_MODULE_LINES = 450
+
+
+def test_no_module_is_over_the_line_limit():
+    long = [f"{p.relative_to(SRC.parent)}: {n} lines" for p in sorted(SRC.rglob("*.py"))
+            if (n := p.read_bytes().count(b"\n")) > MAX_MODULE_LINES]
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them):\n" + "\n".join(long)
