@@ -75,8 +75,8 @@ def test_every_aligner_rejects_bad_values(name):
 
 
 def test_unknown_names_list_the_choices():
-    with pytest.raises(ValueError, match="unknown aligner 'filip'; choose one of .*tokenflow"):
-        get_aligner("filip")
+    with pytest.raises(InputError, match="unknown aligner 'filip'; choose one of .*tokenflow"):
+        get_aligner("filip")  # a user's mistake (exit 2), and still a ValueError for old callers
     with pytest.raises(ValueError, match=r"'temperature' is not a hyperparameter of plan 'tokenflow' \(valid: lam\)"):
         get_aligner("tokenflow", temperature=0.05)
     # get_aligner checks the declared spec; the constructors keep their own checks for direct use.

@@ -19,6 +19,7 @@ import inspect
 from collections.abc import Callable
 from typing import TypeVar
 
+from ..errors import InputError
 from .base import Aligner
 from .hparams import HParam, check_values, format_value
 
@@ -75,12 +76,13 @@ def list_aligners() -> list[str]:
 def get_aligner_class(name: str) -> type[Aligner]:
     """The class registered as ``name`` (importing its module on first use).
 
-    Raises ``ValueError`` naming the valid choices for an unknown name.
+    Raises :class:`~tokenflow.errors.InputError` (a user error and a ``ValueError``) naming the
+    valid choices for an unknown name.
     """
     if name not in _REGISTRY and name in BUILTIN:
         importlib.import_module(f"{__package__}.{BUILTIN[name]}")
     if name not in _REGISTRY:
-        raise ValueError(f"unknown aligner {name!r}; choose one of {', '.join(list_aligners())}")
+        raise InputError(f"unknown aligner {name!r}; choose one of {', '.join(list_aligners())}")
     return _REGISTRY[name]
 
 
