@@ -114,7 +114,7 @@ def _declared_specs(cls: type[Aligner]) -> tuple[HParam, ...]:
 
 def hparam_specs(name: str) -> dict[str, HParam]:
     """The hyperparameters of the plan registered as ``name``, by name, as its class declares them
-    (``chunk`` and ``dim`` are not hyperparameters). Raises ``ValueError`` for an unknown plan."""
+    (``chunk`` and ``dim`` are not hyperparameters). Raises ``InputError`` for an unknown plan."""
     return {spec.name: spec for spec in _declared_specs(get_aligner_class(name))}
 
 
@@ -152,7 +152,7 @@ def get_aligner(name: str, **hyper) -> Aligner:
     """Build the aligner registered as ``name`` with its hyperparameters (e.g. ``lam=1.0``);
     ``chunk`` and, for plans with learned heads, ``dim`` may be given too.
 
-    Raises ``ValueError`` naming the valid choices for an unknown name, and
+    Raises ``InputError`` naming the valid choices for an unknown name, and
     :class:`~tokenflow.errors.HParamError` (a ``ValueError``) for a hyperparameter its spec rejects.
     """
     cls = get_aligner_class(name)

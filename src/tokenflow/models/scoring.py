@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..align import Aligner, aligner_for, check_hparams
-from ..errors import FileError, UserError
+from ..errors import FileError, HParamError, UserError
 from ..utils import read_safetensors
 from .base import DualEncoder
 from .loading import load_backbone
@@ -125,6 +125,9 @@ def build_plan(trained: TrainedPlan | None, name: str | None = None, hparams: di
     if trained_name is not None and name != trained_name:
         overrides["aligner"] = (trained_name, name)
     if name == GLOBAL_ONLY:
+        if hparams:  # nothing would read them: say so rather than ignore them
+            raise HParamError(f"--hp: scoring by the global similarity alone ({GLOBAL_ONLY!r}) takes no "
+                              f"hyperparameters, got {', '.join(sorted(hparams))}")
         return None, name, trained_name == GLOBAL_ONLY, overrides, []
     check_hparams(name, hparams, source="--hp")
     if name != trained_name:
