@@ -3,8 +3,11 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-// seq counts searches, so that an explanation asked for before the latest search is dropped
-const state = { info: null, file: null, fileUrl: null, seq: 0 };
+// seq counts searches and explainSeq explanations asked for (a search counts as one too): a reply
+// that comes after a newer request of its kind is dropped, so the page never shows an older one.
+// file: the image chosen to search with (image-query mode); fileUrl: an object URL of the image the
+// cards now on the page were searched with, revoked when a new search starts.
+const state = { info: null, file: null, fileUrl: null, seq: 0, explainSeq: 0 };
 
 function el(tag, attrs = {}, text = null) {
   const node = document.createElement(tag);
@@ -30,13 +33,14 @@ function parseHp(text) {
   return out;
 }
 
-async function api(path, body) {
+// file: the query image in image-query mode (the one its search or its card was made with)
+async function api(path, body, file) {
   let init;
   if (state.info.query === "image") {
-    if (!state.file) throw new Error("choose an image to search with");
+    if (!file) throw new Error("choose an image to search with");
     const form = new FormData();
     form.append("request", JSON.stringify(body));
-    form.append("image", state.file);
+    form.append("image", file);
     init = { method: "POST", body: form };
   } else {
     init = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
@@ -68,11 +72,8 @@ async function init() {
   if (info.query === "image") {
     $("query").hidden = true;
     $("image").hidden = false;
-    $("image").addEventListener("change", () => {
-      state.file = $("image").files[0] || null;
-      if (state.fileUrl) URL.revokeObjectURL(state.fileUrl);
-      state.fileUrl = state.file ? URL.createObjectURL(state.file) : null;
-    });
+    // the cards on the page keep the image they were searched with: choosing another changes none
+    $("image").addEventListener("change", () => { state.file = $("image").files[0] || null; });
   }
   $("search").addEventListener("submit", (ev) => { ev.preventDefault(); search(); });
   status("ready");
@@ -91,27 +92,41 @@ function clearExplanation() {
 
 async function search() {
   const plans = [], hparams = {};
-  state.seq += 1;
+  const seq = ++state.seq;
+  state.explainSeq += 1;  // an explanation on its way is of an old result
   clearExplanation();
   $("columns").replaceChildren();  // a failed search leaves no cards of an earlier one
+  const query = takeQuery();
   try {
     for (const [sel, hp] of [["planA", "hpA"], ["planB", "hpB"]]) {
       const name = $(sel).value;
       if (!name) continue;
       plans.push({ name, hparams: parseHp($(hp).value) });
     }
-    const body = { query: $("query").value, k: Number($("k").value), plans, hparams };
+    const body = { query: query.text, k: Number($("k").value), plans, hparams };
     status("searching...");
     const t0 = performance.now();
-    const data = await api("api/search", body);
-    render(data, body.query);
+    const data = await api("api/search", body, query.file);
+    if (seq !== state.seq) return;  // a newer search began meanwhile: its reply, not this one, is shown
+    render(data, query);
     status(`${data.plans[0].results.length} results in ${Math.round(performance.now() - t0)} ms`);
   } catch (e) {
+    if (seq !== state.seq) return;  // nor does this one's error replace the newer search's status
     status(e.message, true);
   }
 }
 
-// Each card keeps the query it is a result of: "why?" explains that query, whatever the box holds now.
+// The query a new search is made with: {text, file, fileUrl}, file and fileUrl being the image
+// chosen (image-query mode, else null). The previous search's image URL is revoked: its cards are gone.
+function takeQuery() {
+  if (state.fileUrl) URL.revokeObjectURL(state.fileUrl);
+  const file = state.info.query === "image" ? state.file : null;
+  state.fileUrl = file ? URL.createObjectURL(file) : null;
+  return { text: $("query").value, file, fileUrl: state.fileUrl };
+}
+
+// Each card keeps the query it is a result of (takeQuery): "why?" explains that query, whatever the
+// box or the file input holds now.
 function render(data, query) {
   const cols = $("columns");
   cols.replaceChildren();
@@ -162,18 +177,27 @@ function card(r, i, plan, other, query) {
   return li;
 }
 
+// The panel shows the explanation of the card clicked last: a reply (or an error) that comes after a
+// newer "why?" or a new search is dropped, and nothing is written into the panel until the picture
+// to draw under the heat map has loaded.
 async function explain(r, plan, li, query) {
+  const seq = ++state.explainSeq;
+  const current = () => seq === state.explainSeq;
   document.querySelectorAll(".result.selected").forEach((n) => n.classList.remove("selected"));
   li.classList.add("selected");
-  const seq = state.seq;
   try {
     status(`explaining ${r.id}...`);
-    const body = { query, item: r.id, plan: plan.plan, hparams: plan.hparams };
-    const ex = await api("api/explain", body);
-    if (seq !== state.seq) return;  // a search began meanwhile: this explanation is of an old result
-    await drawExplanation(ex, r);
+    const body = { query: query.text, item: r.id, plan: plan.plan, hparams: plan.hparams };
+    const ex = await api("api/explain", body, query.file);
+    if (!current()) return;
+    const src = state.info.query === "image" ? query.fileUrl : r.media;
+    const img = src ? await loadImage(src) : null;
+    if (!current()) return;
+    drawExplanation(ex, r, img);
     status(`${plan.plan}: why ${r.id} matched`);
   } catch (e) {
+    if (!current()) return;
+    clearExplanation();  // leave no other card's explanation beside this card's error
     status(e.message, true);
   }
 }
@@ -193,16 +217,15 @@ function jet(t) {
   return [f(1.5 - Math.abs(4 * t - 3)), f(1.5 - Math.abs(4 * t - 2)), f(1.5 - Math.abs(4 * t - 1))];
 }
 
-async function drawExplanation(ex, r) {
+// img: the query image (image-query mode) or the item's, drawn under the heat map; null: none
+function drawExplanation(ex, r, img) {
   const box = $("explain");
   box.hidden = false;
   $("ex-title").textContent = `${ex.plan} (${ex.direction}): ${r.id}` + (ex.frame !== null && ex.frame !== undefined ? `, frame ${ex.frame + 1}` : "");
   const canvas = $("heat"), ctx = canvas.getContext("2d");
   const W = canvas.width, [gh, gw] = ex.grid;
   ctx.clearRect(0, 0, W, W);
-  const src = state.info.query === "image" ? state.fileUrl : r.media;
-  if (src) {
-    const img = await loadImage(src);
+  if (img) {
     const side = Math.min(img.width, img.height);  // the centre square the model sees
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(img, (img.width - side) / 2, (img.height - side) / 2, side, side, 0, 0, W, W);
