@@ -16,10 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from .._extras import require
-from ..align import Aligner, Tokens, get_aligner
-from ..utils import atomic_path, read_safetensors, write_text_atomic
+from ..align import Aligner, Tokens
+from ..errors import FileError
+from ..utils import atomic_path, write_text_atomic
 from .base import DualEncoder, VideoTokens
-from .loading import load_backbone
 from .scoring import HEAD_FILE, Scoring, load_scoring, read_head_config
 
 __all__ = ["RetrievalModel", "load_for_scoring", "read_head_config"]
@@ -99,16 +99,16 @@ class RetrievalModel(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> RetrievalModel:
         """Load a folder written by :meth:`save_pretrained` (a bare backbone folder gives the
-        ``tokenflow`` plan with unit weights)."""
-        folder = Path(folder)
-        backbone = load_backbone(folder)
-        head = read_head_config(folder) or {"aligner": "tokenflow", "hparams": {}}
-        aligner = None if head["aligner"] is None else get_aligner(head["aligner"], **head.get("hparams", {}))
-        if aligner is not None and (folder / "aligner.safetensors").is_file():
-            aligner.load_state_dict(read_safetensors(folder / "aligner.safetensors", "plan weights"))
-        return cls(backbone, aligner, w_global=head.get("w_global", 1.0), w_fine=head.get("w_fine", 1.0),
-                   logit_scale=head.get("logit_scale"), max_logit_scale=head.get("max_logit_scale", 100.0),
-                   logit_bias=head.get("logit_bias"))
+        ``tokenflow`` plan with unit weights): :meth:`from_scoring` of
+        :func:`~tokenflow.models.scoring.load_scoring` without overrides, so the same model that
+        ``evaluate``, ``search`` and ``serve`` score with. Plan weights that do not fit the saved
+        plan raise :class:`~tokenflow.errors.FileError` (they are not freshly initialised)."""
+        scoring = load_scoring(folder)
+        if scoring.notes:  # without overrides, a note means only: the saved weights do not fit the saved plan
+            raise FileError(f"{Path(folder) / 'aligner.safetensors'}: the plan weights do not fit plan "
+                            f"{scoring.name!r} built with the folder's hyperparameters "
+                            f"{scoring.head.get('hparams') or {}}")
+        return cls.from_scoring(scoring)
 
 
 def load_for_scoring(folder: str | Path, aligner: str | None = None,
