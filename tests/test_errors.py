@@ -20,7 +20,8 @@ TINY = {"image_size": 16, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16}
 
 
 @pytest.fixture
-def model_dir(tmp_path, synth) -> Path:
+def tiny_backbone_dir(tmp_path, synth) -> Path:
+    """A bare tiny backbone folder of this test's own (a test may damage its files)."""
     split = load_split("flickr30k", synth / "images", "train")
     TinyCLIP(TinyConfig(**TINY), WordTokenizer.build(split.texts)).save_pretrained(tmp_path / "m")
     return tmp_path / "m"
@@ -41,24 +42,25 @@ def test_every_user_error_is_one_family():
 
 
 @pytest.mark.parametrize("damage", ["truncated", "pickled", "garbage"])
-def test_a_damaged_weights_file_is_named(tmp_path, synth, model_dir, capsys, damage):
-    weights = model_dir / "model.safetensors"
+def test_a_damaged_weights_file_is_named(tmp_path, synth, tiny_backbone_dir, capsys, damage):
+    weights = tiny_backbone_dir / "model.safetensors"
     if damage == "truncated":
         weights.write_bytes(weights.read_bytes()[:200])
     elif damage == "pickled":
         torch.save({"w": torch.zeros(3)}, weights)
     else:
         weights.write_bytes(b"\x00" * 64)
-    assert _evaluate(synth / "images", model_dir) == 2
+    assert _evaluate(synth / "images", tiny_backbone_dir) == 2
     err = capsys.readouterr().err
     assert f"{weights}: not a readable safetensors file" in err and "Traceback" not in err
     image = load_split("flickr30k", synth / "images", "val").item_paths[0]
-    assert main(["explain", "--model", str(model_dir), "--media", str(image), "--caption", "a red square",
+    assert main(["explain", "--model", str(tiny_backbone_dir), "--media", str(image), "--caption", "a red square",
                  "--out", str(tmp_path / "e.png")]) == 2
     assert f"{weights}: not a readable safetensors file" in capsys.readouterr().err
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"dataset": "flickr30k", "root": str(synth / "images")},
-                                   "model": {"backbone": str(model_dir)}, "run": {"out": str(tmp_path / "run")}}))
+                                   "model": {"backbone": str(tiny_backbone_dir)},
+                                   "run": {"out": str(tmp_path / "run")}}))
     assert main(["train", "--config", str(cfg)]) == 2
     assert f"{weights}: not a readable safetensors file" in capsys.readouterr().err
 
@@ -73,7 +75,7 @@ def test_a_damaged_checkpoint_is_named(tmp_path, synth, capsys):
     assert "last.safetensors: not a readable safetensors checkpoint" in capsys.readouterr().err
 
 
-def test_a_read_only_output_folder_stops_before_any_work(tmp_path, synth, model_dir, monkeypatch, capsys):
+def test_a_read_only_output_folder_stops_before_any_work(tmp_path, synth, tiny_backbone_dir, monkeypatch, capsys):
     import tokenflow.utils as utils
 
     locked = tmp_path / "ro"
@@ -90,7 +92,7 @@ def test_a_read_only_output_folder_stops_before_any_work(tmp_path, synth, model_
 
     monkeypatch.setattr(importlib.import_module("tokenflow.eval.evaluate"), "evaluate",
                         lambda *a, **k: pytest.fail("evaluated first"))
-    assert _evaluate(synth / "images", model_dir, "--out", str(locked / "r.json")) == 2
+    assert _evaluate(synth / "images", tiny_backbone_dir, "--out", str(locked / "r.json")) == 2
     assert f"--out folder {locked} is not writable (Permission denied)" in capsys.readouterr().err
     from tests.train.helpers import _config
 
@@ -101,7 +103,7 @@ def test_a_read_only_output_folder_stops_before_any_work(tmp_path, synth, model_
     assert main(["demo", "--quick", "--out", str(locked / "demo"), "--methods", "global"]) == 2
     assert "is not writable" in capsys.readouterr().err and not (locked / "demo").exists()
     (tmp_path / "file.txt").write_text("")
-    assert _evaluate(synth / "images", model_dir, "--out", str(tmp_path / "file.txt" / "r.json")) == 2
+    assert _evaluate(synth / "images", tiny_backbone_dir, "--out", str(tmp_path / "file.txt" / "r.json")) == 2
     assert f"{tmp_path / 'file.txt'} is not a folder" in capsys.readouterr().err
 
 
@@ -111,8 +113,8 @@ def test_a_read_only_output_folder_stops_before_any_work(tmp_path, synth, model_
                                              ("lam=true", "lam=True has the wrong type"),
                                              ("lam=-1", "lam=-1 is out of range"),
                                              ("bogus=1", "'bogus' is not a hyperparameter of")])
-def test_a_hyperparameter_must_be_a_finite_number(synth, model_dir, capsys, hp, message):
-    assert _evaluate(synth / "images", model_dir, "--aligner", "tokenflow", "--hp", hp) == 2
+def test_a_hyperparameter_must_be_a_finite_number(synth, tiny_backbone_dir, capsys, hp, message):
+    assert _evaluate(synth / "images", tiny_backbone_dir, "--aligner", "tokenflow", "--hp", hp) == 2
     err = capsys.readouterr().err
     assert f"--hp: {message}" in err and "plan 'tokenflow'" in err and "Traceback" not in err
 
@@ -129,12 +131,12 @@ def test_a_training_hyperparameter_must_be_a_finite_number(tmp_path, synth):
     assert isinstance(load_config(None, ["model.hparams={lam: 3}"], data=data), TrainConfig)
 
 
-def test_every_item_unreadable_with_skip_is_a_clear_message(tmp_path, synth, model_dir, capsys):
+def test_every_item_unreadable_with_skip_is_a_clear_message(tmp_path, synth, tiny_backbone_dir, capsys):
     root = tmp_path / "data"
     shutil.copytree(synth / "images", root)
     for p in load_split("flickr30k", root, "val").item_paths:
         p.write_bytes(b"not a jpeg")
-    assert _evaluate(root, model_dir, "--on-error", "skip") == 2
+    assert _evaluate(root, tiny_backbone_dir, "--on-error", "skip") == 2
     err = capsys.readouterr().err
     assert "none of its 4 images could be read (all skipped); first: " in err and "Traceback" not in err
 

@@ -18,7 +18,7 @@ HARD = ("images", "hard_negatives.json")
 
 
 @pytest.fixture(scope="module")
-def model_dir(synth, tmp_path_factory):
+def retrieval_model_dir(synth, tmp_path_factory):
     """A tiny model saved with a plan and fusion weights (not 1, 1), its vocabulary the captions'."""
     from tokenflow.data import load_split
     from tokenflow.models import TinyConfig
@@ -30,12 +30,12 @@ def model_dir(synth, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def encoded(synth, model_dir):
+def encoded(synth, retrieval_model_dir):
     from tokenflow.eval.compositional import encode_hard_negatives
     from tokenflow.models import load_backbone
 
     items = read_hard_negatives(synth.joinpath(*HARD))
-    return items, encode_hard_negatives(load_backbone(model_dir), items, batch_size=4)
+    return items, encode_hard_negatives(load_backbone(retrieval_model_dir), items, batch_size=4)
 
 
 def _save(path, tokens, ids, **extra):
@@ -75,10 +75,10 @@ def _run(synth, tmp_path, *extra):
 
 
 @pytest.mark.parametrize("aligner", [[], ["--aligner", "max-avg"], ["--aligner", "none"]])
-def test_from_stores_equals_with_the_model(synth, model_dir, stores, tmp_path, aligner):
-    direct = _run(synth, tmp_path, "--model", str(model_dir), *aligner)
+def test_from_stores_equals_with_the_model(synth, retrieval_model_dir, stores, tmp_path, aligner):
+    direct = _run(synth, tmp_path, "--model", str(retrieval_model_dir), *aligner)
     stored = _run(synth, tmp_path, "--visual-store", str(stores[0]), "--text-store", str(stores[1]),
-                  "--model", str(model_dir), *aligner)
+                  "--model", str(retrieval_model_dir), *aligner)
     assert stored["scores"] == direct["scores"] and stored["evaluated"] == direct["evaluated"]
     assert stored["similarity"] == direct["similarity"] and stored["similarity"]["w_fine"] == 2.0
     assert stored["backbone"]["visual"]["kind"] == "imported" and stored["backbone"]["text"]["normalized"] is True

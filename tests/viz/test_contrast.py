@@ -18,7 +18,8 @@ from tokenflow.viz.contrast import explain_contrast, render_contrast, word_share
 
 
 @pytest.fixture(scope="module")
-def model_dir(synth, tmp_path_factory):
+def retrieval_model_dir(synth, tmp_path_factory):
+    """A tiny model saved with the tokenflow plan and fusion weights 0.5, 2."""
     split = load_split("flickr30k", synth / "images", "train")
     return save_tiny_model(tmp_path_factory.mktemp("contrast-model") / "best", split.texts, seed=1, w_global=0.5,
                            w_fine=2.0)
@@ -31,16 +32,16 @@ def item(synth):
 
 
 @pytest.mark.parametrize("aligner", [None, "max-avg"])
-def test_both_sides_are_explain_and_the_pairs_add_up_to_the_difference(model_dir, item, aligner):
+def test_both_sides_are_explain_and_the_pairs_add_up_to_the_difference(retrieval_model_dir, item, aligner):
     from tokenflow.data.base import load_image
 
-    con = explain_contrast(model_dir, item.media, item.caption, item.negatives[0], aligner=aligner)
-    model = RetrievalModel.from_pretrained(model_dir)
+    con = explain_contrast(retrieval_model_dir, item.media, item.caption, item.negatives[0], aligner=aligner)
+    model = RetrievalModel.from_pretrained(retrieval_model_dir)
     bb, plan = model.backbone.eval(), get_aligner(aligner or "tokenflow")  # the saved plan: tokenflow, defaults
     with torch.no_grad():
         vis = bb.encode_images(bb.preprocess(load_image(item.media)).unsqueeze(0))
     for side, text in ((con.true, item.caption), (con.false, item.negatives[0])):
-        alone = explain(model_dir, item.media, text, aligner=aligner)
+        alone = explain(retrieval_model_dir, item.media, text, aligner=aligner)
         assert side.caption == text and side.score == pytest.approx(alone.score, abs=1e-6)
         with torch.no_grad():  # the fine score is the one retrieval ranks with, for this very pair
             want = plan.pairwise(vis, bb.encode_text_strings([text])).t2v
@@ -60,18 +61,18 @@ def test_both_sides_are_explain_and_the_pairs_add_up_to_the_difference(model_dir
     assert v["correct"] == (fused_true > fused_false)
 
 
-def test_figure_holds_both_panels(model_dir, item, tmp_path):
+def test_figure_holds_both_panels(retrieval_model_dir, item, tmp_path):
     from PIL import Image
 
-    con = explain_contrast(model_dir, item.media, item.caption, item.negatives[0])
+    con = explain_contrast(retrieval_model_dir, item.media, item.caption, item.negatives[0])
     path = render_contrast(con, tmp_path / "pair.png")
     with Image.open(path) as im:
         assert im.size[0] > 1.8 * im.size[1] - 200 and im.size[0] >= 1500
 
 
-def test_command_prints_the_verdict_and_the_moved_pairs(model_dir, item, tmp_path, capsys):
+def test_command_prints_the_verdict_and_the_moved_pairs(retrieval_model_dir, item, tmp_path, capsys):
     out, numbers = tmp_path / "c.png", tmp_path / "c.json"
-    assert main(["explain", "--model", str(model_dir), "--media", str(item.media), "--caption", item.caption,
+    assert main(["explain", "--model", str(retrieval_model_dir), "--media", str(item.media), "--caption", item.caption,
                  "--negative", item.negatives[0], "--out", str(out), "--json", str(numbers)]) == 0
     printed = capsys.readouterr().out
     assert "word pairs that moved the fine score" in printed and out.is_file()
@@ -80,7 +81,7 @@ def test_command_prints_the_verdict_and_the_moved_pairs(model_dir, item, tmp_pat
     assert saved["w_global"] == 0.5 and saved["moved"]
 
 
-def test_an_empty_negative_is_refused_by_name(model_dir, item, capsys):
-    assert main(["explain", "--model", str(model_dir), "--media", str(item.media), "--caption", item.caption,
+def test_an_empty_negative_is_refused_by_name(retrieval_model_dir, item, capsys):
+    assert main(["explain", "--model", str(retrieval_model_dir), "--media", str(item.media), "--caption", item.caption,
                  "--negative", "  "]) == 2
     assert "negative caption is empty" in capsys.readouterr().err

@@ -15,7 +15,8 @@ from tokenflow.viz import explain, render
 
 
 @pytest.fixture(scope="module")
-def model_dir(synth, tmp_path_factory):
+def retrieval_model_dir(synth, tmp_path_factory):
+    """A tiny model saved with the tokenflow plan and unit fusion weights (image and video captions)."""
     split = load_split("flickr30k", synth / "images", "train")
     videos = load_split("msrvtt", synth / "videos", "train")
     return save_tiny_model(tmp_path_factory.mktemp("model") / "best", split.texts + videos.texts, seed=0,
@@ -24,11 +25,11 @@ def model_dir(synth, tmp_path_factory):
 
 @pytest.mark.parametrize("aligner", [None, "scan", "sinkhorn"])
 @pytest.mark.parametrize("direction", ["t2v", "v2t"])
-def test_numbers_are_the_plan_of_the_pair(synth, model_dir, aligner, direction):
+def test_numbers_are_the_plan_of_the_pair(synth, retrieval_model_dir, aligner, direction):
     test = load_split("flickr30k", synth / "images", "test")
     path, caption = test.item_paths[1], test.texts[test.text_item.index(1)]
-    expl = explain(model_dir, path, caption, direction=direction, aligner=aligner)
-    model = RetrievalModel.from_pretrained(model_dir)
+    expl = explain(retrieval_model_dir, path, caption, direction=direction, aligner=aligner)
+    model = RetrievalModel.from_pretrained(retrieval_model_dir)
     plan_of = model.aligner if aligner is None else get_aligner(aligner)
     with torch.no_grad():
         vis = model.backbone.encode_images(model.backbone.preprocess(load_image(path)).unsqueeze(0))
@@ -62,7 +63,7 @@ def test_numbers_are_the_plan_of_the_pair(synth, model_dir, aligner, direction):
     assert [(p["patch"], p["token"]) for p in only] == [(s, t) for _, s, t in want]
 
 
-def test_the_figure_shows_d_over_the_patch_grid(synth, model_dir, tmp_path, monkeypatch):
+def test_the_figure_shows_d_over_the_patch_grid(synth, retrieval_model_dir, tmp_path, monkeypatch):
     import matplotlib.axes
     from PIL import Image
 
@@ -75,7 +76,7 @@ def test_the_figure_shows_d_over_the_patch_grid(synth, model_dir, tmp_path, monk
 
     monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
     test = load_split("flickr30k", synth / "images", "test")
-    expl = explain(model_dir, test.item_paths[0], test.texts[0])
+    expl = explain(retrieval_model_dir, test.item_paths[0], test.texts[0])
     out = render(expl, tmp_path / "fig.png")
     heat = [x for x in shown if x.shape == (4, 4)]
     assert len(heat) == 1 and np.allclose(heat[0], expl.d.reshape(4, 4).numpy())
@@ -84,25 +85,25 @@ def test_the_figure_shows_d_over_the_patch_grid(synth, model_dir, tmp_path, monk
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]  # written atomically, no temp left
 
 
-def test_a_video_is_explained_on_its_middle_frame(synth, model_dir):
+def test_a_video_is_explained_on_its_middle_frame(synth, retrieval_model_dir):
     test = load_split("msrvtt", synth / "videos", "test")
-    expl = explain(model_dir, test.item_paths[0], test.texts[0], num_frames=6)
+    expl = explain(retrieval_model_dir, test.item_paths[0], test.texts[0], num_frames=6)
     frames = read_video_frames(test.item_paths[0], 6)
     assert np.array_equal(np.asarray(expl.image), np.asarray(frames[2]))  # the 3rd of 6 (the paper: 6th of 12)
     assert expl.d.shape == (16,) and expl.c.shape[0] == 16
 
 
-def test_bad_inputs_are_named(synth, model_dir, tmp_path, capsys):
+def test_bad_inputs_are_named(synth, retrieval_model_dir, tmp_path, capsys):
     test = load_split("flickr30k", synth / "images", "test")
     with pytest.raises(FileNotFoundError, match="model folder .*nope not found"):
         explain(tmp_path / "nope", test.item_paths[0], "a red circle")
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not really")
     with pytest.raises(MediaError, match="broken.jpg: cannot decode image"):
-        explain(model_dir, bad, "a red circle")
+        explain(retrieval_model_dir, bad, "a red circle")
     with pytest.raises(ValueError, match="caption is empty"):
-        explain(model_dir, test.item_paths[0], "  ")
-    args = ["explain", "--model", str(model_dir), "--media", str(bad), "--caption", "a red circle",
+        explain(retrieval_model_dir, test.item_paths[0], "  ")
+    args = ["explain", "--model", str(retrieval_model_dir), "--media", str(bad), "--caption", "a red circle",
             "--out", str(tmp_path / "x.png")]
     assert main(args) == 2
     assert "tokenflow explain:" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
@@ -117,10 +118,10 @@ def test_bad_inputs_are_named(synth, model_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["mpa", "dive"])
-def test_set_methods_have_no_token_plan_to_draw(synth, model_dir, name):
+def test_set_methods_have_no_token_plan_to_draw(synth, retrieval_model_dir, name):
     test = load_split("flickr30k", synth / "images", "test")
     with pytest.raises(ValueError, match=f"{name} scores sets of learned embeddings, not token pairs"):
-        explain(model_dir, test.item_paths[0], "a red circle", aligner=name)
+        explain(retrieval_model_dir, test.item_paths[0], "a red circle", aligner=name)
 
 
 def test_a_clip_folder_is_explained_with_its_own_tokens(synth, tmp_path):
