@@ -70,7 +70,9 @@ def test_plan_hyperparameters_are_checked_after_overrides(tmp_path):
         load_config(path, ["model.aligner=sinkhorn"])  # lam belongs to the file's plan, not the new one
     cfg = load_config(path, ["model.aligner=sinkhorn", "model.hparams={n_iter: 20, tol: null}"])
     assert cfg.model.hparams == {"n_iter": 20, "tol": None}
-    assert load_config(path, ["model.aligner=null"]).model.aligner is None  # global only: nothing to check
+    with pytest.raises(ConfigError, match=r"model.hparams: global-only training .* got lam; clear them"):
+        load_config(path, ["model.aligner=null"])  # global only: nothing would read lam
+    assert load_config(path, ["model.aligner=null", "model.hparams={}"]).model.aligner is None
 
 
 def test_missing_files_and_bad_overrides(tmp_path):

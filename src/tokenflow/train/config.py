@@ -19,7 +19,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from ..errors import UserError
+from ..errors import HParamError, UserError
 from ..models.tiny import TinyConfig
 
 __all__ = ["CSConfig", "ConfigError", "DataConfig", "DistillConfig", "LossConfig", "LossKind", "ModelConfig",
@@ -95,7 +95,12 @@ class ModelConfig(_Strict):
         # aligner is validated first (it is declared first); absent here when it was invalid.
         from ..align import check_hparams
 
-        aligner = info.data.get("aligner")
+        if "aligner" not in info.data:
+            return v
+        aligner = info.data["aligner"]
+        if aligner is None and v:  # global only: nothing would read them
+            raise HParamError(f"model.hparams: global-only training (model.aligner null) takes no plan "
+                              f"hyperparameters, got {', '.join(sorted(v))}; clear them with model.hparams={{}}")
         if aligner is not None:
             check_hparams(aligner, v, source="model.hparams")
         return v
