@@ -310,3 +310,34 @@ def test_cli_on_sugarcrepe_files(tmp_path, tiny_model_dir, synth, capsys):
     assert main(["evaluate-compositional", "--benchmark", "sugarcrepe", "--annotations", str(ann),
                  "--model", str(tiny_model_dir)]) == 2
     assert "--images: SugarCrepe needs the COCO val2017 image folder" in capsys.readouterr().err
+
+
+def test_items_from_a_split_encoding_equal_their_own_encoding(synth, tiny_model_dir):
+    """The test split encoded once (for retrieval) gives the items' images bit for bit as encoding
+    them on their own, in another order and with some left out, and so the same report."""
+    from tokenflow.data import load_split
+    from tokenflow.eval.compositional import encode_hard_negatives, items_from_encoded
+    from tokenflow.eval.evaluate import encode_split
+    from tokenflow.models import RetrievalModel
+
+    model = RetrievalModel.from_pretrained(tiny_model_dir)
+    items = read_hard_negatives(synth / "images" / "hard_negatives.json")[::-1]
+    items = [it for it in items if it.media != items[-1].media]  # the split's first image left out
+    split = load_split("flickr30k", synth / "images", "test")
+    assert len({it.media for it in items}) < len(split)  # some test images are not used
+    enc = encode_split(model.backbone, split, batch_size=4)
+    shared = items_from_encoded(enc, items, model.backbone, batch_size=3)
+    own = encode_hard_negatives(model.backbone, items, batch_size=3)
+    assert shared.media == own.media and shared.texts == own.texts
+    for got, want in ((shared.vis, own.vis), (shared.txt, own.txt)):
+        assert all(torch.equal(a, b) for a, b in zip((got.feats, got.mask, got.pooled),
+                                                      (want.feats, want.mask, want.pooled), strict=True))
+    kw = {"w_global": model.w_global, "w_fine": model.w_fine}
+    a = evaluate_compositional(model.backbone, items, model.aligner, encoded=shared, **kw)["scores"]
+    b = evaluate_compositional(model.backbone, items, model.aligner, **kw)["scores"]
+    assert a == b
+    with pytest.raises(ValueError, match="not in the encoded split"):
+        items_from_encoded(enc, [HardNegative(Path("elsewhere.png"), "x", ("y",))], model.backbone)
+    with pytest.raises(ValueError, match="are images but the encoded split holds videos"):
+        items_from_encoded(encode_split(model.backbone, load_split("msrvtt", synth / "videos", "test"),
+                                        num_frames=4), items, model.backbone)

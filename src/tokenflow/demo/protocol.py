@@ -17,13 +17,17 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import InputError
 from .budget import SCENES, VIDEO_FRAMES, budget, label
 
-__all__ = ["digest", "make_task_data", "prepare", "run_one", "stage_config"]
+if TYPE_CHECKING:
+    from ..eval.evaluate import Encoded
+
+__all__ = ["digest", "encode_test", "make_task_data", "prepare", "run_one", "stage_config"]
 
 
 def make_task_data(task: str, folder: Path, p: dict, seed: int, videos: bool, pretrain: bool = True) -> dict:
@@ -84,8 +88,8 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def pretrain(where: dict, p: dict, seed: int, runs: Path, workers: int, log) -> tuple[Path, str]:
-    """The global-loss pretraining of one seed; returns its ``best/`` folder and that folder's digest."""
+def pretrain(where: dict, p: dict, seed: int, runs: Path, workers: int, log) -> Path:
+    """The global-loss pretraining of one seed; returns its ``best/`` folder."""
     from ..train import load_config, train
 
     t0 = time.perf_counter()
@@ -95,21 +99,32 @@ def pretrain(where: dict, p: dict, seed: int, runs: Path, workers: int, log) -> 
     pre_val = json.loads((runs / "pretrain" / "val_best.json").read_text())["metrics"]
     log(f"pretrained (global loss only) in {time.perf_counter() - t0:.0f} s: val t2v R@1 "
         f"{pre_val['t2v']['R@1']:.1f}, step {summary['best_step']} of {summary['steps']}")
-    return runs / "pretrain" / "best", digest(runs / "pretrain" / "best")
+    return runs / "pretrain" / "best"
 
 
 @torch.no_grad()
-def pointing_of(model, where: dict) -> dict:
-    """Pointing accuracy of a trained token-plan model (a :class:`~tokenflow.models.RetrievalModel`)
-    over every test caption with its own image, under each reading of
-    :data:`~tokenflow.eval.pointing.WEIGHTS` (t2v plan)."""
+def encode_test(model, where: dict) -> Encoded:
+    """The test split of ``where`` encoded once by a trained model (a
+    :class:`~tokenflow.models.RetrievalModel`), for :func:`pointing_of` and
+    :func:`hard_negatives_of` to share."""
     from ..data import load_split
     from ..eval.evaluate import encode_split
-    from ..eval.pointing import WEIGHTS, Pointing, boxes_for, pointing, read_boxes
 
     split = load_split(where["dataset"], where["root"], "test")
+    return encode_split(model.backbone, split, num_frames=VIDEO_FRAMES)
+
+
+@torch.no_grad()
+def pointing_of(model, where: dict, encoded: Encoded | None = None) -> dict:
+    """Pointing accuracy of a trained token-plan model (a :class:`~tokenflow.models.RetrievalModel`)
+    over every test caption with its own image, under each reading of
+    :data:`~tokenflow.eval.pointing.WEIGHTS` (t2v plan); ``encoded``: the test split already
+    encoded by :func:`encode_test` (default: encoded here)."""
+    from ..eval.pointing import WEIGHTS, Pointing, boxes_for, pointing, read_boxes
+
+    enc = encoded if encoded is not None else encode_test(model, where)
+    split = enc.split
     boxes = read_boxes(where["boxes"])
-    enc = encode_split(model.backbone, split)
     aligner, backbone = model.aligner.eval(), model.backbone
     size = tuple(boxes["image_size"])
     total = {w: Pointing() for w in WEIGHTS}
@@ -126,18 +141,21 @@ def pointing_of(model, where: dict) -> dict:
     return {**out, "chance": total["flow"].chance_accuracy, "direction": "t2v"}
 
 
-def hard_negatives_of(model, where: dict) -> dict | None:
+def hard_negatives_of(model, where: dict, encoded: Encoded | None = None) -> dict | None:
     """Accuracy of a trained model's fused score on the test split's hard negatives (None without
-    the file)."""
+    the file); ``encoded``: the test split already encoded by :func:`encode_test`, whose images
+    are reused (default: the items' images are encoded here)."""
     from ..data import read_hard_negatives
     from ..eval import evaluate_compositional
+    from ..eval.compositional import items_from_encoded
 
     path = Path(where["root"]) / "hard_negatives.json"
     if not path.is_file():
         return None
     items = read_hard_negatives(path, where["root"])
+    shared = None if encoded is None else items_from_encoded(encoded, items, model.backbone)
     report = evaluate_compositional(model.backbone, items, model.aligner, w_global=model.w_global,
-                                    w_fine=model.w_fine, num_frames=VIDEO_FRAMES)
+                                    w_fine=model.w_fine, num_frames=VIDEO_FRAMES, encoded=shared)
     fused = report["scores"]["fused"]
     return {"accuracy": fused["overall"]["accuracy"], "items": fused["overall"]["items"],
             "ties": fused["overall"]["ties"],
@@ -163,8 +181,8 @@ def prepare(task: str, seed: int, protocols: list[str], out: str, quick: bool, v
     where = make_task_data(task, out / "data" / task / f"seed-{seed}", p, seed, videos, pretrain=finetune)
     if finetune:
         runs = out / "runs" / task / "finetune" / f"seed-{seed}"
-        pre_dir, pre_digest = pretrain(where, p, seed, runs, workers, _logger(f"[{task} finetune seed {seed}]"))
-        where["pretrained"] = (str(pre_dir), pre_digest)
+        pre_dir = pretrain(where, p, seed, runs, workers, _logger(f"[{task} finetune seed {seed}]"))
+        where["pretrained"] = (str(pre_dir), digest(pre_dir))
     return {k: str(v) if isinstance(v, Path) else v for k, v in where.items()}
 
 
@@ -191,11 +209,13 @@ def run_one(task: str, seed: int, protocol: str, spec: str, where: dict, out: st
     if pre:
         row.update({"pretrained_from": pre[0], "pretrained_sha256": pre[1]})
     model = RetrievalModel.from_pretrained(runs / folder_name(spec) / "best")  # loaded once for both
+    enc = None
     if task == "scenes" and is_token_plan(name):
-        row["pointing"] = pointing_of(model, where)
+        enc = encode_test(model, where)  # the test images encoded once, for pointing and hard negatives
+        row["pointing"] = pointing_of(model, where, enc)
         log(f"{name:<10} pointing (T*c) {row['pointing']['flow']['accuracy']:5.1f} % (chance "
             f"{row['pointing']['chance']:.1f} %)")
-    hn = hard_negatives_of(model, where)
+    hn = hard_negatives_of(model, where, enc)
     if hn is not None:
         row["hard_negatives"] = hn
     return row

@@ -77,7 +77,7 @@ def tune(task: str, protocol: str, names: list[str], out: Path, quick: bool, vid
     where = make_task_data(task, out / "data" / task / f"tune-seed-{TUNING_SEED}", p, TUNING_SEED, videos,
                            pretrain=protocol == "finetune")
     runs = out / "runs" / task / protocol / f"tune-seed-{TUNING_SEED}"
-    pre_dir = pretrain(where, p, TUNING_SEED, runs, workers, log)[0] if protocol == "finetune" else None
+    pre_dir = pretrain(where, p, TUNING_SEED, runs, workers, log) if protocol == "finetune" else None
     base = stage_config(where, p, TUNING_SEED, runs, stage=protocol, backbone=str(pre_dir or "tiny"), test=False)
     base["data"]["workers"] = workers
     return search_grid(base, [n for n in names if n in GRIDS], runs, log)

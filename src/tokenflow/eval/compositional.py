@@ -40,10 +40,10 @@ from ..data.errors import MediaError
 from ..data.hard_negatives import HardNegative
 from ..errors import FileError, UserError
 from ..models.base import DualEncoder, VideoTokens
-from .evaluate import encode_items, encode_texts, similarity
+from .evaluate import Encoded, encode_items, encode_texts, similarity
 
 __all__ = ["SCORES", "TIE_RTOL", "EncodedItems", "accuracy_report", "encode_hard_negatives", "evaluate_compositional",
-           "format_compositional_table", "score_items", "wilson_interval"]
+           "format_compositional_table", "items_from_encoded", "score_items", "wilson_interval"]
 
 SCORES = ("fused", "fine", "global")
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
@@ -95,6 +95,30 @@ def encode_hard_negatives(backbone: DualEncoder, items: Sequence[HardNegative], 
     except MediaError as e:
         where = next((it.where for it in items if str(it.media) == e.path), "")
         raise FileError(f"{where}: {e}" if where else str(e)) from None
+    txt = encode_texts(backbone, texts, batch_size=batch_size, progress=progress)
+    return EncodedItems(media, texts, vis, txt, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def items_from_encoded(encoded: Encoded, items: Sequence[HardNegative], backbone: DualEncoder, *,
+                       batch_size: int = 64, progress: bool = False) -> EncodedItems:
+    """The :class:`EncodedItems` of ``items`` with their images (or videos) taken from a split's
+    encoding (an :class:`~tokenflow.eval.evaluate.Encoded`, e.g. the test split's, encoded for
+    retrieval) instead of encoded again; only the captions are encoded, as
+    :func:`encode_hard_negatives` encodes them. Every item's media must be an item of
+    ``encoded.split`` (matched by resolved path), encoded with the settings the items need."""
+    if not items:
+        raise UserError("no hard-negative items to encode")
+    t0 = time.perf_counter()
+    media, texts = _distinct(items)
+    if _modality(items) != encoded.split.modality:
+        raise ValueError(f"the items are {_modality(items)}s but the encoded split holds {encoded.split.modality}s")
+    row = {Path(p).resolve(): k for k, p in enumerate(encoded.split.item_paths)}
+    missing = [m for m in media if m.resolve() not in row]
+    if missing:
+        raise ValueError(f"{len(missing)} item media are not in the encoded split {encoded.split.name!r}, "
+                         f"first: {missing[0]}")
+    vis = encoded.vis[[row[m.resolve()] for m in media]]
     txt = encode_texts(backbone, texts, batch_size=batch_size, progress=progress)
     return EncodedItems(media, texts, vis, txt, time.perf_counter() - t0)
 
