@@ -34,7 +34,8 @@ def test_training_learns_and_picks_the_checkpoint_on_validation(tmp_path, learn_
     cfg = ROOT / "configs" / "synthetic-images.yaml"
     out = tmp_path / "run"
     code = main(["train", "--config", str(cfg), f"data.root={learn_data}", f"run.out={out}", "optim.epochs=20",
-                 f"model.aligner={'null' if aligner is None else aligner}", "run.progress=false"])
+                 f"model.aligner={'null' if aligner is None else aligner}", "run.progress=false",
+                 *(["model.hparams={}"] if aligner is None else [])])
     assert code == 0
     log = _log(out)
     losses = [r["loss"] for r in log if r["kind"] == "train"]
