@@ -355,3 +355,10 @@ def test_host_header_parsing():
         ["::1", "localhost", "127.0.0.1", "::1"]
     assert [host_name(h) for h in ("[::1]evil", "a:b", "a b", "", "x@y", "a:123456")] == [None] * 6
     assert HostCheck(None, ["*"]).allowed is None and HostCheck(None, ["[::1]", "LOCALHOST"]).allowed == {"::1", "localhost"}
+
+
+def test_serve_encodes_queries_on_its_device(collection):
+    """``serve --device D``: the model moves to D with the plans, so queries are encoded there too
+    (it stayed on the CPU while only the re-ranking ran on D); the backbone check ran first."""
+    engine = create_app(collection.index, collection.model_dir, device="meta").state.engine
+    assert engine.model.device.type == "meta" and engine.base.model is engine.model

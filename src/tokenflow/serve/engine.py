@@ -101,6 +101,7 @@ class Engine:
         self.model = model.eval()
         self.base = Searcher(index_dirs, model=self.model, aligner=None, w_global=w_global, w_fine=w_fine,
                              device=device, check_backbone=check_backbone)
+        self.model = self.model.to(device)  # queries are encoded where they are re-ranked (checked on the CPU first)
         self.kind, self.limits, self.device = self.base.kind, limits, device
         self.plans = list(dict.fromkeys([*plans, GLOBAL]))
         self.w_global, self.w_fine = float(w_global), float(w_fine)
