@@ -40,9 +40,11 @@ def _tokenizer(kind: str):
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def save_tiny_siglip(folder, kind: str, logit_scale: float = 2.3, logit_bias: float = -9.0):
+def save_tiny_siglip(folder, kind: str, logit_scale: float = 2.3, logit_bias: float = -9.0, image_size: int = 32,
+                     patch_size: int = 8):
     """A random tiny SiglipModel (32 x 32 images, 8 x 8 patches) or Siglip2Model (NaFlex, a 4 x 4
-    grid of 8 x 8 patches), its tokenizer and image processor, as save_pretrained writes them."""
+    grid of 8 x 8 patches), its tokenizer and image processor, as save_pretrained writes them.
+    ``image_size`` and ``patch_size`` change SigLIP's (``patch_size`` also SigLIP 2's patches)."""
     from transformers import (Siglip2Config, Siglip2Model, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig,
                               SiglipModel, SiglipTextConfig, SiglipVisionConfig)
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
@@ -53,18 +55,19 @@ def save_tiny_siglip(folder, kind: str, logit_scale: float = 2.3, logit_bias: fl
     text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 max_position_embeddings=TEXT_POSITIONS, pad_token_id=0, bos_token_id=None, eos_token_id=1,
                 projection_size=24)
-    vision = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, patch_size=8)
+    vision = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  patch_size=patch_size)
     torch.manual_seed(0 if kind == "siglip" else 1)
     if kind == "siglip":
         cfg = SiglipConfig(text_config=SiglipTextConfig(**text).to_dict(),
-                           vision_config=SiglipVisionConfig(**vision, image_size=32).to_dict())
+                           vision_config=SiglipVisionConfig(**vision, image_size=image_size).to_dict())
         model = SiglipModel(cfg)
-        SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(str(folder))
+        SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(str(folder))
     else:
         cfg = Siglip2Config(text_config=Siglip2TextConfig(**text).to_dict(),
                             vision_config=Siglip2VisionConfig(**vision, num_patches=16).to_dict())
         model = Siglip2Model(cfg)
-        Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16).save_pretrained(str(folder))
+        Siglip2ImageProcessorPil(patch_size=patch_size, max_num_patches=16).save_pretrained(str(folder))
     with torch.no_grad():  # SigLIP's published starting point, not the random init
         model.logit_scale.fill_(logit_scale)
         model.logit_bias.fill_(logit_bias)
@@ -124,6 +127,24 @@ def test_image_tokens_equal_the_transformers_model(siglip):
     torch.testing.assert_close(vis.feats, F.normalize(per_patch, dim=-1), atol=1e-5, rtol=1e-5)
     # a patch's token is not the raw hidden state: the head moved it into the joint space
     assert not torch.allclose(vis.feats, F.normalize(out.last_hidden_state, dim=-1), atol=1e-2)
+
+
+def test_image_size_not_a_multiple_of_the_patch(tmp_path):
+    """SigLIP with image_size 30 and 14-pixel patches (as so400m-patch14-384: 384 = 27 * 14 + 6):
+    the processor resizes to 30, as transformers' does, and the model's stride-14 patch conv
+    reads the first 2 x 2 patches and drops the rest, so the features are the transformers
+    model's on the same pixels."""
+    siglip = load_backbone(save_tiny_siglip(tmp_path, "siglip", image_size=30, patch_size=14))
+    assert siglip.image_size == 30 and siglip.patch_grid == (2, 2)
+    images = [_image(0, 40), _image(1, 40)]
+    px = torch.stack([siglip.preprocess(im) for im in images])
+    hf = _hf_pixels(siglip, images)
+    torch.testing.assert_close(px, hf["pixel_values"])
+    with torch.no_grad():
+        vis = siglip.encode_images(px)
+        out = siglip.model.get_image_features(**hf)
+    assert vis.feats.shape == (2, 4, 24) and vis.mask.all()
+    torch.testing.assert_close(vis.pooled, F.normalize(out.pooler_output, dim=-1), atol=1e-5, rtol=1e-5)
 
 
 def test_one_patch_alone_is_the_heads_value_path(siglip):

@@ -78,15 +78,7 @@ class HFSiglip(DualEncoder):
         if int(tc.projection_size) != int(vc.hidden_size):
             raise FileError(f"{source or 'model'}: text_config.projection_size {tc.projection_size} differs from "
                              f"vision_config.hidden_size {vc.hidden_size}: the towers do not share a joint space")
-        if self.model_type == "siglip2":
-            side = math.isqrt(int(vc.num_patches))
-            if side * side != int(vc.num_patches):
-                raise FileError(f"{source or 'model'}: vision_config.num_patches {vc.num_patches} is not a square "
-                                 "grid; the fixed-resolution use needs one")
-            self.grid = side
-        else:
-            self.grid = int(vc.image_size) // int(vc.patch_size)
-        self.image_size = self.grid * int(vc.patch_size)
+        self.grid, self.image_size = _input_geometry(vc, self.model_type, source)
         self.embed_dim = int(vc.hidden_size)
         if tokenizer.pad_token_id is None:
             raise FileError(f"{source or 'model'}: the tokenizer has no pad token; SigLIP pads every text to "
@@ -124,7 +116,7 @@ class HFSiglip(DualEncoder):
             settings = json.loads((folder / "preprocessor_config.json").read_text())
         except json.JSONDecodeError as e:
             raise FileError(f"{folder / 'preprocessor_config.json'}: not valid JSON ({e})") from None
-        processor = _square_processor(SiglipImageProcessorPil, settings, model, model_type)
+        processor = _square_processor(SiglipImageProcessorPil, settings, model, model_type, str(folder))
         return cls(model, tokenizer, processor, max_text_len=max_text_len, source=str(folder),
                    processor_settings=settings)
 
@@ -238,11 +230,28 @@ class HFSiglip(DualEncoder):
         return folder
 
 
-def _square_processor(cls, settings: dict, model, model_type: str):
+def _input_geometry(vc, model_type: str, source: str = "") -> tuple[int, int]:
+    """``(grid, side)``: patches per row and column, and the square input's side in pixels.
+
+    SigLIP: ``side`` is ``vision_config.image_size``, what transformers' processor resizes to, and
+    ``grid`` is ``image_size // patch_size``. The model's patch conv (stride ``patch_size``) drops
+    the pixels past ``grid * patch_size`` when ``image_size`` is not a multiple (so400m-patch14-384:
+    384 pixels, 27 patches of 14), and its position table has ``grid ** 2`` entries.
+    SigLIP 2: the square grid of ``vision_config.num_patches``, ``side = grid * patch_size``."""
+    patch = int(vc.patch_size)
+    if model_type != "siglip2":
+        return int(vc.image_size) // patch, int(vc.image_size)
+    grid = math.isqrt(int(vc.num_patches))
+    if grid * grid != int(vc.num_patches):
+        raise FileError(f"{source or 'model'}: vision_config.num_patches {vc.num_patches} is not a square "
+                         "grid; the fixed-resolution use needs one")
+    return grid, grid * patch
+
+
+def _square_processor(cls, settings: dict, model, model_type: str, source: str = ""):
     """A fixed-size Pillow processor: resize to the model's square input (SigLIP's own size, or
     SigLIP 2's ``num_patches`` grid), rescale and normalise with the folder's settings."""
-    vc = model.config.vision_config
-    side = int(vc.image_size) if model_type == "siglip" else math.isqrt(int(vc.num_patches)) * int(vc.patch_size)
+    _, side = _input_geometry(model.config.vision_config, model_type, source)
     keep = {k: settings[k] for k in ("image_mean", "image_std", "rescale_factor", "resample", "do_rescale",
                                      "do_normalize", "do_convert_rgb") if k in settings}
     return cls(**keep, do_resize=True, size={"height": side, "width": side})
