@@ -112,7 +112,7 @@ class Engine:
         # A text store keeps its texts where a visual one keeps file paths: no media to serve then.
         self.media = MediaRoot([p for store in self.base.stores for p in store.paths] if self.kind == "visual" else [],
                                media_root)
-        self._aligners: OrderedDict[tuple, tuple[Aligner, bool]] = OrderedDict()
+        self._aligners: OrderedDict[tuple, tuple[Aligner, str]] = OrderedDict()  # (aligner, source)
         self._lock = threading.Lock()
         self._busy = threading.BoundedSemaphore(max(1, limits.workers))
 
@@ -186,18 +186,17 @@ class Engine:
         with self._lock:
             if key in self._aligners:
                 self._aligners.move_to_end(key)
-                built, trained = self._aligners[key]
-                return built, TRAINED if trained else FRESH
+                return self._aligners[key]
         try:  # the one scoring path: the trained plan with its weights, any other built fresh
             built, _, trained, _, _ = build_plan(self.trained, name, hparams, dim=self.base.dim)
         except UserError as e:  # hyperparameters that do not fit together (heads vs D); a bug is no 400
             raise RequestError(str(e), 400) from None
-        built = built.to(self.device).eval()
+        entry = (built.to(self.device).eval(), TRAINED if trained else FRESH)
         with self._lock:
-            self._aligners[key] = (built, trained)
+            self._aligners[key] = entry
             while len(self._aligners) > 32:
                 self._aligners.popitem(last=False)
-        return built, TRAINED if trained else FRESH
+        return entry
 
     def _check_hparams(self, name: str, hparams: dict) -> None:
         """The plan's declared spec (:func:`~tokenflow.align.check_hparams`), then this server's own
