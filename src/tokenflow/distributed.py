@@ -27,7 +27,7 @@ from torch import Tensor
 from .tokens import Tokens
 
 __all__ = ["DistInfo", "all_gather_grad", "all_gather_objects", "all_gather_rows", "all_gather_tokens",
-           "gather_ids", "gather_sizes", "mean_over_processes", "shard"]
+           "gather_sizes", "mean_over_processes", "shard"]
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,6 @@ def all_gather_tokens(tok: Tokens, info: DistInfo, sizes: list[int], grad: bool 
     gather = all_gather_grad if grad else _all_gather_plain
     mask_all = _all_gather_plain(mask.to(torch.uint8), info, sizes).bool()
     return Tokens(gather(feats, info, sizes), mask_all, gather(tok.pooled, info, sizes))
-
-
-def gather_ids(ids: Tensor, info: DistInfo, sizes: list[int]) -> Tensor:
-    return ids if not info.enabled else _all_gather_plain(ids, info, sizes)
 
 
 def all_gather_rows(x: Tensor, info: DistInfo, sizes: list[int]) -> Tensor:

@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import (DistInfo, all_gather_grad, all_gather_objects, all_gather_rows, all_gather_tokens,
-                           gather_ids, gather_sizes, mean_over_processes, shard)
+                           gather_sizes, mean_over_processes, shard)
 
 __all__ = ["DistInfo", "all_gather_grad", "all_gather_objects", "all_gather_rows", "all_gather_tokens",
-           "gather_ids", "gather_sizes", "init_distributed", "mean_over_processes", "shard"]
+           "gather_sizes", "init_distributed", "mean_over_processes", "shard"]
 
 
 def init_distributed(device: str) -> tuple[DistInfo, torch.device]:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..align import Aligner
 from ..align.base import LossInputs, TrainingLosses
-from ..distributed import DistInfo, all_gather_tokens, gather_ids, gather_sizes
+from ..distributed import DistInfo, all_gather_rows, all_gather_tokens, gather_sizes
 from ..losses import (FeatureQueue, contrastive_loss, cs_divergence, cs_divergence_tokens, distill_targets,
                       id_targets, ring_sigmoid_losses)
 from ..losses.sigmoid import INIT_BIAS, INIT_SCALE
@@ -203,7 +203,7 @@ class Objective(nn.Module):
         gather = not sigmoid or plan_terms or self.cs is not None
         qv, qt = queues if queues is not None else (None, None)
         if gather:
-            ids_all = gather_ids(batch.item_ids, info, sizes)
+            ids_all = all_gather_rows(batch.item_ids, info, sizes)
             q_ids = None if qv is None else qv.item_ids()
             col_ids = ids_all if q_ids is None else torch.cat([ids_all, q_ids])
             vis_all, txt_all = all_gather_tokens(vis, info, sizes), all_gather_tokens(txt, info, sizes)
