@@ -13,9 +13,9 @@ from tests.train.helpers import ROOT, _config, _torchrun, eval_cases, run_case
 from tokenflow import get_aligner
 from tokenflow.data import load_split
 from tokenflow.data.synthetic import make_synthetic
+from tokenflow.distributed import DistInfo
 from tokenflow.eval.evaluate import evaluate
 from tokenflow.models import RetrievalModel, TinyCLIP, TinyConfig, WordTokenizer
-from tokenflow.train.distributed import DistInfo
 
 
 @pytest.fixture(scope="module")

@@ -144,7 +144,7 @@ def _ddp_worker(rank: int, port: int, folder: str) -> None:
     import torch.distributed as dist
     from torch import nn
 
-    from tokenflow.train.distributed import DistInfo
+    from tokenflow.distributed import DistInfo
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

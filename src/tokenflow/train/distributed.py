@@ -1,6 +1,6 @@
 """Joining the process group of a ``torchrun`` run (:func:`init_distributed`); the collectives
-themselves (gathers with and without gradients, shares of a range) are in
-:mod:`tokenflow.distributed`, below the evaluation that shares them, and are re-exported here."""
+themselves (gathers with and without gradients, shares of a range) and :class:`DistInfo` are in
+:mod:`tokenflow.distributed`, below the evaluation that shares them."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import os
 import torch
 import torch.distributed as dist
 
-from ..distributed import (DistInfo, all_gather_grad, all_gather_objects, all_gather_rows, all_gather_tokens,
-                           gather_sizes, mean_over_processes, shard)
+from ..distributed import DistInfo
 
-__all__ = ["DistInfo", "all_gather_grad", "all_gather_objects", "all_gather_rows", "all_gather_tokens",
-           "gather_sizes", "init_distributed", "mean_over_processes", "shard"]
+__all__ = ["init_distributed"]
 
 
 def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
