@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 import yaml
 
@@ -22,7 +23,7 @@ from .. import __version__
 from ..align import list_aligners
 from ..errors import InputError
 from ..utils import check_writable, folder_lock, machine, write_text_atomic
-from .config import load_config
+from .config import LossKind, load_config
 from .trainer import train
 
 __all__ = ["LOSSES", "RECIPES", "check_methods", "folder_name", "format_markdown", "method_loss", "parse_method",
@@ -38,7 +39,7 @@ RECIPES: dict[str, dict] = {
 
 
 #: loss suffixes of a method (``max-avg+sigmoid``): the training config's ``loss.kind``
-LOSSES = ("infonce", "sigmoid")
+LOSSES = get_args(LossKind)
 
 
 def method_loss(spec: str) -> tuple[str, str | None]:

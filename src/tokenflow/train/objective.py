@@ -26,6 +26,7 @@ being all-gathered; only the plan's own terms and the CS term, when on, still ga
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
@@ -121,8 +122,8 @@ class Objective(nn.Module):
     def __init__(self, model: RetrievalModel, video_tokens: VideoTokens = "frames", alpha: float = 0.4,
                  cs: CSConfig | None = None, loss: LossKind = "infonce") -> None:
         super().__init__()
-        if loss not in ("infonce", "sigmoid"):
-            raise ValueError(f"loss must be 'infonce' or 'sigmoid', got {loss!r}")
+        if loss not in get_args(LossKind):
+            raise ValueError(f"loss must be {' or '.join(map(repr, get_args(LossKind)))}, got {loss!r}")
         if loss == "sigmoid" and getattr(model, "logit_bias", None) is None:
             raise ValueError("the sigmoid loss needs a model with a logit_bias (RetrievalModel(logit_bias=...))")
         self.model, self.video_tokens, self.alpha, self.loss = model, video_tokens, alpha, loss
