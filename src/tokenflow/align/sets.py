@@ -30,6 +30,7 @@ tokens, so token-level explanations (``tokenflow explain``) do not apply.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 import torch
@@ -195,9 +196,9 @@ class MaximalPairAssignment(SetAligner):
 
     hparam_specs = (
         *SetAligner.common_specs,
-        HParam("eps", float, 0.05, low=0.0, low_open=True, doc="entropic regularisation of the assignment"),
-        HParam("n_iter", int, 50, low=1, doc="Sinkhorn iterations"),
-        HParam("exact", bool, False, doc="Hungarian assignment instead of Sinkhorn (plan constant under autograd)"),
+        # the assignment's own (eps, n_iter, exact), less tol: MPA always runs n_iter iterations
+        *(replace(h, doc="Sinkhorn iterations") if h.name == "n_iter" else h
+          for h in Assignment.hparam_specs if h.name != "tol"),
     )
 
     def __init__(self, dim: int | None = None, k: int = 4, heads: int = 4, eps: float = 0.05, n_iter: int = 50,
