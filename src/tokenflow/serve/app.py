@@ -99,21 +99,23 @@ def create_app(index_dir: str | Path | Sequence[str | Path], model: DualEncoder 
 
     ``index_dir``: an index folder, a store with its ``index/``, a store in parts, or a list of
     them (as ``tokenflow search --index`` takes). ``model``: a model folder (trained or a bare
-    backbone; None: :func:`default_model_folder`), read by the one scoring path
-    (:func:`tokenflow.models.scoring.load_scoring`), or a backbone object (no trained plan).
+    backbone; None: :func:`default_model_folder`), read once and scored by the one scoring path
+    (:class:`~tokenflow.models.scoring.TrainedPlan`, :func:`~tokenflow.models.scoring.build_plan`, as
+    :func:`~tokenflow.models.scoring.load_scoring` reads it), or a backbone object (no trained plan).
     ``aligner_names``: the plans offered (plus ``"global"``; None: a trained folder's plan, with its
     learned weights, then :data:`DEFAULT_PLANS`, built fresh). ``w_global``, ``w_fine``: None, the
     trained folder's. ``allowed_hosts``: Host headers answered (None: any, e.g. behind a proxy that
     checks them)."""
     from ..index.collections import index_dirs
-    from ..models.scoring import TrainedPlan, load_scoring
+    from ..models.loading import load_backbone
+    from ..models.scoring import TrainedPlan
 
     dirs = [d for p in ([index_dir] if isinstance(index_dir, (str, Path)) else index_dir) for d in index_dirs(Path(p))]
     trained = None
-    if not isinstance(model, DualEncoder):
+    if not isinstance(model, DualEncoder):  # the Engine resolves the weights and builds the trained plan
         folder = default_model_folder(dirs[0]) if model is None else Path(model)
-        scoring = load_scoring(folder, w_global=w_global, w_fine=w_fine)
-        model, w_global, w_fine, trained = scoring.backbone, scoring.w_global, scoring.w_fine, TrainedPlan.read(folder)
+        trained = TrainedPlan.read(folder)
+        model = load_backbone(folder)
     engine = Engine(dirs, model, plans=aligner_names, trained=trained, w_global=w_global, w_fine=w_fine,
                     limits=limits, media_root=media_root, device=device, check_backbone=check_backbone)
     app = FastAPI(title="tokenflow serve", docs_url=None, redoc_url=None, openapi_url=None)

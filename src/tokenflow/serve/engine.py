@@ -89,8 +89,12 @@ class Engine:
                  plans: Sequence[str] | None = None, trained: TrainedPlan | None = None,
                  w_global: float | None = None, w_fine: float | None = None, limits: Limits = Limits(),
                  media_root: str | Path | None = None, device: str = "cpu", check_backbone: bool = True):
-        self.trained = trained
+        self.trained, self.device = trained, device
         self.trained_name = None if trained is None else (GLOBAL if trained.name == GLOBAL_ONLY else trained.name)
+        self._aligners: OrderedDict[tuple, tuple[Aligner, str]] = OrderedDict()  # (aligner, source)
+        self._lock = threading.Lock()
+        if self.trained_name not in (None, GLOBAL):  # a folder whose plan cannot be built fails here, at start-up
+            self._build(self.trained_name, {}, dim=model.embed_dim)
         if plans is None:
             plans = [*([self.trained_name] if self.trained_name else []), *DEFAULT_PLANS]
         w_global = (1.0 if trained is None else trained.w_global) if w_global is None else w_global
@@ -102,7 +106,7 @@ class Engine:
         self.base = Searcher(index_dirs, model=self.model, aligner=None, w_global=w_global, w_fine=w_fine,
                              device=device, check_backbone=check_backbone)
         self.model = self.model.to(device)  # queries are encoded where they are re-ranked (checked on the CPU first)
-        self.kind, self.limits, self.device = self.base.kind, limits, device
+        self.kind, self.limits = self.base.kind, limits
         self.plans = list(dict.fromkeys([*plans, GLOBAL]))
         self.w_global, self.w_fine = float(w_global), float(w_fine)
         self.items: dict[str, tuple[int, int]] = {}
@@ -112,8 +116,6 @@ class Engine:
         # A text store keeps its texts where a visual one keeps file paths: no media to serve then.
         self.media = MediaRoot([p for store in self.base.stores for p in store.paths] if self.kind == "visual" else [],
                                media_root)
-        self._aligners: OrderedDict[tuple, tuple[Aligner, str]] = OrderedDict()  # (aligner, source)
-        self._lock = threading.Lock()
         self._busy = threading.BoundedSemaphore(max(1, limits.workers))
 
     @contextmanager
@@ -187,11 +189,17 @@ class Engine:
             if key in self._aligners:
                 self._aligners.move_to_end(key)
                 return self._aligners[key]
-        try:  # the one scoring path: the trained plan with its weights, any other built fresh
-            built, _, trained, _, _ = build_plan(self.trained, name, hparams, dim=self.base.dim)
+        try:
+            return self._build(name, hparams, dim=self.base.dim)
         except UserError as e:  # hyperparameters that do not fit together (heads vs D); a bug is no 400
             raise RequestError(str(e), 400) from None
+
+    def _build(self, name: str, hparams: dict, *, dim: int) -> tuple[Aligner, str]:
+        """Build a plan other than ``"global"`` and keep it for :meth:`plan`: the one scoring path,
+        the trained plan with its learned weights, any other built fresh."""
+        built, _, trained, _, _ = build_plan(self.trained, name, hparams, dim=dim)
         entry = (built.to(self.device).eval(), TRAINED if trained else FRESH)
+        key = (name, tuple(sorted(hparams.items())))
         with self._lock:
             self._aligners[key] = entry
             while len(self._aligners) > 32:
