@@ -101,26 +101,34 @@ KILL_POINTS = ("step", "log-line", "checkpoint", "best-copy", "best-journal", "b
 _reached: dict[str, int] = {}
 
 
+def _kill_spec() -> dict[str, int]:
+    """:data:`KILL_ENV` as ``{point: n}`` (empty when unset), read from the environment each call."""
+    spec = {}
+    for part in os.environ.get(KILL_ENV, "").split(","):
+        point, _, n = part.strip().rpartition(":")
+        if point:
+            spec[point] = int(n)
+    return spec
+
+
 def kill_armed(name: str) -> bool:
     """Whether :data:`KILL_ENV` names the point ``name`` (read once by a writer that would pay for
     the point on every call, such as the log's torn line)."""
-    return any(part.strip().rpartition(":")[0] == name for part in os.environ.get(KILL_ENV, "").split(","))
+    return name in _kill_spec()
 
 
 def kill_point(name: str, flush=None) -> None:
     """SIGKILL this process here when :data:`KILL_ENV` names ``name`` and this is its n-th visit
     (``flush``: a file to flush first, so that what was written to it reaches the disk)."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
+    if not os.environ.get(KILL_ENV):
         return
-    for part in spec.split(","):
-        point, _, n = part.strip().rpartition(":")
-        if point == name:
-            _reached[name] = _reached.get(name, 0) + 1
-            if _reached[name] == int(n):
-                if flush is not None:
-                    flush.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
+    n = _kill_spec().get(name)
+    if n is not None:
+        _reached[name] = _reached.get(name, 0) + 1
+        if _reached[name] == n:
+            if flush is not None:
+                flush.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- best/: a swap with a journal --------------------------------------------------------------
