@@ -18,12 +18,13 @@ def softmax_dot(
     """``sum_dim softmax(scale * c + bias, dim) * c``: the softmax-weighted mean of ``c`` along ``dim``.
 
     ``bias`` is 0 at real tokens and -inf at padding (or ``None`` when there is none). Under
-    autograd this is the plain formula. Without it, the same value is computed in place in one
-    reused scratch buffer (no allocation), with ``exp2`` (log2 e folded into the scale; cheaper
-    than ``exp`` on the CPU), and the max-shift is skipped when ``safe`` (the caller has bounded
-    |scale * c|, so nothing overflows or vanishes).
-    Under autograd the value is the same formula with a hand-written backward
-    (:class:`_SoftmaxDot`): about half the time of autograd's softmax, multiply and sum on the CPU.
+    autograd (``c`` or ``scale`` needs a gradient) the value is the same formula with a
+    hand-written backward (:class:`_SoftmaxDot`): about half the time of autograd's softmax,
+    multiply and sum on the CPU. With a no-grad ``ctx`` (``ctx.reuse``) the same value is computed
+    in place in one reused scratch buffer (no allocation), with ``exp2`` (log2 e folded into the
+    scale; cheaper than ``exp`` on the CPU), and the max-shift is skipped when ``safe`` (the caller
+    has bounded |scale * c|, so nothing overflows or vanishes). Otherwise (a gradient-tracking
+    ``ctx`` where nothing needs a gradient) it is the plain formula.
     """
     if not ctx.reuse:
         if torch.is_grad_enabled() and (c.requires_grad or (isinstance(scale, Tensor) and scale.requires_grad)):
