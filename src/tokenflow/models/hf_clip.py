@@ -46,7 +46,7 @@ class HFCLIP(DualEncoder):
         self.image_size = int(crop.get("height", cfg.vision_config.image_size)) if isinstance(crop, dict) else int(
             cfg.vision_config.image_size
         )
-        self.max_text_len = min(int(max_text_len), int(cfg.text_config.max_position_embeddings))
+        self.max_text_len = min(int(max_text_len), self.text_position_limit)
         # The retrieval model owns the logit scale; CLIP's own only gives its starting value.
         self.initial_logit_scale = float(model.logit_scale.detach().exp())
         model.logit_scale.requires_grad_(False)
@@ -83,9 +83,8 @@ class HFCLIP(DualEncoder):
         return tokens[:, 1:], tokens[:, 0]
 
     def text_features(self, ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-        if ids.shape[1] > self.model.config.text_config.max_position_embeddings:
-            raise ValueError(f"texts are limited to {self.model.config.text_config.max_position_embeddings} "
-                             f"tokens, got {ids.shape[1]}")
+        if ids.shape[1] > self.text_position_limit:
+            raise ValueError(f"texts are limited to {self.text_position_limit} tokens, got {ids.shape[1]}")
         hidden = self.model.text_model(input_ids=ids, attention_mask=attention_mask.long()).last_hidden_state
         tokens = self.model.text_projection(hidden)
         eos = eos_positions(attention_mask)
