@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from .engine import DEFAULT_PLANS, GLOBAL, Engine, Limits
 
-__all__ = ["DEFAULT_PLANS", "GLOBAL", "Engine", "Limits", "create_app", "default_model"]
+__all__ = ["DEFAULT_PLANS", "GLOBAL", "Engine", "Limits", "create_app"]
 
 
 def __getattr__(name: str):
-    if name in ("create_app", "default_model"):  # imports fastapi: only when asked for
+    if name == "create_app":  # imports fastapi: only when asked for
         from . import app
 
         return getattr(app, name)

@@ -57,21 +57,13 @@ from starlette.concurrency import run_in_threadpool  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
 
-__all__ = ["LOOPBACK_HOSTS", "create_app", "default_model", "default_model_folder", "json_errors_protocol", "run",
-           "serve_in_thread"]
+__all__ = ["LOOPBACK_HOSTS", "create_app", "default_model_folder", "json_errors_protocol", "run", "serve_in_thread"]
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 THUMBNAILS = 1024  # thumbnails kept in memory
 _CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
         "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
-
-
-def default_model(index_dir: str | Path) -> DualEncoder:
-    """The backbone named in the index's settings (``index.json``), when that name is a folder here."""
-    from ..models.loading import load_backbone
-
-    return load_backbone(default_model_folder(index_dir))
 
 
 def default_model_folder(index_dir: str | Path) -> Path:
