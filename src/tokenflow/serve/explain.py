@@ -10,8 +10,6 @@ tokenized again by the model that encoded it.
 
 from __future__ import annotations
 
-import torch
-
 from ..align import Aligner
 from ..models.base import DualEncoder
 from ..tokens import Tokens
@@ -31,9 +29,8 @@ def explanation(aligner: Aligner, vis: Tokens, txt: Tokens, *, tokens: list[str]
     if len(tokens) != n:
         tokens_note = f"{len(tokens)} words for {n} tokens: the tokens are numbered"
         tokens = numbered_tokens(n)
-    with torch.no_grad():
-        expl = explanation_of(aligner, vis.to(device), txt.to(device), direction=direction, caption=caption,
-                              tokens=tokens, grid=grid)
+    expl = explanation_of(aligner, vis.to(device), txt.to(device), direction=direction, caption=caption,
+                          tokens=tokens, grid=grid)  # explanation_of runs under torch.no_grad
     return {**expl.to_dict(TOP_PAIRS), "tokens_note": tokens_note}
 
 
