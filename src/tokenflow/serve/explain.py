@@ -46,8 +46,8 @@ def stored_words(model: DualEncoder, text: str | None, n: int) -> tuple[list[str
     words = model.decode_tokens(ids[0][mask[0].bool()].tolist())
     if len(words) == n:
         return words, None
-    words = token_labels(text, n)
-    if words != numbered_tokens(n):
+    words, numbered = token_labels(text, n), numbered_tokens(n)
+    if words != numbered:
         return words, "the served model tokenizes this text otherwise: words as split by spaces and punctuation"
-    return numbered_tokens(n), (f"the stored text has {n} tokens, which the served model's tokens "
-                                             "and the text's words do not match: its tokens are numbered")
+    return numbered, (f"the stored text has {n} tokens, which the served model's tokens "
+                      "and the text's words do not match: its tokens are numbered")
