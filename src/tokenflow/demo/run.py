@@ -208,9 +208,9 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, full: bool =
 
     methods = check_methods(list(methods or (QUICK_METHODS if quick else METHODS)))
     full_or_quick = full or quick
-    tasks, protocols = _check(tasks or ["scenes"], protocols or (PROTOCOLS if full_or_quick else ["scratch"]),
-                              seeds or (5 if full else 3), videos, log)
     seeds = seeds or (5 if full else 3)
+    tasks, protocols = _check(tasks or ["scenes"], protocols or (PROTOCOLS if full_or_quick else ["scratch"]),
+                              seeds, videos, log)
     out = Path(out)
     with _prepare_out(out):
         p = budget(quick, videos)
