@@ -85,9 +85,8 @@ def format_seed_table(summary: Sequence[dict], task: str, protocol: str = "scrat
         cells = [s["method"], s["hparams"], _pm(s["t2v"]["R@1"]), *_paired_cell(s.get("paired_r1")),
                  _pm(s["t2v"]["R@5"]), _pm(s["v2t"]["R@1"])]
         if hard:
-            hp = s.get("paired_hard_negatives")
             cells += [_pm(s["hard_negatives"]) if "hard_negatives" in s else "–",
-                      _paired_cell(hp)[0] if hp else "–"]
+                      _paired_cell(s.get("paired_hard_negatives"))[0]]
         if point:
             cells += ([_pm(s["pointing"][w]) for w in ("flow", "abs", "plan")] if "pointing" in s else ["–"] * 3)
         cells.append(f"{s['train_s'][0]:.0f}")
