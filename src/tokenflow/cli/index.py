@@ -52,11 +52,11 @@ def _encode_source(args: argparse.Namespace):
         folder, modality = (args.images, "image") if args.images is not None else (args.videos, "video")
         return media_split(_folder_files(folder, modality), modality, str(folder)), None, str(folder)
     from ..data import load_split
+    from ..index.offline import caption_ids
 
     split = load_split(args.dataset, args.root, args.split, media=args.media)
     if args.captions:
-        ids = [f"{split.item_ids[i]}#{k}" for k, i in enumerate(split.text_item)]
-        return list(split.texts), ids, f"{split.name} captions"
+        return list(split.texts), caption_ids(split), f"{split.name} captions"
     return split, None, split.name
 
 

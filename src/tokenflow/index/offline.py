@@ -97,9 +97,10 @@ def split_tokens(split, visual: Sequence[FeatureStore], text: Sequence[FeatureSt
                         f"D={text[0].dim}: features of different models")
     vis = store_tokens(visual, split.item_ids, "--visual-store",
                        f"; a visual store's ids are the split's item ids ({split.item_ids[0]!r}, ...)")
-    txt = store_tokens(text, caption_ids(split), "--text-store",
+    ids = caption_ids(split)
+    txt = store_tokens(text, ids, "--text-store",
                        f"; a text store's ids are ITEM_ID#K, K the caption's index in the split "
-                       f"({caption_ids(split)[0]!r}, ...), as tokenflow encode --captions writes")
+                       f"({ids[0]!r}, ...), as tokenflow encode --captions writes")
     return vis, txt
 
 
