@@ -112,7 +112,7 @@ def pointing(flow: Tensor, c: Tensor, tokens: list[str], objects: list[dict], gr
         raise ValueError(f"plan is {tuple(flow.shape)} but the grid has {grid[0] * grid[1]} patches and the caption "
                          f"{len(tokens)} tokens")
     centres = _patch_centres(grid, image_size)
-    contrib = {"flow": flow * c, "abs": (flow * c).abs(), "plan": flow}[weight].float()
+    contrib = (flow if weight == "plan" else (flow * c).abs() if weight == "abs" else flow * c).float()
     out = Pointing()
     for t, j in object_words(tokens, objects):
         x0, y0, x1, y1 = objects[j]["box"]
