@@ -1,6 +1,7 @@
-"""``RetrievalModel.from_pretrained`` is the one scoring path (``load_scoring`` + ``from_scoring``):
-the same plan, learned plan weights, hyperparameters, fusion weights, logit scale and bias, and so
-the same scores, for a trained folder; and a saved plan that needs the backbone's size gets it."""
+"""``RetrievalModel.from_pretrained`` (the one scoring path: ``load_scoring`` + ``from_scoring``) gives
+back what a trained folder holds: its plan, learned plan weights, hyperparameters, fusion weights,
+logit scale and bias, checked against the folder's own files, and so the scores the run validated
+with; and a saved plan that needs the backbone's size gets it."""
 
 from __future__ import annotations
 
@@ -16,16 +17,16 @@ TINY = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2,
 def wti_dir(synth, tmp_path_factory) -> Path:
     """``best`` of a tiny wti model trained briefly (sigmoid loss: a logit bias too; a large lr_new
     so the plan weights move; fusion weights 0.5, 2)."""
+    from tests.train.helpers import _config
     from tokenflow.train import load_config, train
 
-    out = tmp_path_factory.mktemp("wti-run")
-    cfg = {"data": {"dataset": "flickr30k", "root": str(synth / "images"), "test_split": None},
-           "model": {"backbone": "tiny", "aligner": "wti", "tiny": TINY, "w_global": 0.5, "w_fine": 2.0},
-           "loss": {"kind": "sigmoid"},
-           "optim": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "lr_new": 0.5, "warmup": 0},
-           "run": {"out": str(out), "seed": 0, "progress": False, "log_every": 100}}
-    train(load_config(None, data=cfg))
-    return out / "best"
+    tmp = tmp_path_factory.mktemp("wti")
+    train(load_config(_config(tmp, synth / "images", "run",
+                              model={"aligner": "wti", "tiny": TINY, "w_global": 0.5, "w_fine": 2.0},
+                              distill={"enabled": False}, loss={"kind": "sigmoid"},
+                              optim={"batch_size": 4, "lr_new": 0.5},
+                              run={"seed": 0, "deterministic": False, "log_every": 100})))
+    return tmp / "run" / "best"
 
 
 def _scores(model, split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,20 +36,35 @@ def _scores(model, split) -> tuple[torch.Tensor, torch.Tensor]:
     return similarity(enc.vis, enc.txt, model.aligner, w_global=model.w_global, w_fine=model.w_fine)
 
 
-def test_a_trained_wti_folder_gives_the_scoring_paths_model_and_scores(synth, wti_dir):
+def test_a_trained_wti_folder_loads_as_saved_and_scores_as_the_run_validated(synth, wti_dir):
+    """Against what the run wrote: tokenflow.json, the weights in the two safetensors files, and
+    val_best.json (the run's own validation of its in-memory best model); the scores against a
+    model put together by hand from those files."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tokenflow.align.wti import WeightedTokenInteraction
     from tokenflow.data import load_split
-    from tokenflow.models import RetrievalModel
-    from tokenflow.models.scoring import load_scoring
+    from tokenflow.eval.evaluate import evaluate
+    from tokenflow.models import RetrievalModel, load_backbone
 
     loaded = RetrievalModel.from_pretrained(wti_dir)
-    scored = RetrievalModel.from_scoring(load_scoring(wti_dir))
+    saved = json.loads((wti_dir / "tokenflow.json").read_text())
     head = loaded.head_config()
-    assert head == scored.head_config()
+    assert head == saved
     assert (head["aligner"], head["w_global"], head["w_fine"], "logit_bias" in head) == ("wti", 0.5, 2.0, True)
-    a, b = loaded.state_dict(), scored.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    backbone, plan = load_file(str(wti_dir / "model.safetensors")), load_file(str(wti_dir / "aligner.safetensors"))
+    want = {**{f"backbone.{k}": v for k, v in backbone.items()}, **{f"aligner.{k}": v for k, v in plan.items()}}
+    a = loaded.state_dict()
+    assert a.keys() == {*want, "logit_scale", "logit_bias"} and all(torch.equal(a[k], want[k]) for k in want)
     split = load_split("flickr30k", synth / "images", "val")
-    for x, y in zip(_scores(loaded, split), _scores(scored, split), strict=True):
+    report = evaluate(loaded.backbone.eval(), split, loaded.aligner, w_global=loaded.w_global, w_fine=loaded.w_fine)
+    assert report["metrics"] == json.loads((wti_dir.parent / "val_best.json").read_text())["metrics"]
+    wti = WeightedTokenInteraction(**saved["hparams"])
+    wti.load_state_dict(plan)
+    by_hand = RetrievalModel(load_backbone(wti_dir), wti, w_global=saved["w_global"], w_fine=saved["w_fine"])
+    for x, y in zip(_scores(loaded, split), _scores(by_hand, split), strict=True):
         assert torch.equal(x, y)
 
 
@@ -58,7 +74,6 @@ def test_a_saved_plan_whose_hparams_leave_out_dim_gets_the_backbones(monkeypatch
     from tokenflow.align import registry
     from tokenflow.align.wti import WeightedTokenInteraction
     from tokenflow.models import RetrievalModel, load_backbone
-    from tokenflow.models.scoring import load_scoring
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plugin leaves with the test
 
@@ -69,11 +84,11 @@ def test_a_saved_plan_whose_hparams_leave_out_dim_gets_the_backbones(monkeypatch
 
     backbone = load_backbone(model_dir)
     torch.manual_seed(3)
-    RetrievalModel(backbone, NoDim(dim=backbone.embed_dim), w_global=0.5, w_fine=2.0).save_pretrained(tmp_path / "m")
+    model = RetrievalModel(backbone, NoDim(dim=backbone.embed_dim), w_global=0.5, w_fine=2.0)
+    model.save_pretrained(tmp_path / "m")
     loaded = RetrievalModel.from_pretrained(tmp_path / "m")
-    scored = RetrievalModel.from_scoring(load_scoring(tmp_path / "m"))
     assert loaded.aligner.dim == backbone.embed_dim
-    a, b = loaded.state_dict(), scored.state_dict()
+    a, b = loaded.state_dict(), model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
