@@ -17,9 +17,10 @@ def synth(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, synth):
-    """A tiny backbone folder (random weights) whose vocabulary covers the synthetic captions."""
+    """A tiny backbone folder (random weights) whose vocabulary covers the synthetic captions
+    (shared, read-only)."""
     from tokenflow.data import load_split
     from tokenflow.models.tiny import TinyCLIP, TinyConfig, WordTokenizer
 
@@ -32,10 +33,10 @@ def model_dir(tmp_path_factory, synth):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def direct(model_dir, synth):
     """The test split, ``model_dir``'s own features of it, and the model evaluated directly with each
-    of :data:`~tests.helpers.STORE_PLANS` (name -> report)."""
+    of :data:`~tests.helpers.STORE_PLANS` (name -> report); shared, read-only."""
     from tokenflow import get_aligner
     from tokenflow.data import load_split
     from tokenflow.eval.evaluate import encode_split, evaluate
@@ -48,10 +49,12 @@ def direct(model_dir, synth):
     return split, enc, reports
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def imported(tmp_path_factory, direct):
     """``(visual store, text store)``: the direct features exported half to .npz, half to
-    .safetensors, then imported (fp32) by ``tokenflow import-features``."""
+    .safetensors, then imported (fp32) by ``tokenflow import-features``. Shared: tests may add an
+    ``index`` folder to a store (``tokenflow index``), which reading the store ignores, and nothing
+    else."""
     pytest.importorskip("safetensors.numpy")
     from tokenflow.cli import main
     from tokenflow.index.offline import caption_ids
