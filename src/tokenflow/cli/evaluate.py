@@ -85,10 +85,9 @@ def _evaluate_stores(args: argparse.Namespace) -> int:
     print_notes("evaluate", [m for m in [source_mismatch(vstore, tstore)] if m], kind="warning")
     w_global, w_fine = fusion_weights(args, head)
     folds = args.folds if args.folds is not None else protocol_folds(args.dataset, args.split, len(split))
-    norm = {} if args.test_norm is None else {"test_norm": args.test_norm,
-                                              "test_norm_temperature": args.test_norm_temperature}
     report = evaluate_stores(args.visual_store, args.text_store, split, aligner, w_global=w_global, w_fine=w_fine,
-                             chunk=args.chunk, folds=folds, rerank_top=args.rerank_top, device=args.device, **norm)
+                             chunk=args.chunk, folds=folds, rerank_top=args.rerank_top, device=args.device,
+                             **_test_norm_options(args))  # qbnorm was refused above
     report["dataset"] = {"name": args.dataset, "root": str(args.root), "split": args.split}
     headline = (f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} "
                 f"texts from stores, aligner {name}")
