@@ -63,7 +63,7 @@ def _se(p: dict) -> str:
 
 
 def _paired_cell(p: dict | None) -> list[str]:
-    if p is None:
+    if not p:  # None, or {}: no paired comparison (the baseline's own row)
         return ["–", "–"]
     return [f"{p['mean']:+.1f} ± {_se(p)} ({p['positive']}/{p['n']} seeds > 0)", p["verdict"]]
 
