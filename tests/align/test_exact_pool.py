@@ -33,19 +33,24 @@ def test_a_spawned_pool_gives_the_in_process_plans_and_shuts_down(gen, monkeypat
     monkeypatch.setattr(_exact, "POOL_MIN_PAIRS", 0)
     c, a, b, rows, cols = _block(gen)
     uniform = rows / rows.sum(1, keepdim=True), cols / cols.sum(1, keepdim=True)
-    for kind, mass, (aa, bb) in [("exact", 1.0, (a, b)), ("exact", 0.7, (a, b)), ("hungarian", 1.0, uniform)]:
-        serial = exact_plans(c, aa, bb, rows, cols, kind, mass, workers=1)
+    cases = [("exact", 1.0, (a, b)), ("exact", 0.7, (a, b)), ("hungarian", 1.0, uniform)]
+    serial = []
+    for kind, mass, (aa, bb) in cases:
+        serial.append(exact_plans(c, aa, bb, rows, cols, kind, mass, workers=1))
         assert _exact._POOL is None  # one worker: solved here
+    pool, procs = None, []  # one spawned pool for the three cases: each spawn starts cold interpreters
+    for want, (kind, mass, (aa, bb)) in zip(serial, cases, strict=True):
         pooled = exact_plans(c, aa, bb, rows, cols, kind, mass, workers=2, start_method="spawn")
-        assert torch.equal(serial, pooled), (kind, mass)
-        pid, workers, method, pool = _exact._POOL
-        assert (workers, method) == (2, "spawn")
-        procs = list(pool._processes.values())
+        assert torch.equal(want, pooled), (kind, mass)
+        pid, workers, method, held = _exact._POOL
+        assert (workers, method) == (2, "spawn") and (pool is None or held is pool)  # the same pool each time
+        pool = held
+        procs += [p for p in pool._processes.values() if p not in procs]
         assert procs and all(p.is_alive() for p in procs)
-        shutdown_pool()
-        assert _exact._POOL is None and not any(p.is_alive() for p in procs)
-        with pytest.raises(RuntimeError, match="shutdown"):
-            pool.submit(int)
+    shutdown_pool()
+    assert _exact._POOL is None and not any(p.is_alive() for p in procs)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        pool.submit(int)
     shutdown_pool()  # twice is fine
 
 
