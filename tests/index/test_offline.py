@@ -231,7 +231,7 @@ def test_an_empty_split_is_refused_naming_it(imported):
     with pytest.raises(UserError, match="flickr30k/test: the split holds no items"):
         split_tokens(empty, vis, txt)
     with pytest.raises(UserError, match="flickr30k/test: the split holds no items"):
-        evaluate_stores(imported[0], imported[1], empty, None)
+        evaluate_stores(vis, txt, empty, None)
     mute = RetrievalSplit("flickr30k/val", "image", ["a"], [imported[0] / "a.png"], [], [])
     with pytest.raises(UserError, match="flickr30k/val: the split holds no captions"):
         split_tokens(mute, vis, txt)

@@ -78,14 +78,14 @@ def _evaluate_stores(args: argparse.Namespace) -> int:
         raise UserError(f"{(bad or ['--test-norm qbnorm'])[0]}: not available with stored features (no backbone "
                         "encodes anything)")
     split = evaluation_split(args)
-    vstore = open_stores(args.visual_store, "visual", "--visual-store")[0]
-    tstore = open_stores(args.text_store, "text", "--text-store")[0]
-    aligner, name, head, notes = plan_for_stores(args.aligner, hparams(args), vstore.dim, args.model)
+    vstores = open_stores(args.visual_store, "visual", "--visual-store")
+    tstores = open_stores(args.text_store, "text", "--text-store")
+    aligner, name, head, notes = plan_for_stores(args.aligner, hparams(args), vstores[0].dim, args.model)
     print_notes("evaluate", notes)
-    print_notes("evaluate", [m for m in [source_mismatch(vstore, tstore)] if m], kind="warning")
+    print_notes("evaluate", [m for m in [source_mismatch(vstores[0], tstores[0])] if m], kind="warning")
     w_global, w_fine = fusion_weights(args, head)
     folds = args.folds if args.folds is not None else protocol_folds(args.dataset, args.split, len(split))
-    report = evaluate_stores(args.visual_store, args.text_store, split, aligner, w_global=w_global, w_fine=w_fine,
+    report = evaluate_stores(vstores, tstores, split, aligner, w_global=w_global, w_fine=w_fine,
                              chunk=args.chunk, folds=folds, rerank_top=args.rerank_top, device=args.device,
                              **_test_norm_options(args))  # qbnorm was refused above
     report["dataset"] = {"name": args.dataset, "root": str(args.root), "split": args.split}

@@ -134,15 +134,16 @@ def plan_for_stores(aligner: str | None, hparams: dict, dim: int,
     return plan, name, {}, notes
 
 
-def evaluate_stores(visual: str | Path, text: str | Path, split, aligner, **options) -> dict:
-    """:func:`~tokenflow.eval.evaluate.evaluate` of ``split`` on the features of the ``visual``
-    and ``text`` stores (see the module docstring for ids); ``options`` are evaluate's
-    (``w_global``, ``w_fine``, ``chunk``, ``folds``, ``rerank_top``, ``test_norm``, ``device``, ...).
-    The report's ``backbone`` says where each store's features came from."""
+def evaluate_stores(vstores: Sequence[FeatureStore], tstores: Sequence[FeatureStore], split, aligner,
+                    **options) -> dict:
+    """:func:`~tokenflow.eval.evaluate.evaluate` of ``split`` on the features of the visual
+    stores ``vstores`` and the text stores ``tstores`` (as :func:`open_stores` gives them; see the
+    module docstring for ids); ``options`` are evaluate's (``w_global``, ``w_fine``, ``chunk``,
+    ``folds``, ``rerank_top``, ``test_norm``, ``device``, ...). The report's ``backbone`` says
+    where each store's features came from."""
     from ..eval.evaluate import Encoded, evaluate
 
     t0 = time.perf_counter()
-    vstores, tstores = open_stores(visual, "visual", "--visual-store"), open_stores(text, "text", "--text-store")
     vis, txt = split_tokens(split, vstores, tstores)
     info = vstores[0].tokens_info or {}
     described = {"stores": {"visual": [str(s.folder) for s in vstores], "text": [str(s.folder) for s in tstores]},
