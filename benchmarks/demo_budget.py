@@ -14,7 +14,6 @@ It writes under ``--out`` (default a temporary folder, removed afterwards).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -22,8 +21,9 @@ from pathlib import Path
 
 
 def _curve(run: Path) -> list[float]:
-    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
-    return [round(x["t2v_R@1"], 1) for x in lines if x.get("kind") == "val"]
+    from tokenflow.train.runfolder import read_log
+
+    return [round(x["t2v_R@1"], 1) for x in read_log(run / "log.jsonl") if x.get("kind") == "val"]
 
 
 def main() -> None:
@@ -43,6 +43,7 @@ def main() -> None:
 
     from tokenflow.data.scenes import make_scenes
     from tokenflow.demo.protocol import stage_config
+    from tokenflow.eval.paired import paired
     from tokenflow.train.ablate import run_methods
 
     tmp = tempfile.TemporaryDirectory() if args.out is None else None
@@ -69,9 +70,9 @@ def main() -> None:
     for m, per in table.items():
         line = f"{m:<12} mean {statistics.fmean(per.values()):5.1f}"
         if m != "global" and base_row:
-            d = [per[s] - base_row[s] for s in args.seeds]
-            se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
-            line += f"  paired diff {' / '.join(f'{x:+.1f}' for x in d)}  mean {statistics.fmean(d):+.1f} ± {se:.1f}"
+            d = paired(per, base_row)
+            diffs = " / ".join(f"{x:+.1f}" for x in d.diffs.values())
+            line += f"  paired diff {diffs}  mean {d.mean:+.1f} ± {d.se:.1f}"
         print(line, flush=True)
     if tmp:
         tmp.cleanup()
