@@ -34,6 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import torch  # noqa: E402
+
+from tokenflow.bench import random_tokens  # noqa: E402
 from tokenflow.index.importer import import_features  # noqa: E402
 from tokenflow.utils import machine, machine_info  # noqa: E402
 
@@ -41,19 +44,13 @@ from tokenflow.utils import machine, machine_info  # noqa: E402
 def write_inputs(folder: Path, n: int, tokens: int, dim: int, files: int, fmt: str, seed: int = 0) -> list[Path]:
     """``files`` input files of about n / files rows each (untimed)."""
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
     out = []
     for k in range(files):
         a, b = k * n // files, (k + 1) * n // files
-        rows = b - a
-        feats = rng.standard_normal((rows, tokens, dim), dtype=np.float32)
-        feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
-        mask = np.ones((rows, tokens), dtype=bool)
-        mask[::4, tokens * 3 // 4 :] = False
-        feats[~mask] = 0
-        pooled = feats.mean(1)
-        pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)
-        arrays = {"feats": feats.astype(np.float16), "mask": mask, "pooled": pooled.astype(np.float16)}
+        t = random_tokens(b - a, tokens, dim, torch.float32, "cpu", gen)
+        t.feats[~t.mask] = 0  # padded positions hold zeros, as an extraction script writes them
+        arrays = {"feats": t.feats.half().numpy(), "mask": t.mask.numpy(), "pooled": t.pooled.half().numpy()}
         ids = [f"video{i}" for i in range(a, b)]
         if fmt == "npz":
             path = folder / f"part{k}.npz"
