@@ -18,6 +18,7 @@ import torch
 
 import tokenflow.align._ops as ops
 from tokenflow import Tokens, get_aligner
+from tokenflow.bench import random_tokens
 from tokenflow.utils import machine
 
 
@@ -35,12 +36,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--plans", nargs="+", default=["scan", "tokenflow"])
     args = ap.parse_args()
-    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
 
     def toks(n: int, length: int) -> Tokens:
-        f = torch.nn.functional.normalize(torch.randn(n, length, args.dim), dim=-1).requires_grad_()
-        pooled = torch.nn.functional.normalize(torch.randn(n, args.dim), dim=-1).requires_grad_()
-        return Tokens(feats=f, mask=torch.ones(n, length, dtype=torch.bool), pooled=pooled)
+        """Unit-norm tokens with every position real (random_tokens' padding mask replaced)."""
+        t = random_tokens(n, length, args.dim, torch.float32, "cpu", gen)
+        return Tokens(feats=t.feats.requires_grad_(), mask=torch.ones_like(t.mask), pooled=t.pooled.requires_grad_())
 
     vis, txt = toks(args.batch, args.l1), toks(args.batch, args.l2)
     hand = ops._SoftmaxDot.apply
