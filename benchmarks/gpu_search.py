@@ -3,9 +3,9 @@
     python benchmarks/gpu_search.py --clip CLIP [--items 100000] [--tokens 12] [--queries 30]
         [--shortlists 100 1000] [--devices cpu cuda] [--work DIR] [--json FILE] [--markdown FILE]
 
-One synthetic visual store of ``--items`` x ``--tokens`` tokens (fp16, flat FAISS index), written
-fast: each token is one of 4,096 "concepts" of its item plus a row of a fixed noise table
-(gathers, no per-token random draws; the layout of ``benchmarks/search.py``). The store names the
+One synthetic visual store of ``--items`` x ``--tokens`` tokens (fp16, flat FAISS index), drawn
+by ``benchmarks/search.py``'s ``items`` at the CLIP folder's embedding size (each item mixes 3 of
+4,096 "concepts" over its tokens, plus noise per token; shards of 32,768 rows). The store names the
 CLIP folder (``benchmarks/gpu_clip.py``) as its backbone with that folder's weight hash, so text
 queries are encoded by that model, as for a store it encoded itself. Then, per device:
 
@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from search import CHUNK, _concepts, items  # noqa: E402
 from serve_load import free_port  # noqa: E402
 from tokenflow.serve.load import load_test  # noqa: E402
 
-CHUNK, CONCEPTS = 32768, 4096
 COLORS, SHAPES = ("red", "green", "blue", "yellow", "purple", "orange"), ("circle", "square", "triangle")
 
 
@@ -59,22 +59,15 @@ def build_store(folder: Path, clip: Path, n: int, length: int) -> dict:
     """The store (fp16 shards of CHUNK rows) and its flat index; seconds."""
     from tokenflow.index import Indexer, StoreWriter, backbone_fingerprint
     from tokenflow.models import load_backbone
-    from tokenflow.tokens import Tokens
 
     t0 = time.perf_counter()
     backbone = backbone_fingerprint(load_backbone(clip), name=str(clip))
     dim, gen = int(backbone["embed_dim"]), torch.Generator().manual_seed(0)
-    unit = torch.nn.functional.normalize
-    concepts = unit(torch.randn(CONCEPTS, dim, generator=gen), dim=-1)
-    noise = torch.randn(8192, dim, generator=gen) / dim ** 0.5
+    concepts = _concepts(dim)
     with StoreWriter(folder, kind="visual", backbone=backbone, dtype="fp16", shard_size=CHUNK) as w:
         for a in range(0, n, CHUNK):
             m = min(CHUNK, n - a)
-            own = torch.randint(0, CONCEPTS, (m, 3), generator=gen)
-            pick = own.gather(1, torch.randint(0, 3, (m, length), generator=gen))
-            feats = unit(concepts[pick] + noise[torch.randint(0, len(noise), (m, length), generator=gen)], dim=-1)
-            w.add(Tokens(feats, torch.ones(m, length, dtype=torch.bool), unit(feats.mean(1), dim=-1)),
-                  [f"item{i}" for i in range(a, a + m)])
+            w.add(items(a, m, length, concepts, gen), [f"item{i}" for i in range(a, a + m)])
     t_store = time.perf_counter() - t0
     Indexer("flat").index(folder)
     return {"items": n, "tokens": length, "dim": dim, "store_s": round(t_store, 2),

@@ -46,8 +46,9 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
-def _concepts() -> torch.Tensor:
-    return _unit(torch.randn(CONCEPTS, D, generator=torch.Generator().manual_seed(0)))
+def _concepts(dim: int = D) -> torch.Tensor:
+    """[CONCEPTS, dim] unit vectors (fixed); ``items`` and ``queries`` take their size from them."""
+    return _unit(torch.randn(CONCEPTS, dim, generator=torch.Generator().manual_seed(0)))
 
 
 def _item_concepts(rows: np.ndarray) -> torch.Tensor:
@@ -59,11 +60,12 @@ def _item_concepts(rows: np.ndarray) -> torch.Tensor:
 def items(start: int, n: int, length: int, concepts: torch.Tensor, gen: torch.Generator):
     from tokenflow.tokens import Tokens
 
+    dim = concepts.shape[1]
     ids = _item_concepts(np.arange(start, start + n))
     which = torch.randint(0, 3, (n, length), generator=gen)
     base = concepts[ids.gather(1, which)]  # [n, L, D]
-    feats = _unit(base + torch.randn(n, length, D, generator=gen) / D ** 0.5)  # cos to its concept ~0.7
-    pooled = _unit(feats.mean(1) + 0.5 * torch.randn(n, D, generator=gen) / D ** 0.5)
+    feats = _unit(base + torch.randn(n, length, dim, generator=gen) / dim ** 0.5)  # cos to its concept ~0.7
+    pooled = _unit(feats.mean(1) + 0.5 * torch.randn(n, dim, generator=gen) / dim ** 0.5)
     return Tokens(feats, torch.ones(n, length, dtype=torch.bool), pooled)
 
 
@@ -73,13 +75,13 @@ def queries(targets: np.ndarray, concepts: torch.Tensor, seed: int):
 
     gen = torch.Generator().manual_seed(seed)
     ids = _item_concepts(targets)
-    n, length = len(targets), 8
+    n, length, dim = len(targets), 8, concepts.shape[1]
     which = torch.randint(0, 3, (n, length), generator=gen)
-    feats = _unit(concepts[ids.gather(1, which)] + 1.2 * torch.randn(n, length, D, generator=gen) / D ** 0.5)
+    feats = _unit(concepts[ids.gather(1, which)] + 1.2 * torch.randn(n, length, dim, generator=gen) / dim ** 0.5)
     real = torch.randint(2, 7, (n,), generator=gen)
     mask = torch.arange(length)[None] < real[:, None]
     feats = feats * mask[..., None]
-    pooled = _unit((feats.sum(1) / real[:, None]) + 0.5 * torch.randn(n, D, generator=gen) / D ** 0.5)
+    pooled = _unit((feats.sum(1) / real[:, None]) + 0.5 * torch.randn(n, dim, generator=gen) / dim ** 0.5)
     return Tokens(feats, mask, pooled)
 
 
