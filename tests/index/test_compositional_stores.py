@@ -152,3 +152,28 @@ def test_ids_naming_one_file_twice_are_refused(tmp_path):
     items = [HardNegative(tmp_path / d / "a.png", "x", ("x",)) for d in ("one", "two")]
     with pytest.raises(UserError, match="row 'a.png' matches 2 different files"):
         hard_negative_tokens(items, open_stores(v, "visual", "v"), open_stores(t, "text", "t"), Path(tmp_path))
+
+
+def test_stores_of_the_other_modality_or_another_size_are_refused(tmp_path):
+    from pathlib import Path
+
+    from tokenflow.data.hard_negatives import HardNegative
+    from tokenflow.index.offline import hard_negative_tokens, open_stores
+
+    from tokenflow import Tokens
+
+    def tokens(dim):
+        gen = torch.Generator().manual_seed(0)
+        feats = torch.nn.functional.normalize(torch.randn(1, 3, dim, generator=gen), dim=-1)
+        return Tokens(feats, torch.ones(1, 3, dtype=torch.bool), feats[:, 0])
+
+    assert main(["import-features", str(_save(tmp_path / "v.npz", tokens(4), ["a.png"])), "--out", str(tmp_path / "V"),
+                 "--kind", "visual", "--modality", "video", "--model-name", "m", "--dtype", "fp32"]) == 0
+    v = _import([_save(tmp_path / "w.npz", tokens(4), ["a.png"])], tmp_path / "W", "visual")
+    t = _import([_save(tmp_path / "t.npz", tokens(5), ["c"], texts=["x"])], tmp_path / "T", "text")
+    items = [HardNegative(tmp_path / "a.png", "x", ("x",))]
+    with pytest.raises(UserError, match="features of videos, but the items hold images"):
+        hard_negative_tokens(items, open_stores(tmp_path / "V", "visual", "v"), open_stores(t, "text", "t"),
+                             Path(tmp_path))
+    with pytest.raises(UserError, match="has D=4, --text-store .* D=5: features of different models"):
+        hard_negative_tokens(items, open_stores(v, "visual", "v"), open_stores(t, "text", "t"), Path(tmp_path))

@@ -128,9 +128,7 @@ def _compositional_model(args: argparse.Namespace) -> tuple:
 def _compositional_stores(args: argparse.Namespace, items: list, root: Path) -> tuple:
     """``(encoded items, aligner, plan name, head, backbone description)`` of ``--visual-store`` and
     ``--text-store`` for :func:`~tokenflow.eval.compositional.evaluate_compositional` (``encoded=``)."""
-    from ..data.base import VIDEO_EXTENSIONS
-    from ..index.importer import store_source
-    from ..index.offline import hard_negative_tokens, open_stores, plan_for_stores, source_mismatch
+    from ..index.offline import describe_stores, hard_negative_tokens, open_stores, plan_for_stores, source_mismatch
 
     if args.visual_store is None or args.text_store is None:
         raise UserError("tokenflow evaluate-compositional from stores needs both --visual-store and --text-store")
@@ -138,22 +136,12 @@ def _compositional_stores(args: argparse.Namespace, items: list, root: Path) -> 
         raise UserError("--max-words: not available with stored features (no backbone encodes anything)")
     vstores = open_stores(args.visual_store, "visual", "--visual-store")
     tstores = open_stores(args.text_store, "text", "--text-store")
-    kinds = {"video" if it.media.suffix.lower() in VIDEO_EXTENSIONS else "image" for it in items}
-    held = (vstores[0].tokens_info or {}).get("modality")
-    if held in ("image", "video") and kinds != {held}:
-        raise UserError(f"--visual-store {vstores[0].folder}: features of {held}s, but the items hold "
-                        f"{' and '.join(sorted(kinds))}s")
-    if vstores[0].dim != tstores[0].dim:
-        raise UserError(f"--visual-store {vstores[0].folder} has D={vstores[0].dim}, --text-store "
-                        f"{tstores[0].folder} D={tstores[0].dim}: features of different models")
     aligner, name, head, notes = plan_for_stores(args.aligner, hparams(args), vstores[0].dim, args.model)
     print_notes("evaluate-compositional", notes)
     print_notes("evaluate-compositional", [m for m in [source_mismatch(vstores[0], tstores[0])] if m],
                 kind="warning")
-    encoded = hard_negative_tokens(items, vstores, tstores, root)
-    described = {"stores": {"visual": [str(s.folder) for s in vstores], "text": [str(s.folder) for s in tstores]},
-                 "visual": store_source(vstores[0]), "text": store_source(tstores[0])}
-    return encoded, aligner, name, head, described
+    encoded = hard_negative_tokens(items, vstores, tstores, root)  # refuses the other modality, another D
+    return encoded, aligner, name, head, describe_stores(vstores, tstores)
 
 
 def _compositional(args: argparse.Namespace) -> int:

@@ -42,8 +42,9 @@ from ..errors import FileError, UserError
 from ..models.base import DualEncoder, VideoTokens
 from .evaluate import Encoded, encode_items, encode_texts, similarity
 
-__all__ = ["SCORES", "TIE_RTOL", "EncodedItems", "accuracy_report", "encode_hard_negatives", "evaluate_compositional",
-           "format_compositional_table", "items_from_encoded", "score_items", "wilson_interval"]
+__all__ = ["SCORES", "TIE_RTOL", "EncodedItems", "accuracy_report", "distinct", "encode_hard_negatives",
+           "evaluate_compositional", "format_compositional_table", "items_from_encoded", "media_kinds", "score_items",
+           "wilson_interval"]
 
 SCORES = ("fused", "fine", "global")
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
@@ -65,14 +66,21 @@ class EncodedItems:
     seconds: float = 0.0
 
 
-def _distinct(items: Sequence[HardNegative]) -> tuple[list[Path], list[str]]:
+def distinct(items: Sequence[HardNegative]) -> tuple[list[Path], list[str]]:
+    """``(media, texts)``: the distinct media and the distinct captions (negatives included) of
+    ``items``, each once, in order of first appearance (the rows of :class:`EncodedItems`)."""
     media = list(dict.fromkeys(it.media for it in items))
     texts = list(dict.fromkeys(t for it in items for t in it.texts))
     return media, texts
 
 
+def media_kinds(items: Sequence[HardNegative]) -> set[str]:
+    """What the media of ``items`` are, by file extension: ``{"image"}``, ``{"video"}`` or both."""
+    return {"video" if it.media.suffix.lower() in VIDEO_EXTENSIONS else "image" for it in items}
+
+
 def _modality(items: Sequence[HardNegative]) -> str:
-    kinds = {"video" if it.media.suffix.lower() in VIDEO_EXTENSIONS else "image" for it in items}
+    kinds = media_kinds(items)
     if len(kinds) > 1:
         raise UserError("the items mix images and videos; evaluate them separately")
     return kinds.pop()
@@ -87,7 +95,7 @@ def encode_hard_negatives(backbone: DualEncoder, items: Sequence[HardNegative], 
     if not items:
         raise UserError("no hard-negative items to encode")
     t0 = time.perf_counter()
-    media, texts = _distinct(items)
+    media, texts = distinct(items)
     split = RetrievalSplit("hard-negatives", _modality(items), [str(m) for m in media], media, [], [])
     try:
         vis, _, _ = encode_items(backbone, split, batch_size=batch_size, num_frames=num_frames,
@@ -110,7 +118,7 @@ def items_from_encoded(encoded: Encoded, items: Sequence[HardNegative], backbone
     if not items:
         raise UserError("no hard-negative items to encode")
     t0 = time.perf_counter()
-    media, texts = _distinct(items)
+    media, texts = distinct(items)
     if _modality(items) != encoded.split.modality:
         raise ValueError(f"the items are {_modality(items)}s but the encoded split holds {encoded.split.modality}s")
     row = {Path(p).resolve(): k for k, p in enumerate(encoded.split.item_paths)}

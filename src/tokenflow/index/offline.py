@@ -37,8 +37,8 @@ from ..tokens import Tokens
 from .importer import store_source
 from .store import FeatureStore
 
-__all__ = ["caption_ids", "evaluate_stores", "hard_negative_tokens", "open_stores", "plan_for_stores",
-           "source_mismatch", "split_tokens", "store_tokens"]
+__all__ = ["caption_ids", "describe_stores", "evaluate_stores", "hard_negative_tokens", "open_stores",
+           "plan_for_stores", "source_mismatch", "split_tokens", "store_tokens"]
 
 
 def caption_ids(split) -> list[str]:
@@ -81,6 +81,21 @@ def store_tokens(stores: Sequence[FeatureStore], ids: Sequence[str], what: str, 
     return tokens
 
 
+def _check_dims(visual: Sequence[FeatureStore], text: Sequence[FeatureStore]) -> None:
+    """Refuse visual and text stores whose features differ in size D (two different models)."""
+    if visual[0].dim != text[0].dim:
+        raise UserError(f"--visual-store {visual[0].folder} has D={visual[0].dim}, --text-store {text[0].folder} "
+                        f"D={text[0].dim}: features of different models")
+
+
+def describe_stores(vstores: Sequence[FeatureStore], tstores: Sequence[FeatureStore]) -> dict:
+    """The report's ``backbone`` for stored features: the store folders, and where the first
+    visual and first text store's features came from
+    (:func:`~tokenflow.index.importer.store_source`)."""
+    return {"stores": {"visual": [str(s.folder) for s in vstores], "text": [str(s.folder) for s in tstores]},
+            "visual": store_source(vstores[0]), "text": store_source(tstores[0])}
+
+
 def split_tokens(split, visual: Sequence[FeatureStore], text: Sequence[FeatureStore]) -> tuple[Tokens, Tokens]:
     """The stored features of every item and caption of ``split``, in split order (an empty split,
     or one without captions, is refused naming it)."""
@@ -92,9 +107,7 @@ def split_tokens(split, visual: Sequence[FeatureStore], text: Sequence[FeatureSt
     if info.get("modality") in ("image", "video") and info["modality"] != split.modality:
         raise UserError(f"--visual-store {visual[0].folder}: features of {info['modality']}s, but {split.name} holds "
                         f"{split.modality}s")
-    if visual[0].dim != text[0].dim:
-        raise UserError(f"--visual-store {visual[0].folder} has D={visual[0].dim}, --text-store {text[0].folder} "
-                        f"D={text[0].dim}: features of different models")
+    _check_dims(visual, text)
     vis = store_tokens(visual, split.item_ids, "--visual-store",
                        f"; a visual store's ids are the split's item ids ({split.item_ids[0]!r}, ...)")
     ids = caption_ids(split)
@@ -146,10 +159,9 @@ def evaluate_stores(vstores: Sequence[FeatureStore], tstores: Sequence[FeatureSt
     t0 = time.perf_counter()
     vis, txt = split_tokens(split, vstores, tstores)
     info = vstores[0].tokens_info or {}
-    described = {"stores": {"visual": [str(s.folder) for s in vstores], "text": [str(s.folder) for s in tstores]},
-                 "visual": store_source(vstores[0]), "text": store_source(tstores[0])}
     options.setdefault("num_frames", info.get("frames", 12))
     options.setdefault("video_tokens", info.get("video_tokens", "frames"))
+    described = describe_stores(vstores, tstores)
     return evaluate(described, split, aligner, encoded=Encoded(split, vis, txt, [], time.perf_counter() - t0),
                     **options)
 
@@ -204,12 +216,19 @@ def hard_negative_tokens(items: Sequence, visual: Sequence[FeatureStore], text: 
                          root: str | Path):
     """The :class:`~tokenflow.eval.compositional.EncodedItems` of hard-negative ``items`` from
     stores: each distinct image (``root``: where relative paths start) and each distinct caption,
-    negatives included, once (see the module docstring for the matching)."""
-    from ..eval.compositional import EncodedItems
+    negatives included, once (see the module docstring for the matching). A visual store of the
+    other modality (images for video items, or the reverse), or stores of two feature sizes, are
+    refused."""
+    from ..eval.compositional import EncodedItems, distinct, media_kinds
 
+    held = (visual[0].tokens_info or {}).get("modality")
+    kinds = media_kinds(items)
+    if held in ("image", "video") and kinds != {held}:
+        raise UserError(f"--visual-store {visual[0].folder}: features of {held}s, but the items hold "
+                        f"{' and '.join(sorted(kinds))}s")
+    _check_dims(visual, text)
     t0 = time.perf_counter()
-    media = list(dict.fromkeys(it.media for it in items))
-    texts = list(dict.fromkeys(t for it in items for t in it.texts))
+    media, texts = distinct(items)
     vis = store_tokens(visual, _media_ids(media, visual, Path(root)), "--visual-store")
     txt = store_tokens(text, _caption_ids(texts, text), "--text-store")
     return EncodedItems(media, texts, vis, txt, time.perf_counter() - t0)
