@@ -3,13 +3,13 @@ the model's own forward pass, in one run.
 
     python benchmarks/encode.py [--images 512] [--batch 64] [--workers 0 2] [--work /tmp/tokenflow-encode]
 
-No weights can be downloaded here, so the backbone is a Hugging Face ``CLIPModel`` with
-``CLIPConfig()``'s default shapes (ViT-B/32: vision 12 x 768, patch 32 at 224 px; text 12 x 512;
-projection 512) and random weights, saved as a local folder and loaded by ``load_backbone`` as a
-user's folder would be. Speed does not depend on the weights' values. Its tokenizer is
-character-level (a small vocabulary; the embedding lookup is a negligible share of the text
-tower), so a caption becomes more tokens than with CLIP's BPE: it fills ``data.max_words`` (32)
-positions.
+No weights can be downloaded here, so the backbone is ``benchmarks/gpu_clip.py``'s ``--size b32``
+folder: a Hugging Face ``CLIPModel`` with openai/clip-vit-base-patch32's shapes (ViT-B/32: vision
+12 x 768, patch 32 at 224 px; text 12 x 512 with CLIP's 49,408-row embedding; projection 512) and
+random weights, loaded by ``load_backbone`` as a user's folder would be. Speed does not depend on
+the weights' values. Its tokenizer is character-level (a small vocabulary; the embedding lookup is
+a negligible share of the text tower), so a caption becomes more tokens than with CLIP's BPE: it
+fills ``data.max_words`` (32) positions.
 
 Images: the project's synthetic benchmark rendered at 256 px (JPEG). For images and for captions
 it times, interleaved over ``--rounds`` rounds (best round reported):
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import string
 import subprocess
 import sys
 import time
@@ -40,7 +39,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpu_clip import save_clip  # noqa: E402
 from tokenflow.data import load_split  # noqa: E402
 from tokenflow.data.synthetic import make_images  # noqa: E402
 from tokenflow.index import encode_store  # noqa: E402
@@ -49,25 +50,10 @@ from tokenflow.utils import machine, machine_info  # noqa: E402
 
 
 def vit_b32_folder(folder: Path) -> Path:
-    """A random-weight CLIP of ViT-B/32's shapes, with a character-level tokenizer, as a local folder."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    if (folder / "config.json").is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    words = ["<|startoftext|>", "<|endoftext|>"] + [c + end for c in string.ascii_lowercase + string.digits + ".,'-"
-                                                    for end in ("", "</w>")]
-    vocab = {w: k for k, w in enumerate(words)}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(str(folder))
-    torch.manual_seed(0)
-    cfg = CLIPConfig()
-    cfg.text_config.vocab_size, cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = len(vocab), 0, 1
-    cfg.text_config.pad_token_id = 1
-    CLIPModel(cfg).save_pretrained(str(folder))
-    CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(str(folder))
+    """``benchmarks/gpu_clip.py``'s random-weight ViT-B/32 folder (written once; its image processor
+    is the last file it writes)."""
+    if not (folder / "preprocessor_config.json").is_file():
+        save_clip(folder, "b32")
     return folder
 
 
