@@ -20,9 +20,9 @@ from ..align import Aligner, Tokens
 from ..errors import FileError
 from ..utils import atomic_path, write_text_atomic
 from .base import DualEncoder, VideoTokens
-from .scoring import HEAD_FILE, Scoring, load_scoring, read_head_config
+from .scoring import HEAD_FILE, Scoring, load_scoring
 
-__all__ = ["RetrievalModel", "load_for_scoring", "read_head_config"]
+__all__ = ["RetrievalModel", "load_for_scoring"]
 
 CLIP_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
 
