@@ -80,10 +80,11 @@ def _evaluate_stores(args: argparse.Namespace) -> int:
     split = evaluation_split(args)
     vstores = open_stores(args.visual_store, "visual", "--visual-store")
     tstores = open_stores(args.text_store, "text", "--text-store")
-    aligner, name, head, notes = plan_for_stores(args.aligner, hparams(args), vstores[0].dim, args.model)
-    print_notes("evaluate", notes)
+    scoring = plan_for_stores(args.aligner, hparams(args), vstores[0].dim, args.model)
+    scoring_notes(scoring, "evaluate")
     print_notes("evaluate", [m for m in [source_mismatch(vstores[0], tstores[0])] if m], kind="warning")
-    w_global, w_fine = fusion_weights(args, head)
+    aligner, name = scoring.aligner, scoring.name
+    w_global, w_fine = fusion_weights(args, scoring.head)
     folds = args.folds if args.folds is not None else protocol_folds(args.dataset, args.split, len(split))
     report = evaluate_stores(vstores, tstores, split, aligner, w_global=w_global, w_fine=w_fine,
                              chunk=args.chunk, folds=folds, rerank_top=args.rerank_top, device=args.device,
@@ -136,12 +137,12 @@ def _compositional_stores(args: argparse.Namespace, items: list, root: Path) -> 
         raise UserError("--max-words: not available with stored features (no backbone encodes anything)")
     vstores = open_stores(args.visual_store, "visual", "--visual-store")
     tstores = open_stores(args.text_store, "text", "--text-store")
-    aligner, name, head, notes = plan_for_stores(args.aligner, hparams(args), vstores[0].dim, args.model)
-    print_notes("evaluate-compositional", notes)
+    scoring = plan_for_stores(args.aligner, hparams(args), vstores[0].dim, args.model)
+    scoring_notes(scoring, "evaluate-compositional")
     print_notes("evaluate-compositional", [m for m in [source_mismatch(vstores[0], tstores[0])] if m],
                 kind="warning")
     encoded = hard_negative_tokens(items, vstores, tstores, root)  # refuses the other modality, another D
-    return encoded, aligner, name, head, describe_stores(vstores, tstores)
+    return encoded, scoring.aligner, scoring.name, scoring.head, describe_stores(vstores, tstores)
 
 
 def _compositional(args: argparse.Namespace) -> int:

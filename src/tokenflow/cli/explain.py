@@ -53,8 +53,9 @@ def _explain_stored(args: argparse.Namespace):
         raise UserError(f"{given[0]}: not used with stored features (the item and caption are --item and --text-id; "
                         "pointing needs the image)")
     vstores = open_stores(args.visual_store, "visual", "--visual-store")
-    aligner, name, _, notes = plan_for_stores(args.aligner, {}, vstores[0].dim, args.model)
-    print_notes("explain", notes)
+    scoring = plan_for_stores(args.aligner, {}, vstores[0].dim, args.model)
+    scoring_notes(scoring, "explain")
+    aligner = scoring.aligner
     if aligner is None:  # --aligner offers no "none": only a global-only trained --model gets here
         raise UserError(f"--model {args.model}: has no fine-grained plan (global only); pass --aligner")
     tstores = open_stores(args.text_store, "text", "--text-store")

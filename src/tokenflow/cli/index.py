@@ -189,7 +189,7 @@ def _query_store_search(args: argparse.Namespace, dirs: list[Path]):
     from ..index.offline import open_stores, plan_for_stores, source_mismatch, store_tokens
     from ..index.searcher import Searcher
     from ..index.store import FeatureStore
-    from .common import fusion_weights, print_notes
+    from .common import fusion_weights, scoring_notes
     from .options import hparams
 
     given = [f"--{k}" for k in ("text", "queries", "image", "video") if getattr(args, k)]
@@ -204,11 +204,11 @@ def _query_store_search(args: argparse.Namespace, dirs: list[Path]):
     queries = store_tokens(stores, ids, "--query-store")
     texts = {i: t for s in stores if s.kind == "text" for i, t in zip(s.ids, s.texts, strict=True)}
     labels = [f"{i}: {texts[i]}" if texts.get(i) else i for i in ids]
-    aligner, name, head, notes = plan_for_stores(args.aligner, hparams(args), index_store.dim, args.model)
-    print_notes("search", notes)
-    w_global, w_fine = fusion_weights(args, head)
-    searcher = Searcher(list(dirs), aligner=aligner, w_global=w_global, w_fine=w_fine, device=args.device)
-    return searcher, name, labels, queries
+    scoring = plan_for_stores(args.aligner, hparams(args), index_store.dim, args.model)
+    scoring_notes(scoring, "search")
+    w_global, w_fine = fusion_weights(args, scoring.head)
+    searcher = Searcher(list(dirs), aligner=scoring.aligner, w_global=w_global, w_fine=w_fine, device=args.device)
+    return searcher, scoring.name, labels, queries
 
 
 def _searcher(args: argparse.Namespace, dirs: list[Path]):

@@ -232,9 +232,9 @@ def evaluate_compositional(backbone: DualEncoder | None, items: Sequence[HardNeg
     """Encode (unless ``encoded`` is given), score and measure hard-negative accuracy.
 
     ``backbone`` + ``aligner`` (``None``: global only) + fusion weights as retrieval uses them;
-    from a trained folder: ``backbone, aligner, _, head, _ = load_for_scoring(folder)`` then
-    ``w_global=head.get("w_global", 1.0)``, or a :class:`~tokenflow.models.RetrievalModel`'s
-    ``.backbone, .aligner, .w_global, .w_fine``. ``encoded``: features computed elsewhere
+    from a folder, the :func:`~tokenflow.models.scoring.load_scoring` of it (its ``.backbone,
+    .aligner, .w_global, .w_fine``), or a :class:`~tokenflow.models.RetrievalModel`'s same
+    attributes. ``encoded``: features computed elsewhere
     (``backbone`` may then be ``None``). ``source`` describes the benchmark in the report.
     Returns the JSON-ready report; ``report["scores"][kind]`` is :func:`accuracy_report` for
     ``fused``, ``fine`` (with a plan) and ``global``.

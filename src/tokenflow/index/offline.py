@@ -130,21 +130,24 @@ def source_mismatch(a: FeatureStore, b: FeatureStore) -> str | None:
     return None
 
 
-def plan_for_stores(aligner: str | None, hparams: dict, dim: int,
-                    model: str | Path | None = None) -> tuple[object, str, dict, list[str]]:
-    """``(aligner, plan name, head, notes)`` for stored features of size ``dim``: the plan of a
-    trained ``model`` folder (its learned weights and fusion weights in ``head``) with the usual
-    overrides, else ``aligner`` (default ``tokenflow``; ``"none"``: global only) with ``hparams``."""
-    from ..models.retrieval import load_for_scoring
-    from ..models.scoring import build_plan
+def plan_for_stores(aligner: str | None, hparams: dict, dim: int, model: str | Path | None = None):
+    """The :class:`~tokenflow.models.scoring.Scoring` of stored features of size ``dim``, without
+    a backbone (``backbone`` None): the plan of a trained ``model`` folder (its learned weights and
+    fusion weights, ``head``) with the usual overrides, through
+    :func:`~tokenflow.models.scoring.load_scoring`, else ``aligner`` (default ``tokenflow``;
+    ``"none"``: global only) with ``hparams``, as a bare backbone's scoring path builds it. Its
+    ``describe_overrides()`` and ``notes`` are for the user."""
+    from dataclasses import replace
+
+    from ..models.scoring import Scoring, build_plan, load_scoring
 
     if model is not None:
-        backbone, plan, name, head, notes = load_for_scoring(model, aligner, hparams)
-        if backbone.embed_dim != dim:
-            raise UserError(f"--model {model}: D={backbone.embed_dim}, the stores D={dim}")
-        return plan, name, head, notes
-    plan, name, _, _, notes = build_plan(None, aligner, hparams, dim=dim)  # the scoring path of a bare backbone
-    return plan, name, {}, notes
+        scoring = load_scoring(model, aligner, hparams)
+        if scoring.backbone.embed_dim != dim:
+            raise UserError(f"--model {model}: D={scoring.backbone.embed_dim}, the stores D={dim}")
+        return replace(scoring, backbone=None)  # the features are stored: nothing to encode
+    plan, name, trained, overrides, notes = build_plan(None, aligner, hparams, dim=dim)
+    return Scoring(None, plan, name, 1.0, 1.0, trained, overrides, tuple(notes))
 
 
 def evaluate_stores(vstores: Sequence[FeatureStore], tstores: Sequence[FeatureStore], split, aligner,

@@ -22,7 +22,7 @@ from ..utils import atomic_path, write_text_atomic
 from .base import DualEncoder, VideoTokens
 from .scoring import HEAD_FILE, Scoring, load_scoring
 
-__all__ = ["RetrievalModel", "load_for_scoring"]
+__all__ = ["RetrievalModel"]
 
 CLIP_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
 
@@ -110,16 +110,3 @@ class RetrievalModel(nn.Module):
                             f"{scoring.head.get('hparams') or {}}")
         return cls.from_scoring(scoring)
 
-
-def load_for_scoring(folder: str | Path, aligner: str | None = None,
-                     hparams: dict | None = None) -> tuple[DualEncoder, Aligner | None, str, dict, list[str]]:
-    """``(backbone, aligner, plan name, head, notes)`` of :func:`tokenflow.models.scoring.load_scoring`
-    (the one scoring path; its ``describe_overrides()`` line, if any, is the first note).
-
-    A trained folder brings its plan with its learned weights and hyperparameters, and its fusion
-    weights (``head``); ``aligner`` replaces the plan (the trained one keeps its weights), and
-    ``hparams`` override the plan's. A bare backbone folder gets ``aligner`` (default
-    ``tokenflow``; ``"none"``: global only)."""
-    s = load_scoring(folder, aligner, hparams)
-    overridden = s.describe_overrides()
-    return s.backbone, s.aligner, s.name, s.head, [*([overridden] if overridden else []), *s.notes]

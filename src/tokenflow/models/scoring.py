@@ -85,7 +85,8 @@ class Scoring:
     ``overrides``: field -> (the folder's value, the value used), for exactly the fields that differ
     (``"aligner"``, ``"hparams.NAME"``, ``"w_global"``, ``"w_fine"``); empty for a bare backbone.
     ``notes``: messages for the user (learned weights freshly initialised). ``head``: the folder's
-    ``tokenflow.json`` ({} for a bare backbone)."""
+    ``tokenflow.json`` ({} for a bare backbone). ``backbone`` is None for stored features
+    (:func:`~tokenflow.index.offline.plan_for_stores`)."""
 
     backbone: DualEncoder | None
     aligner: Aligner | None
