@@ -1,6 +1,6 @@
 """Steps that several commands take the same way: the evaluated split and its checks,
-``--max-words``, the fusion weights, the notes of the scoring path, reading a file of lines, and
-printing and writing a report."""
+``--max-words``, the notes of the scoring path, reading a file of lines, and printing and writing
+a report."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from pathlib import Path
 
 from ..errors import InputError, UserError
 
-__all__ = ["evaluation_split", "fusion_weights", "print_notes", "publish_report", "read_lines", "scoring_notes",
-           "with_max_words"]
+__all__ = ["evaluation_split", "print_notes", "publish_report", "read_lines", "scoring_notes", "with_max_words"]
 
 
 def evaluation_split(args: argparse.Namespace):
@@ -43,14 +42,6 @@ def with_max_words(backbone, max_words: int | None):
         except InputError as e:
             raise InputError(f"--max-words: {e}") from None
     return backbone
-
-
-def fusion_weights(args: argparse.Namespace, head: dict) -> tuple[float, float]:
-    """``(w_global, w_fine)``: ``--w-global`` / ``--w-fine`` where given, else the model's ``head``'s,
-    else 1."""
-    w_global = head.get("w_global", 1.0) if args.w_global is None else args.w_global
-    w_fine = head.get("w_fine", 1.0) if args.w_fine is None else args.w_fine
-    return w_global, w_fine
 
 
 def print_notes(command: str, notes: list[str], kind: str = "note") -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .common import evaluation_split, fusion_weights, print_notes, publish_report, scoring_notes, with_max_words
+from .common import evaluation_split, print_notes, publish_report, scoring_notes, with_max_words
 from .options import (add_device, add_frames, add_fusion_weights, add_hp, add_on_error, add_store_options,
                       add_video_tokens, hparams)
 
@@ -80,18 +80,18 @@ def _evaluate_stores(args: argparse.Namespace) -> int:
     split = evaluation_split(args)
     vstores = open_stores(args.visual_store, "visual", "--visual-store")
     tstores = open_stores(args.text_store, "text", "--text-store")
-    scoring = plan_for_stores(args.aligner, hparams(args), vstores[0].dim, args.model)
+    scoring = plan_for_stores(args.aligner, hparams(args), vstores[0].dim, args.model, w_global=args.w_global,
+                              w_fine=args.w_fine)
     scoring_notes(scoring, "evaluate")
     print_notes("evaluate", [m for m in [source_mismatch(vstores[0], tstores[0])] if m], kind="warning")
-    aligner, name = scoring.aligner, scoring.name
-    w_global, w_fine = fusion_weights(args, scoring.head)
     folds = args.folds if args.folds is not None else protocol_folds(args.dataset, args.split, len(split))
-    report = evaluate_stores(vstores, tstores, split, aligner, w_global=w_global, w_fine=w_fine,
+    report = evaluate_stores(vstores, tstores, split, scoring.aligner, w_global=scoring.w_global,
+                             w_fine=scoring.w_fine,
                              chunk=args.chunk, folds=folds, rerank_top=args.rerank_top, device=args.device,
                              **_test_norm_options(args))  # qbnorm was refused above
     report["dataset"] = {"name": args.dataset, "root": str(args.root), "split": args.split}
     headline = (f"{split.name}: {report['evaluated']['items']} {split.modality}s, {report['evaluated']['texts']} "
-                f"texts from stores, aligner {name}")
+                f"texts from stores, aligner {scoring.name}")
     return publish_report(report, args, headline, format_table(report))
 
 
@@ -115,20 +115,21 @@ def _items(args: argparse.Namespace, check_media: bool) -> tuple[list, Path]:
 
 
 def _compositional_model(args: argparse.Namespace) -> tuple:
-    """``(backbone, aligner, plan name, head)`` of ``--model``, on ``--device``."""
+    """``(backbone on --device, scoring)`` of ``--model`` after ``--aligner``, ``--hp``,
+    ``--w-global`` and ``--w-fine``."""
     from ..models.scoring import load_scoring
 
     if args.model is None:
         raise UserError("tokenflow evaluate-compositional needs --model (a backbone folder), or --visual-store and "
                         "--text-store")
-    scoring = load_scoring(args.model, args.aligner, hparams(args))
+    scoring = load_scoring(args.model, args.aligner, hparams(args), w_global=args.w_global, w_fine=args.w_fine)
     scoring_notes(scoring, "evaluate-compositional")
-    return with_max_words(scoring.backbone, args.max_words).to(args.device), scoring.aligner, scoring.name, scoring.head
+    return with_max_words(scoring.backbone, args.max_words).to(args.device), scoring
 
 
 def _compositional_stores(args: argparse.Namespace, items: list, root: Path) -> tuple:
-    """``(encoded items, aligner, plan name, head, backbone description)`` of ``--visual-store`` and
-    ``--text-store`` for :func:`~tokenflow.eval.compositional.evaluate_compositional` (``encoded=``)."""
+    """``(encoded items, scoring, backbone description)`` of ``--visual-store`` and ``--text-store``
+    for :func:`~tokenflow.eval.compositional.evaluate_compositional` (``encoded=``)."""
     from ..index.offline import describe_stores, hard_negative_tokens, open_stores, plan_for_stores, source_mismatch
 
     if args.visual_store is None or args.text_store is None:
@@ -137,12 +138,13 @@ def _compositional_stores(args: argparse.Namespace, items: list, root: Path) -> 
         raise UserError("--max-words: not available with stored features (no backbone encodes anything)")
     vstores = open_stores(args.visual_store, "visual", "--visual-store")
     tstores = open_stores(args.text_store, "text", "--text-store")
-    scoring = plan_for_stores(args.aligner, hparams(args), vstores[0].dim, args.model)
+    scoring = plan_for_stores(args.aligner, hparams(args), vstores[0].dim, args.model, w_global=args.w_global,
+                              w_fine=args.w_fine)
     scoring_notes(scoring, "evaluate-compositional")
     print_notes("evaluate-compositional", [m for m in [source_mismatch(vstores[0], tstores[0])] if m],
                 kind="warning")
     encoded = hard_negative_tokens(items, vstores, tstores, root)  # refuses the other modality, another D
-    return encoded, scoring.aligner, scoring.name, scoring.head, describe_stores(vstores, tstores)
+    return encoded, scoring, describe_stores(vstores, tstores)
 
 
 def _compositional(args: argparse.Namespace) -> int:
@@ -155,10 +157,10 @@ def _compositional(args: argparse.Namespace) -> int:
     items, root = _items(args, check_media=not stored)
     encoded = described = None
     if stored:  # features computed elsewhere: no backbone
-        backbone, (encoded, aligner, name, head, described) = None, _compositional_stores(args, items, root)
+        backbone, (encoded, scoring, described) = None, _compositional_stores(args, items, root)
     else:
-        backbone, aligner, name, head = _compositional_model(args)
-    w_global, w_fine = fusion_weights(args, head)
+        backbone, scoring = _compositional_model(args)
+    aligner, name, w_global, w_fine = scoring.aligner, scoring.name, scoring.w_global, scoring.w_fine
     source = {"name": args.benchmark, "annotations": str(args.annotations),
               "images": None if args.images is None else str(args.images),
               "categories": sorted({it.category for it in items})}

@@ -189,7 +189,7 @@ def _query_store_search(args: argparse.Namespace, dirs: list[Path]):
     from ..index.offline import open_stores, plan_for_stores, source_mismatch, store_tokens
     from ..index.searcher import Searcher
     from ..index.store import FeatureStore
-    from .common import fusion_weights, scoring_notes
+    from .common import scoring_notes
     from .options import hparams
 
     given = [f"--{k}" for k in ("text", "queries", "image", "video") if getattr(args, k)]
@@ -204,10 +204,11 @@ def _query_store_search(args: argparse.Namespace, dirs: list[Path]):
     queries = store_tokens(stores, ids, "--query-store")
     texts = {i: t for s in stores if s.kind == "text" for i, t in zip(s.ids, s.texts, strict=True)}
     labels = [f"{i}: {texts[i]}" if texts.get(i) else i for i in ids]
-    scoring = plan_for_stores(args.aligner, hparams(args), index_store.dim, args.model)
+    scoring = plan_for_stores(args.aligner, hparams(args), index_store.dim, args.model, w_global=args.w_global,
+                              w_fine=args.w_fine)
     scoring_notes(scoring, "search")
-    w_global, w_fine = fusion_weights(args, scoring.head)
-    searcher = Searcher(list(dirs), aligner=scoring.aligner, w_global=w_global, w_fine=w_fine, device=args.device)
+    searcher = Searcher(list(dirs), aligner=scoring.aligner, w_global=scoring.w_global, w_fine=scoring.w_fine,
+                        device=args.device)
     return searcher, scoring.name, labels, queries
 
 

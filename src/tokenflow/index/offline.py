@@ -130,24 +130,27 @@ def source_mismatch(a: FeatureStore, b: FeatureStore) -> str | None:
     return None
 
 
-def plan_for_stores(aligner: str | None, hparams: dict, dim: int, model: str | Path | None = None):
+def plan_for_stores(aligner: str | None, hparams: dict, dim: int, model: str | Path | None = None, *,
+                    w_global: float | None = None, w_fine: float | None = None):
     """The :class:`~tokenflow.models.scoring.Scoring` of stored features of size ``dim``, without
     a backbone (``backbone`` None): the plan of a trained ``model`` folder (its learned weights and
     fusion weights, ``head``) with the usual overrides, through
     :func:`~tokenflow.models.scoring.load_scoring`, else ``aligner`` (default ``tokenflow``;
     ``"none"``: global only) with ``hparams``, as a bare backbone's scoring path builds it. Its
+    ``w_global`` and ``w_fine`` are the given ones, else the folder's, else 1. Its
     ``describe_overrides()`` and ``notes`` are for the user."""
     from dataclasses import replace
 
     from ..models.scoring import Scoring, build_plan, load_scoring
 
     if model is not None:
-        scoring = load_scoring(model, aligner, hparams)
+        scoring = load_scoring(model, aligner, hparams, w_global=w_global, w_fine=w_fine)
         if scoring.backbone.embed_dim != dim:
             raise UserError(f"--model {model}: D={scoring.backbone.embed_dim}, the stores D={dim}")
         return replace(scoring, backbone=None)  # the features are stored: nothing to encode
     plan, name, trained, overrides, notes = build_plan(None, aligner, hparams, dim=dim)
-    return Scoring(None, plan, name, 1.0, 1.0, trained, overrides, tuple(notes))
+    weights = [1.0 if w is None else float(w) for w in (w_global, w_fine)]
+    return Scoring(None, plan, name, *weights, trained, overrides, tuple(notes))
 
 
 def evaluate_stores(vstores: Sequence[FeatureStore], tstores: Sequence[FeatureStore], split, aligner,
