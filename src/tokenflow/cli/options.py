@@ -69,16 +69,10 @@ def add_hp(p: argparse.ArgumentParser, help: str = "plan hyperparameter (repeata
 
 
 def hparams(args: argparse.Namespace) -> dict:
-    """The ``--hp`` values as a dict, checked against ``--aligner``'s declared hyperparameters when
-    a plan is named (a :class:`~tokenflow.errors.UserError` naming the key otherwise). Without
-    ``--aligner`` the plan is the trained folder's, and the scoring path checks them."""
-    values = dict(args.hp or [])
-    name = getattr(args, "aligner", None)
-    if values and isinstance(name, str) and name != "none":
-        from ..align import check_hparams
-
-        check_hparams(name, values, source="--hp")
-    return values
+    """The ``--hp`` values as a dict. The scoring path checks them against the plan's declared
+    hyperparameters (:func:`~tokenflow.models.scoring.build_plan`; ``load_scoring`` before it
+    loads the backbone)."""
+    return dict(args.hp or [])
 
 
 def add_store_options(p: argparse.ArgumentParser, *, explain: bool = False,

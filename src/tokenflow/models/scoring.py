@@ -112,6 +112,20 @@ def _fits(plan: Aligner, state: dict[str, Tensor]) -> bool:
     return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
 
 
+def _checked_name(trained: TrainedPlan | None, name: str | None, hparams: dict) -> str:
+    """The plan scored with (``name``, else the trained one, else ``tokenflow``), once ``hparams``
+    are checked against its declared hyperparameters (:class:`~tokenflow.errors.HParamError`
+    naming them otherwise; global only takes none). Needs no backbone."""
+    name = name or (None if trained is None else trained.name) or DEFAULT_PLAN
+    if name == GLOBAL_ONLY:
+        if hparams:  # nothing would read them: say so rather than ignore them
+            raise HParamError(f"--hp: scoring by the global similarity alone ({GLOBAL_ONLY!r}) takes no "
+                              f"hyperparameters, got {', '.join(sorted(hparams))}")
+    else:
+        check_hparams(name, hparams, source="--hp")
+    return name
+
+
 def build_plan(trained: TrainedPlan | None, name: str | None = None, hparams: dict | None = None, *,
                dim: int) -> tuple[Aligner | None, str, bool, dict[str, tuple[object, object]], list[str]]:
     """``(aligner, plan name, trained, overrides, notes)`` for a backbone of embedding size ``dim``.
@@ -120,17 +134,18 @@ def build_plan(trained: TrainedPlan | None, name: str | None = None, hparams: di
     built with its trained hyperparameters updated by ``hparams`` and keeps its learned weights
     while they still fit; any other plan is built fresh from ``hparams``. See :class:`Scoring`."""
     hparams = dict(hparams or {})
+    return _build_plan(trained, _checked_name(trained, name, hparams), hparams, dim=dim)
+
+
+def _build_plan(trained: TrainedPlan | None, name: str, hparams: dict, *,
+                dim: int) -> tuple[Aligner | None, str, bool, dict[str, tuple[object, object]], list[str]]:
+    """:func:`build_plan` of the plan ``name`` given by :func:`_checked_name` (``hparams`` checked)."""
     trained_name = None if trained is None else trained.name
-    name = name or trained_name or DEFAULT_PLAN
     overrides: dict[str, tuple[object, object]] = {}
     if trained_name is not None and name != trained_name:
         overrides["aligner"] = (trained_name, name)
     if name == GLOBAL_ONLY:
-        if hparams:  # nothing would read them: say so rather than ignore them
-            raise HParamError(f"--hp: scoring by the global similarity alone ({GLOBAL_ONLY!r}) takes no "
-                              f"hyperparameters, got {', '.join(sorted(hparams))}")
         return None, name, trained_name == GLOBAL_ONLY, overrides, []
-    check_hparams(name, hparams, source="--hp")
     if name != trained_name:
         plan = aligner_for(name, hparams, dim=dim)
         notes = []
@@ -161,11 +176,13 @@ def load_scoring(folder: str | Path, aligner: str | None = None, hparams: dict |
     given overrides: ``aligner`` (a plan name, ``"none"``: global only), ``hparams`` (the plan's
     hyperparameters), ``w_global``, ``w_fine`` (None: the folder's, else 1). ``backbone``: the
     folder's backbone when already loaded (it is not loaded again). Bad hyperparameters raise
-    :class:`~tokenflow.errors.UserError` naming them."""
+    :class:`~tokenflow.errors.UserError` naming them, before the backbone is loaded."""
     folder = Path(folder)
     trained = TrainedPlan.read(folder)
+    hparams = dict(hparams or {})
+    name = _checked_name(trained, aligner, hparams)  # a bad --hp fails fast, not after loading the weights
     backbone = load_backbone(folder) if backbone is None else backbone
-    plan, name, is_trained, overrides, notes = build_plan(trained, aligner, hparams, dim=backbone.embed_dim)
+    plan, name, is_trained, overrides, notes = _build_plan(trained, name, hparams, dim=backbone.embed_dim)
     weights = {}
     for key, given in (("w_global", w_global), ("w_fine", w_fine)):
         saved = 1.0 if trained is None else getattr(trained, key)
