@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .common import read_lines, with_max_words
-from .options import add_device, add_frames, add_fusion_weights, add_hp, add_on_error, add_video_tokens
+from .common import read_lines, scoring_notes, with_max_words
+from .options import add_device, add_frames, add_fusion_weights, add_hp, add_on_error, add_video_tokens, hparams
 
 __all__ = ["MAX_QUERY_CHARS", "add_parsers", "format_results"]
 
@@ -166,8 +166,6 @@ def _search_scoring(args: argparse.Namespace, dirs: list[Path]):
     from ..index.collections import store_of
     from ..index.store import FeatureStore
     from ..models.scoring import load_scoring
-    from .common import scoring_notes
-    from .options import hparams
 
     model = args.model
     if model is None:
@@ -189,8 +187,6 @@ def _query_store_search(args: argparse.Namespace, dirs: list[Path]):
     from ..index.offline import open_stores, plan_for_stores, source_mismatch, store_tokens
     from ..index.searcher import Searcher
     from ..index.store import FeatureStore
-    from .common import scoring_notes
-    from .options import hparams
 
     given = [f"--{k}" for k in ("text", "queries", "image", "video") if getattr(args, k)]
     if given:
