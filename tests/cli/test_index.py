@@ -137,6 +137,15 @@ def test_bad_input_is_named(built, tmp_path, capsys, model_dir):
         assert message in capsys.readouterr().err, argv
 
 
+def test_encode_a_dataset_without_root_names_root(tmp_path, capsys, model_dir):
+    """``encode --dataset`` without ``--root`` is the user's to fix (exit 2 naming --root), not an
+    internal error, and writes nothing."""
+    assert main(["encode", "--model", str(model_dir), "--dataset", "flickr30k", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "tokenflow encode: --dataset flickr30k needs --root" in err and "internal error" not in err
+    assert not (tmp_path / "s").exists()
+
+
 def test_k_beyond_the_collection_returns_every_item(built, tmp_path):
     out = tmp_path / "all.json"
     assert main(["search", "--index", str(built), "--text", "red circle", "--k", "10000", "--json", str(out)]) == 0

@@ -54,6 +54,8 @@ def _encode_source(args: argparse.Namespace):
     from ..data import load_split
     from ..index.offline import caption_ids
 
+    if args.root is None:
+        raise UserError(f"--dataset {args.dataset} needs --root, the dataset folder in its standard layout")
     split = load_split(args.dataset, args.root, args.split, media=args.media)
     if args.captions:
         return list(split.texts), caption_ids(split), f"{split.name} captions"
