@@ -26,9 +26,8 @@
 # XML files, and results.tar.gz (every step's JSON, Markdown and log): at most 8 files, as the
 # device tool brings back. Scratch: GPU_CHECK_WORK (default /tmp/gpu-check-gpu or -cpu; data and
 # the CLIP folder found there are reused). PYTHON: the
-# interpreter (default .venv/bin/python if present, else python3). GPU_CHECK_PTH=1 writes
-# PYTHONPATH and src/ into a .pth file of that interpreter's site-packages, for the tests'
-# subprocesses, which set PYTHONPATH themselves (wheels carried to /tmp/site on the device).
+# interpreter (default .venv/bin/python if present, else python3). PYTHONPATH is extended with
+# src/, and the tests' subprocesses extend it in turn (wheels carried to /tmp/site on the device).
 # Exit status 0 when every step passed (or was not selected), else 1.
 set -uo pipefail
 
@@ -220,7 +219,6 @@ run_step() {
 main() {
     echo "gpu_check: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(uname -n), python $PYTHON, mode $MODE, budget ${BUDGET}s"
     echo "gpu_check: OUT=$OUT WORK=$WORK steps=${GPU_CHECK_STEPS:-all}"
-    [[ -n $PTH_NOTE ]] && echo "gpu_check: wrote $PTH_NOTE"
     "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', \
 torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
     command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -233,12 +231,6 @@ tokenflow.__file__, '| POT', ot.__version__, '| pydantic', pydantic.__version__)
     ! cut -f3 "$RES/steps.tsv" | grep -qE '^(FAILED|TIMEOUT|NOT RUN)'
 }
 
-PTH_NOTE=""
-if [[ "${GPU_CHECK_PTH:-0}" == 1 ]]; then  # the tests' subprocesses set PYTHONPATH themselves
-    site=$("$PYTHON" -c "import site; print(site.getsitepackages()[0])")
-    tr ':' '\n' <<< "$PYTHONPATH" > "$site/tokenflow-gpu-check.pth" &&
-        PTH_NOTE="$site/tokenflow-gpu-check.pth: $PYTHONPATH"
-fi
 BUDGET="${GPU_CHECK_BUDGET:-$([[ $MODE == gpu ]] && echo 420 || echo 300)}"
 START=$(date +%s)
 DEADLINE=$((START + BUDGET - 10))

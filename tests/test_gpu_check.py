@@ -30,7 +30,8 @@ def helpers() -> list[Path]:
 
 
 def env(**extra) -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", **extra)
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", **extra)
 
 
 def test_the_script_parses_and_names_every_step():

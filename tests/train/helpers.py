@@ -43,7 +43,8 @@ def _config(tmp_path: Path, root: Path, out: str, **sections) -> Path:
 
 
 def _env() -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
     return env
 
