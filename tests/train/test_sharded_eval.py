@@ -7,15 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.helpers import save_tiny_model
 from tests.train.helpers import ROOT, _config, _torchrun, eval_cases, run_case
-from tokenflow import get_aligner
 from tokenflow.data import load_split
 from tokenflow.data.synthetic import make_synthetic
 from tokenflow.distributed import DistInfo
 from tokenflow.eval.evaluate import evaluate
-from tokenflow.models import RetrievalModel, TinyCLIP, TinyConfig, WordTokenizer
+from tokenflow.models import RetrievalModel, TinyConfig
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +24,8 @@ def cases_folder(tmp_path_factory) -> Path:
     shutil.copytree(folder / "data" / "images", folder / "broken")
     load_split("flickr30k", folder / "broken", "val").item_paths[1].write_bytes(b"not a jpeg")
     train = load_split("flickr30k", folder / "data" / "images", "train")
-    torch.manual_seed(0)
-    tiny = TinyCLIP(TinyConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2, embed_dim=16),
-                    WordTokenizer.build(train.texts))
-    RetrievalModel(tiny, get_aligner("tokenflow"), w_global=0.7, w_fine=1.3).save_pretrained(folder / "model")
+    save_tiny_model(folder / "model", train.texts, seed=0, w_global=0.7, w_fine=1.3,
+                    config=TinyConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2, embed_dim=16))
     return folder
 
 
