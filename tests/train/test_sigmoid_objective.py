@@ -77,7 +77,7 @@ def test_a_siglip_backbone_keeps_its_own_scale_above_the_cap(tmp_path):
     """A SigLIP checkpoint's t = exp(t') is above CLIP's cap of 100: a sigmoid run starts at the
     folder's own (t, b), its cap rises to t (clamping keeps it), and the saved head records it."""
     pytest.importorskip("transformers")
-    from tests.models.test_hf_siglip import save_tiny_siglip
+    from tests.models.conftest import save_tiny_siglip
     from tokenflow.train import build_model
 
     folder = save_tiny_siglip(tmp_path / "siglip", "siglip", logit_scale=math.log(115.0), logit_bias=-12.5)
