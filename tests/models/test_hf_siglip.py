@@ -210,7 +210,7 @@ def _atomic(path, text, written):
     write_text_atomic(path, text)
 
 
-def test_missing_or_unfit_files_are_named(tmp_path, siglip_folder):
+def test_missing_or_unfit_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         HFSiglip.from_pretrained(tmp_path / "nope")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip"}))
