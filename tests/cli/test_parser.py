@@ -53,11 +53,7 @@ def test_the_installed_command_runs(tmp_path):
 
 
 def test_every_option_of_every_command_says_what_it_does():
-    from tokenflow.cli import build_parser
-
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # argparse keeps them here
-    missing = [f"{name} {action.dest}" for name, sub in commands.items() for action in sub._actions
+    missing = [f"{name} {action.dest}" for name, sub in _commands().items() for action in sub._actions
                if action.help is None and action.dest != "help"]
     assert not missing, f"options without help text: {missing}"
 
@@ -65,7 +61,7 @@ def test_every_option_of_every_command_says_what_it_does():
 def _commands():
     from tokenflow.cli import build_parser
 
-    return build_parser()._subparsers._group_actions[0].choices
+    return build_parser()._subparsers._group_actions[0].choices  # argparse keeps them here
 
 
 #: The options that several commands share, each added by one function of tokenflow.cli.options.
