@@ -118,8 +118,9 @@ def test_search_serve_evaluate_and_explain_give_the_same_score(run, monkeypatch,
     real = evaluate_module.similarity
 
     def spy(vis, txt, aligner, **kw):
-        captured["t2v"] = real(vis, txt, aligner, **kw)[1]
-        return real(vis, txt, aligner, **kw)
+        result = real(vis, txt, aligner, **kw)
+        captured["t2v"] = result[1]
+        return result
 
     monkeypatch.setattr(evaluate_module, "similarity", spy)
     assert main(["evaluate", "--dataset", "flickr30k", "--root", str(split_root(split)), "--split", "test",
