@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 W_GLOBAL, W_FINE = 0.5, 2.0
 TINY = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16}
@@ -26,18 +25,16 @@ def data(tmp_path_factory) -> Path:
     return out / "images"
 
 
-def _train(root: Path, out: Path, aligner: str) -> Path:
-    """``out/best``: a tiny model trained briefly with ``aligner``, a large lr_new so plan weights move."""
+def _train(root: Path, tmp: Path, aligner: str) -> Path:
+    """``tmp/run/best``: a tiny model trained briefly with ``aligner``, a large lr_new so plan weights move."""
+    from tests.train.helpers import _config
     from tokenflow.train import load_config, train
 
-    cfg = {"data": {"dataset": "flickr30k", "root": str(root), "test_split": None},
-           "model": {"backbone": "tiny", "aligner": aligner, "tiny": TINY, "w_global": W_GLOBAL, "w_fine": W_FINE},
-           "optim": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "lr_new": 0.5, "warmup": 0},
-           "run": {"out": str(out), "seed": 0, "progress": False, "log_every": 100}}
-    path = out.parent / f"{aligner}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _config(tmp, root, "run", model={"aligner": aligner, "tiny": TINY, "w_global": W_GLOBAL, "w_fine": W_FINE},
+                   distill={"enabled": False}, optim={"epochs": 2, "lr_new": 0.5},
+                   run={"seed": 0, "log_every": 100, "deterministic": False})
     train(load_config(path, []))
-    return out / "best"
+    return tmp / "run" / "best"
 
 
 @pytest.fixture(scope="module", params=["wti", "learnable"])
@@ -49,7 +46,7 @@ def run(request, data, tmp_path_factory):
 
     name = request.param
     tmp = tmp_path_factory.mktemp(f"trained-{name}")
-    best = _train(data, tmp / "run", name)
+    best = _train(data, tmp, name)
     split = load_split("flickr30k", data, "test")
     backbone = load_scoring(best).backbone.eval()
     encode_store(backbone, split, tmp / "store", dtype="fp32", batch_size=8,
