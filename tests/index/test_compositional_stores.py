@@ -4,11 +4,10 @@ model gives; entries missing from a store are refused with a count."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from tests.helpers import save_tiny_model
+from tests.helpers import export_features, save_tiny_model
 from tokenflow import get_aligner
 from tokenflow.cli import main
 from tokenflow.data import read_hard_negatives
@@ -38,13 +37,6 @@ def encoded(synth, retrieval_model_dir):
     return items, encode_hard_negatives(load_backbone(retrieval_model_dir), items, batch_size=4)
 
 
-def _save(path, tokens, ids, **extra):
-    """What a user's extraction code writes: float32 arrays, string ids (and paths or texts)."""
-    np.savez(path, feats=tokens.feats.numpy(), mask=tokens.mask.numpy(), pooled=tokens.pooled.numpy(),
-             ids=np.array(ids), **{k: np.array(v) for k, v in extra.items()})
-    return path
-
-
 def _import(files, out, kind):
     assert main(["import-features", *map(str, files), "--out", str(out), "--kind", kind, "--model-name",
                  "tiny (exported)", "--dtype", "fp32"]) == 0
@@ -59,11 +51,13 @@ def stores(synth, encoded, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hn-stores")
     root = synth.joinpath(*HARD).parent
     h = len(enc.media) // 2
-    v = [_save(tmp / "v0.npz", enc.vis[:h], [m.relative_to(root).as_posix() for m in enc.media[:h]]),
-         _save(tmp / "v1.npz", enc.vis[h:], [f"img{k}" for k in range(h, len(enc.media))],
-               paths=[str(m) for m in enc.media[h:]])]
+    v = [export_features(enc.vis[:h], [m.relative_to(root).as_posix() for m in enc.media[:h]], {}, tmp / "v0.npz",
+                         "npz"),
+         export_features(enc.vis[h:], [f"img{k}" for k in range(h, len(enc.media))],
+                         {"paths": [str(m) for m in enc.media[h:]]}, tmp / "v1.npz", "npz")]
     order = torch.randperm(len(enc.texts), generator=torch.Generator().manual_seed(0)).tolist()
-    t = [_save(tmp / "t.npz", enc.txt[order], [f"cap{k}" for k in order], texts=[enc.texts[k] for k in order])]
+    t = [export_features(enc.txt[order], [f"cap{k}" for k in order], {"texts": [enc.texts[k] for k in order]},
+                         tmp / "t.npz", "npz")]
     return _import(v, tmp / "V", "visual"), _import(t, tmp / "T", "text")
 
 
@@ -112,22 +106,23 @@ def test_missing_entries_are_refused_with_a_count(synth, encoded, stores, tmp_pa
     argv = ["evaluate-compositional", "--benchmark", "generic", "--annotations", str(synth.joinpath(*HARD))]
     # a text store without three of the captions (the twins' captions are each other's negatives)
     keep = list(range(3, len(enc.texts)))
-    part = _import([_save(tmp_path / "t.npz", enc.txt[keep], [f"c{k}" for k in keep],
-                          texts=[enc.texts[k] for k in keep])], tmp_path / "T", "text")
+    part = _import([export_features(enc.txt[keep], [f"c{k}" for k in keep], {"texts": [enc.texts[k] for k in keep]},
+                                    tmp_path / "t.npz", "npz")], tmp_path / "T", "text")
     capsys.readouterr()
     assert main([*argv, "--visual-store", str(stores[0]), "--text-store", str(part)]) == 2
     err = capsys.readouterr().err
     assert f"3 of the {len(enc.texts)} captions of the items (true captions and negatives) are not in it" in err
     assert f"(first: {enc.texts[0]!r})" in err
     # a visual store without two images
-    v = _import([_save(tmp_path / "v.npz", enc.vis[2:], [m.name for m in enc.media[2:]])], tmp_path / "V", "visual")
+    v = _import([export_features(enc.vis[2:], [m.name for m in enc.media[2:]], {}, tmp_path / "v.npz", "npz")],
+                tmp_path / "V", "visual")
     capsys.readouterr()
     assert main([*argv, "--visual-store", str(v), "--text-store", str(stores[1])]) == 2
     err = capsys.readouterr().err
     assert f"2 of the {len(enc.media)} images of the items are not in it (first: {enc.media[0]})" in err
     # a text store without texts; one store only; no model nor stores
-    bare = _import([_save(tmp_path / "b.npz", enc.txt, [f"c{k}" for k in range(len(enc.texts))])], tmp_path / "B",
-                   "text")
+    bare = _import([export_features(enc.txt, [f"c{k}" for k in range(len(enc.texts))], {}, tmp_path / "b.npz", "npz")],
+                   tmp_path / "B", "text")
     assert main([*argv, "--visual-store", str(stores[0]), "--text-store", str(bare)]) == 2
     assert "holds no caption texts" in capsys.readouterr().err
     assert main([*argv, "--visual-store", str(stores[0])]) == 2
@@ -147,8 +142,8 @@ def test_ids_naming_one_file_twice_are_refused(tmp_path):
     gen = torch.Generator().manual_seed(0)
     feats = torch.nn.functional.normalize(torch.randn(1, 3, 4, generator=gen), dim=-1)
     tokens = Tokens(feats, torch.ones(1, 3, dtype=torch.bool), feats[:, 0])
-    v = _import([_save(tmp_path / "v.npz", tokens, ["a.png"])], tmp_path / "V", "visual")
-    t = _import([_save(tmp_path / "t.npz", tokens, ["c"], texts=["x"])], tmp_path / "T", "text")
+    v = _import([export_features(tokens, ["a.png"], {}, tmp_path / "v.npz", "npz")], tmp_path / "V", "visual")
+    t = _import([export_features(tokens, ["c"], {"texts": ["x"]}, tmp_path / "t.npz", "npz")], tmp_path / "T", "text")
     items = [HardNegative(tmp_path / d / "a.png", "x", ("x",)) for d in ("one", "two")]
     with pytest.raises(UserError, match="row 'a.png' matches 2 different files"):
         hard_negative_tokens(items, open_stores(v, "visual", "v"), open_stores(t, "text", "t"), Path(tmp_path))
@@ -167,10 +162,12 @@ def test_stores_of_the_other_modality_or_another_size_are_refused(tmp_path):
         feats = torch.nn.functional.normalize(torch.randn(1, 3, dim, generator=gen), dim=-1)
         return Tokens(feats, torch.ones(1, 3, dtype=torch.bool), feats[:, 0])
 
-    assert main(["import-features", str(_save(tmp_path / "v.npz", tokens(4), ["a.png"])), "--out", str(tmp_path / "V"),
-                 "--kind", "visual", "--modality", "video", "--model-name", "m", "--dtype", "fp32"]) == 0
-    v = _import([_save(tmp_path / "w.npz", tokens(4), ["a.png"])], tmp_path / "W", "visual")
-    t = _import([_save(tmp_path / "t.npz", tokens(5), ["c"], texts=["x"])], tmp_path / "T", "text")
+    video = export_features(tokens(4), ["a.png"], {}, tmp_path / "v.npz", "npz")
+    assert main(["import-features", str(video), "--out", str(tmp_path / "V"), "--kind", "visual",
+                 "--modality", "video", "--model-name", "m", "--dtype", "fp32"]) == 0
+    v = _import([export_features(tokens(4), ["a.png"], {}, tmp_path / "w.npz", "npz")], tmp_path / "W", "visual")
+    t = _import([export_features(tokens(5), ["c"], {"texts": ["x"]}, tmp_path / "t.npz", "npz")], tmp_path / "T",
+                "text")
     items = [HardNegative(tmp_path / "a.png", "x", ("x",))]
     with pytest.raises(UserError, match="features of videos, but the items hold images"):
         hard_negative_tokens(items, open_stores(tmp_path / "V", "visual", "v"), open_stores(t, "text", "t"),
