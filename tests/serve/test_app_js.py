@@ -150,13 +150,11 @@ def page(tmp_path):
 
 
 SCENARIO = r"""
-  const $ = (id) => document.getElementById(id);
   $("query").value = "red circle";
   await search();
   const first = cards().length;
   $("query").value = "a newer query, never searched";
-  const why = cards()[0].children.find((n) => n.attrs.class === "why");
-  await why.listeners.click();
+  await whyOf(0);
   const explained = control.requests.filter((r) => r.path === "api/explain").map((r) => r.body.query);
   control.fail(true);
   await search();
@@ -177,7 +175,6 @@ def test_a_failed_search_clears_the_cards_and_why_explains_its_own_query(page):
 @pytest.mark.parametrize("slow_ok", [True, False], ids=["slow-succeeds", "slow-fails"])
 def test_an_older_search_answered_last_does_not_overwrite_the_newer_one(page, slow_ok):
     got = page(r"""
-      const $ = (id) => document.getElementById(id);
       control.hold();
       $("query").value = "slow"; $("k").value = "3"; const slow = search();
       $("query").value = "fast"; $("k").value = "2"; const fast = search();
@@ -193,7 +190,6 @@ def test_an_older_search_answered_last_does_not_overwrite_the_newer_one(page, sl
 @pytest.mark.parametrize("a_ok", [True, False], ids=["a-succeeds", "a-fails"])
 def test_two_why_replies_out_of_order_show_the_last_clicked_card(page, a_ok):
     got = page(r"""
-      const $ = (id) => document.getElementById(id);
       $("query").value = "q"; await search();
       control.hold();
       const a = whyOf(0), b = whyOf(1);
@@ -210,7 +206,6 @@ def test_two_why_replies_out_of_order_show_the_last_clicked_card(page, a_ok):
 @needs_node
 def test_a_search_begun_while_an_explanations_image_loads_leaves_the_panel_empty(page):
     got = page(r"""
-      const $ = (id) => document.getElementById(id);
       $("query").value = "q"; await search();
       control.holdImages();
       const a = whyOf(0);
@@ -228,7 +223,6 @@ def test_a_search_begun_while_an_explanations_image_loads_leaves_the_panel_empty
 @needs_node
 def test_image_query_why_explains_the_image_its_card_was_searched_with(page):
     got = page(r"""
-      const $ = (id) => document.getElementById(id);
       const pick = (name) => { $("image").files = [{ name }]; $("image").listeners.change(); };
       await search();
       const without = shown();
@@ -258,7 +252,6 @@ def test_image_query_why_explains_the_image_its_card_was_searched_with(page):
 @needs_node
 def test_a_failed_why_empties_the_panel(page):
     got = page(r"""
-      const $ = (id) => document.getElementById(id);
       $("query").value = "q"; await search();
       await whyOf(0);
       const first = panel();
@@ -277,7 +270,6 @@ def test_a_failed_why_empties_the_panel(page):
 @needs_node
 def test_a_stale_why_failure_leaves_the_newer_searchs_status(page):
     got = page(r"""
-      const $ = (id) => document.getElementById(id);
       $("query").value = "q"; await search();
       control.hold();
       const a = whyOf(0);
