@@ -69,13 +69,14 @@ S = float(torch.tensor(math.log(3.0), dtype=torch.float32).double().exp())
 TEXTS = ["a red circle left", "blue square right", "small green triangle", "red square", "a big blue circle"]
 
 
-def _model(aligner="tokenflow", seed=0) -> RetrievalModel:
-    """A float64 tiny model with logit scale ~3 (its exact value, a rounded log, is ``S``)."""
+def _model(aligner="tokenflow", seed=0, logit_bias=None) -> RetrievalModel:
+    """A float64 tiny model with logit scale ~3 (its exact value, a rounded log, is ``S``) and, for the
+    sigmoid loss, ``logit_bias``."""
     torch.manual_seed(seed)
     tiny = TinyCLIP(TinyConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2, embed_dim=16),
                     WordTokenizer.build(TEXTS))
     return RetrievalModel(tiny, None if aligner is None else get_aligner(aligner), w_global=0.7, w_fine=1.3,
-                          logit_scale=3.0).double()
+                          logit_scale=3.0, logit_bias=logit_bias).double()
 
 
 def _batch(model, item_ids, seed=1) -> Batch:

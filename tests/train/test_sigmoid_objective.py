@@ -12,25 +12,15 @@ import pytest
 import torch
 
 from tests.losses.naive import naive_sigmoid
-from tests.train.helpers import TEXTS, _batch, _config, _log, _pair_scores
-from tokenflow import get_aligner
-from tokenflow.models import TinyCLIP, TinyConfig, WordTokenizer
+from tests.train.helpers import _batch, _config, _log, _model, _pair_scores
 from tokenflow.models.retrieval import RetrievalModel
 from tokenflow.train import ConfigError, Objective, load_config, train
 from tokenflow.train.objective import initial_logits
 
 
-def _model(aligner="max-avg", seed=0, bias=-2.0) -> RetrievalModel:
-    torch.manual_seed(seed)
-    tiny = TinyCLIP(TinyConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2, embed_dim=16),
-                    WordTokenizer.build(TEXTS))
-    return RetrievalModel(tiny, None if aligner is None else get_aligner(aligner), w_global=0.7, w_fine=1.3,
-                          logit_scale=3.0, logit_bias=bias).double()
-
-
 @pytest.mark.parametrize("aligner", ["tokenflow", "max-avg", None])
 def test_batch_loss_is_the_per_pair_sum(aligner):
-    model = _model(aligner)
+    model = _model(aligner, logit_bias=-2.0)
     items = [0, 1, 2, 0, 3]  # pairs 0 and 3 show one item: both are positives of each other
     batch = _batch(model, items)
     out = Objective(model, loss="sigmoid")(batch)
@@ -52,7 +42,7 @@ def test_batch_loss_is_the_per_pair_sum(aligner):
 
 
 def test_starting_temperature_and_bias():
-    tiny = _model().backbone
+    tiny = _model("max-avg", logit_bias=-2.0).backbone
     assert initial_logits("infonce", tiny) == (None, None)
     assert initial_logits("infonce", tiny, 50.0) == (50.0, None)
     assert initial_logits("sigmoid", tiny) == (10.0, -10.0)  # the paper's t' = log 10, b = -10
@@ -103,10 +93,10 @@ def test_a_siglip_backbone_keeps_its_own_scale_above_the_cap(tmp_path):
 
 def test_objective_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="logit_bias"):
-        Objective(RetrievalModel(_model().backbone, None), loss="sigmoid")
+        Objective(RetrievalModel(_model("max-avg", logit_bias=-2.0).backbone, None), loss="sigmoid")
     with pytest.raises(ValueError, match="'infonce' or 'sigmoid'"):
-        Objective(_model(), loss="hinge")
-    model = _model()
+        Objective(_model("max-avg", logit_bias=-2.0), loss="hinge")
+    model = _model("max-avg", logit_bias=-2.0)
     with pytest.raises(ValueError, match="no teacher"):
         Objective(model, loss="sigmoid")(_batch(model, [0, 1]), teacher=model)
 
@@ -134,7 +124,7 @@ ITEMS, SHARES = [0, 1, 2, 3, 4, 0, 1, 2], [3, 5]
 
 
 def _setup():
-    model = _model("max-avg").float()
+    model = _model("max-avg", logit_bias=-2.0).float()
     batch = _batch(model, ITEMS, seed=5)
     batch.pixels = batch.pixels.float()
     return model, Objective(model, loss="sigmoid"), batch
